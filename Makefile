@@ -1,0 +1,24 @@
+# The two commands of the README, plus their pieces.
+#   make run    set up, build, and start profilerd with its defaults (needs root)
+#   make test   set up, then run every check CI runs (the BPF tests need root)
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup build run test lint unit
+
+setup:
+	./.ci/setup
+
+build: setup
+	$(CARGO) build --release --bins
+
+run: build
+	$(SUDO) ./target/release/profilerd
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test

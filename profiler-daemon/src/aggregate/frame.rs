@@ -1,0 +1,108 @@
+//! Resolved frames, stacks and the labels that a sample carries.
+
+use std::{fmt, sync::Arc};
+
+/// Where a frame's code lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameKind {
+    /// Kernel code.
+    Kernel,
+    /// Native user-space code (machine code in an ELF file).
+    Native,
+    /// Interpreted Python code.
+    Python,
+    /// Not code: a marker such as a truncation or overflow note.
+    Marker,
+}
+
+/// A binary that native frames point into.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Module {
+    /// Path of the file as the process mapped it (`[kernel.kallsyms]` for the kernel).
+    pub path: Arc<str>,
+    /// Hex GNU build-id, when the file has one.
+    pub build_id: Option<Arc<str>>,
+}
+
+impl Module {
+    /// Pseudo-path of the kernel, as perf and pprof name it.
+    pub const KERNEL_PATH: &'static str = "[kernel.kallsyms]";
+
+    /// The file name after the last `/`.
+    pub fn file_name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or(&self.path)
+    }
+}
+
+/// One resolved frame.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Frame {
+    /// What kind of code this is.
+    pub kind: FrameKind,
+    /// Function name (demangled), or `[unknown] 0x… (file+0x…)` when it could not be resolved.
+    pub function: Arc<str>,
+    /// The binary, for native and kernel frames.
+    pub module: Option<Arc<Module>>,
+    /// File offset in `module` for native frames, the address for kernel frames, 0 otherwise.
+    pub address: u64,
+    /// Source file, when known (always for Python frames).
+    pub file: Option<Arc<str>>,
+    /// Line number, or 0 when unknown.
+    pub line: u32,
+    /// First line of the function, or 0 when unknown.
+    pub start_line: u32,
+}
+
+impl Frame {
+    /// A marker frame, such as `[truncated]`.
+    pub fn marker(text: &str) -> Frame {
+        Frame {
+            kind: FrameKind::Marker,
+            function: text.into(),
+            module: None,
+            address: 0,
+            file: None,
+            line: 0,
+            start_line: 0,
+        }
+    }
+}
+
+/// A stack, leaf first. Shared: the same stack is stored once per window.
+pub type Stack = Arc<[Arc<Frame>]>;
+
+/// What a sample is grouped and filtered by, besides its stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Labels {
+    /// Process id.
+    pub pid: u32,
+    /// Thread id, or 0 when samples are not grouped by thread.
+    pub tid: u32,
+    /// Process name (`/proc/PID/comm` of the main thread).
+    pub comm: Arc<str>,
+    /// Thread name, or empty when samples are not grouped by thread.
+    pub thread: Arc<str>,
+    /// Executable path.
+    pub exe: Arc<str>,
+    /// cgroup v2 path.
+    pub cgroup: Arc<str>,
+}
+
+impl fmt::Display for Labels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid={} comm={}", self.pid, self.comm)?;
+        if self.tid != 0 {
+            write!(f, " tid={} thread={}", self.tid, self.thread)?;
+        }
+        Ok(())
+    }
+}
+
+/// One symbolized sample on its way to the aggregator.
+#[derive(Clone, Debug)]
+pub struct StackSample {
+    /// The labels of the sampled thread.
+    pub labels: Arc<Labels>,
+    /// The merged stack, leaf first.
+    pub stack: Stack,
+}

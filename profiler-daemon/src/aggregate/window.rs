@@ -1,0 +1,279 @@
+//! Time windows: the open one that samples are counted into, closed ones that are kept, and the
+//! merge of several windows that a query answers with.
+
+use std::{collections::HashMap, mem::size_of, sync::Arc};
+
+use super::frame::{Frame, Labels, Stack, StackSample};
+use crate::{
+    selector::Selector,
+    stats::{DropReason, DropSnapshot, PipelineStats},
+};
+
+/// Text of the stack that samples fold into once a window is full.
+pub const OVERFLOW_FRAME: &str = "[stack table full]";
+
+/// One distinct (labels, stack) with its sample count.
+#[derive(Clone, Debug)]
+pub struct WindowEntry {
+    /// Labels of the sampled threads.
+    pub labels: Arc<Labels>,
+    /// The stack, leaf first.
+    pub stack: Stack,
+    /// Samples.
+    pub count: u64,
+}
+
+/// A closed (or snapshotted) window.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    /// End (exclusive), in nanoseconds since the Unix epoch.
+    pub end_ns: i64,
+    /// Samples counted in this window.
+    pub samples: u64,
+    /// Samples lost host-wide while this window was open.
+    pub drops: DropSnapshot,
+    /// The distinct stacks.
+    pub entries: Vec<WindowEntry>,
+}
+
+impl Window {
+    /// Rough heap bytes held by this window (frames are shared and not counted).
+    pub fn approx_bytes(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| size_of::<WindowEntry>() + e.stack.len() * size_of::<Arc<Frame>>())
+            .sum::<usize>()
+            + size_of::<Window>()
+    }
+
+    /// Whether this window overlaps `[start_ns, end_ns)`.
+    pub fn overlaps(&self, start_ns: i64, end_ns: i64) -> bool {
+        self.start_ns < end_ns && self.end_ns > start_ns
+    }
+}
+
+/// The window that samples are being counted into.
+#[derive(Debug)]
+pub struct WindowBuilder {
+    start_ns: i64,
+    max_stacks: usize,
+    samples: u64,
+    drops_at_start: DropSnapshot,
+    entries: HashMap<(Arc<Labels>, Stack), u64>,
+    overflow: Stack,
+}
+
+impl WindowBuilder {
+    /// An empty window starting at `start_ns`, holding at most `max_stacks` distinct stacks.
+    pub fn new(start_ns: i64, max_stacks: usize, drops_at_start: DropSnapshot) -> WindowBuilder {
+        WindowBuilder {
+            start_ns,
+            max_stacks,
+            samples: 0,
+            drops_at_start,
+            entries: HashMap::new(),
+            overflow: Arc::from([Arc::new(Frame::marker(OVERFLOW_FRAME))]),
+        }
+    }
+
+    /// Start of this window.
+    pub fn start_ns(&self) -> i64 {
+        self.start_ns
+    }
+
+    /// Distinct (labels, stack) entries so far.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing was counted yet.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Counts one sample. Once the window holds `max_stacks` entries, samples with a new stack
+    /// are counted under an overflow stack of their process (and the overflow is counted).
+    pub fn add(&mut self, sample: StackSample, stats: &PipelineStats) {
+        self.samples += 1;
+        let key = (sample.labels, sample.stack);
+        if let Some(count) = self.entries.get_mut(&key) {
+            *count += 1;
+            return;
+        }
+        if self.entries.len() < self.max_stacks {
+            self.entries.insert(key, 1);
+            return;
+        }
+        stats.record_drop(DropReason::StackTableFull);
+        let process = Labels { tid: 0, thread: Arc::from(""), ..Labels::clone(&key.0) };
+        *self.entries.entry((Arc::new(process), self.overflow.clone())).or_insert(0) += 1;
+    }
+
+    /// A copy of the window as it is now, ending at `now_ns`.
+    pub fn snapshot(&self, now_ns: i64, drops_now: &DropSnapshot) -> Window {
+        Window {
+            start_ns: self.start_ns,
+            end_ns: now_ns.max(self.start_ns),
+            samples: self.samples,
+            drops: drops_now.since(&self.drops_at_start),
+            entries: self
+                .entries
+                .iter()
+                .map(|((labels, stack), &count)| WindowEntry {
+                    labels: labels.clone(),
+                    stack: stack.clone(),
+                    count,
+                })
+                .collect(),
+        }
+    }
+
+    /// Closes the window at `end_ns`.
+    pub fn close(self, end_ns: i64, drops_now: &DropSnapshot) -> Window {
+        let drops = drops_now.since(&self.drops_at_start);
+        Window {
+            start_ns: self.start_ns,
+            end_ns: end_ns.max(self.start_ns),
+            samples: self.samples,
+            drops,
+            entries: self
+                .entries
+                .into_iter()
+                .map(|((labels, stack), count)| WindowEntry { labels, stack, count })
+                .collect(),
+        }
+    }
+}
+
+/// Several windows merged, filtered by a selector.
+#[derive(Debug, Default)]
+pub struct MergedProfile {
+    /// Start of the first window merged.
+    pub start_ns: i64,
+    /// End of the last window merged.
+    pub end_ns: i64,
+    /// Windows merged.
+    pub windows: u64,
+    /// Samples kept by the selector.
+    pub samples: u64,
+    /// Samples lost host-wide during the merged windows.
+    pub drops: DropSnapshot,
+    /// Distinct (labels, stack) entries with their counts.
+    pub entries: HashMap<(Arc<Labels>, Stack), u64>,
+}
+
+impl MergedProfile {
+    /// Merges every window, keeping the samples that `selector` matches.
+    pub fn merge<'a>(
+        windows: impl IntoIterator<Item = &'a Window>,
+        selector: &Selector,
+    ) -> MergedProfile {
+        let mut merged = MergedProfile { start_ns: i64::MAX, ..MergedProfile::default() };
+        for window in windows {
+            merged.windows += 1;
+            merged.start_ns = merged.start_ns.min(window.start_ns);
+            merged.end_ns = merged.end_ns.max(window.end_ns);
+            merged.drops.add(&window.drops);
+            for entry in &window.entries {
+                if !selector.matches(&entry.labels) {
+                    continue;
+                }
+                merged.samples += entry.count;
+                *merged.entries.entry((entry.labels.clone(), entry.stack.clone())).or_insert(0) +=
+                    entry.count;
+            }
+        }
+        if merged.windows == 0 {
+            merged.start_ns = 0;
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::FrameKind;
+
+    fn frame(name: &str) -> Arc<Frame> {
+        Arc::new(Frame { kind: FrameKind::Native, ..Frame::marker(name) })
+    }
+
+    fn sample(pid: u32, names: &[&str]) -> StackSample {
+        StackSample {
+            labels: Arc::new(Labels { pid, comm: "app".into(), ..Labels::default() }),
+            stack: names.iter().map(|n| frame(n)).collect(),
+        }
+    }
+
+    #[test]
+    fn equal_stacks_and_labels_share_one_entry() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        for _ in 0..3 {
+            w.add(sample(1, &["leaf", "main"]), &stats);
+        }
+        w.add(sample(2, &["leaf", "main"]), &stats);
+        w.add(sample(1, &["other", "main"]), &stats);
+        let closed = w.close(10, &DropSnapshot::default());
+        assert_eq!(closed.samples, 5);
+        assert_eq!(closed.entries.len(), 3);
+        let leaf_pid1 = closed
+            .entries
+            .iter()
+            .find(|e| e.labels.pid == 1 && &*e.stack[0].function == "leaf")
+            .unwrap();
+        assert_eq!(leaf_pid1.count, 3);
+    }
+
+    #[test]
+    fn a_full_window_folds_new_stacks_into_an_overflow_stack_and_counts_them() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 2, DropSnapshot::default());
+        w.add(sample(1, &["a"]), &stats);
+        w.add(sample(1, &["b"]), &stats);
+        for name in ["c", "d", "e"] {
+            w.add(sample(1, &[name]), &stats);
+        }
+        w.add(sample(1, &["a"]), &stats);
+        assert_eq!(w.len(), 3, "two real stacks plus one overflow entry");
+        assert_eq!(stats.drops().0[DropReason::StackTableFull as usize], 3);
+        let closed = w.close(1, &stats.drops());
+        let overflow =
+            closed.entries.iter().find(|e| &*e.stack[0].function == OVERFLOW_FRAME).unwrap();
+        assert_eq!(overflow.count, 3);
+        assert_eq!(closed.samples, 6);
+    }
+
+    #[test]
+    fn merge_filters_and_sums_across_windows() {
+        let stats = PipelineStats::default();
+        let mut windows = Vec::new();
+        for start in [0, 10] {
+            let mut w = WindowBuilder::new(start, 100, DropSnapshot::default());
+            w.add(sample(1, &["a"]), &stats);
+            w.add(sample(2, &["a"]), &stats);
+            let mut drops = DropSnapshot::default();
+            drops.0[0] = 2;
+            windows.push(w.close(start + 10, &drops));
+        }
+        let selector: Selector = "pid=1".parse().unwrap();
+        let merged = MergedProfile::merge(&windows, &selector);
+        assert_eq!((merged.start_ns, merged.end_ns, merged.windows), (0, 20, 2));
+        assert_eq!(merged.samples, 2);
+        assert_eq!(merged.entries.len(), 1);
+        assert_eq!(merged.drops.total(), 4);
+    }
+
+    #[test]
+    fn overlap_is_half_open() {
+        let w =
+            WindowBuilder::new(10, 1, DropSnapshot::default()).close(20, &DropSnapshot::default());
+        assert!(w.overlaps(0, 11));
+        assert!(!w.overlaps(0, 10));
+        assert!(!w.overlaps(20, 30));
+        assert!(w.overlaps(19, 30));
+    }
+}

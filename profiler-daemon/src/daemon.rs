@@ -1,0 +1,141 @@
+//! Wiring: starts the sampler, the pipeline stages and the gRPC server, and stops them in order.
+//!
+//! ```text
+//! kernel ring buffer -> collector (task) -> symbolizer (thread) -> aggregator (task) <- server
+//! ```
+//! Every arrow is a bounded channel; only the collector's send can lose a sample, and it counts
+//! what it loses.
+
+use std::{
+    num::NonZeroUsize,
+    sync::{Arc, atomic::AtomicU64},
+    time::Instant,
+};
+
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, error, info, info_span};
+
+use crate::{
+    aggregate::actor::{self, AggregatorConfig},
+    collector::Collector,
+    config::DaemonArgs,
+    loader::{LoadError, Sampler, SamplerConfig},
+    process::ProcessTable,
+    server::{DaemonInfo, ListenError, Listener, ProfilerService, serve},
+    stats::PipelineStats,
+    store::Retention,
+    symbolize::{self, SymbolizerStats},
+};
+
+/// Samples queued between the collector and the symbolizer.
+const SYMBOLIZER_QUEUE: usize = 4096;
+/// Samples queued between the symbolizer and the aggregator.
+const AGGREGATOR_QUEUE: usize = 4096;
+
+/// Why the daemon stopped with an error.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    /// The kernel programs could not be set up.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// The gRPC endpoint could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    /// A pipeline stage could not start.
+    #[error("starting the {stage} failed: {source}")]
+    Start {
+        /// Which stage.
+        stage: &'static str,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the daemon until `shutdown` is cancelled. `ready` is called once the programs are
+/// attached and the endpoint is listening.
+pub async fn run(
+    args: DaemonArgs,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<(), DaemonError> {
+    let mut sampler = Sampler::load(&SamplerConfig {
+        frequency: args.frequency,
+        include_idle: args.include_idle,
+        ring_buffer_bytes: args.ring_buffer_size,
+    })?;
+    let listener = Listener::bind(&args.listen).await?;
+    let ring = sampler.take_samples()?;
+    let counters = sampler.take_counters()?;
+
+    let stats = Arc::new(PipelineStats::default());
+    let symbolizer_stats = Arc::new(SymbolizerStats::default());
+    let processes = Arc::new(AtomicU64::new(0));
+    let (raw_tx, raw_rx) = mpsc::channel(SYMBOLIZER_QUEUE);
+    let (sample_tx, sample_rx) = mpsc::channel(AGGREGATOR_QUEUE);
+
+    let capacity = NonZeroUsize::new(usize::try_from(args.symbol_cache_size).unwrap_or(usize::MAX))
+        .unwrap_or(NonZeroUsize::MIN);
+    let symbolizer = symbolize::spawn(raw_rx, sample_tx, capacity, symbolizer_stats.clone())
+        .map_err(|source| DaemonError::Start { stage: "symbolizer thread", source })?;
+
+    let (aggregator, aggregator_task) = actor::spawn(
+        AggregatorConfig {
+            window: args.window,
+            max_stacks: usize::try_from(args.max_stacks_per_window).unwrap_or(usize::MAX),
+            retention: Retention {
+                max_age: args.retention,
+                max_bytes: usize::try_from(args.max_memory).unwrap_or(usize::MAX),
+            },
+        },
+        sample_rx,
+        stats.clone(),
+        shutdown.child_token(),
+    );
+
+    let collector = Collector {
+        processes: ProcessTable::new(usize::try_from(args.max_processes).unwrap_or(usize::MAX)),
+        by_thread: !args.no_thread_labels,
+        output: raw_tx,
+        stats: stats.clone(),
+        processes_gauge: processes.clone(),
+    };
+    let collector_shutdown = shutdown.child_token();
+    let collector_task = tokio::spawn(
+        collector
+            .run(ring, counters, collector_shutdown.clone())
+            .instrument(info_span!("collector")),
+    );
+
+    let info = Arc::new(DaemonInfo {
+        frequency: args.frequency,
+        cpus: u32::try_from(sampler.cpus().len()).unwrap_or(u32::MAX),
+        started: Instant::now(),
+        window: args.window,
+        max_stacks: args.max_stacks_per_window,
+        stats,
+        symbolizer: symbolizer_stats,
+        processes,
+    });
+    info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
+    ready();
+    let served = serve(listener, ProfilerService::new(aggregator, info), shutdown.clone()).await;
+
+    // Stop sampling first, then drain the stages in pipeline order.
+    shutdown.cancel();
+    drop(sampler);
+    match collector_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => error!(error = %e, "the collector failed"),
+        Err(e) => error!(error = %e, "the collector panicked"),
+    }
+    let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
+    let _ = aggregator_task.await;
+    info!("profilerd stopped");
+    served.map_err(DaemonError::from)
+}

@@ -1,0 +1,12 @@
+//! Output formats.
+//!
+//! The daemon answers queries with a pprof-layout [`Profile`](profiler_proto::v1::Profile)
+//! ([`pprof`]); every other format is rendered from that message on the client side, through
+//! the resolved stacks of a [`view::ProfileView`].
+
+pub mod folded;
+pub mod pprof;
+pub mod top;
+pub mod view;
+
+pub use view::{ProfileView, ViewError};

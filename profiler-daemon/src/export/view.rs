@@ -1,0 +1,168 @@
+//! A resolved view of a pprof-layout profile: each sample's frames as names, root first.
+
+use std::collections::HashMap;
+
+use profiler_proto::v1;
+use thiserror::Error;
+
+/// Where a frame's code lives, as recovered from the profile's conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ViewKind {
+    /// In the `[kernel.kallsyms]` mapping.
+    Kernel,
+    /// In a file mapping.
+    Native,
+    /// No mapping, with a source file: interpreted code.
+    Python,
+    /// No mapping and no file: a marker.
+    Marker,
+}
+
+/// One frame of a view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ViewFrame {
+    /// The kind of code.
+    pub kind: ViewKind,
+    /// Function name.
+    pub function: String,
+    /// Source file, or the binary's file name for native code.
+    pub file: String,
+    /// Line number, or 0.
+    pub line: i64,
+}
+
+impl ViewFrame {
+    /// The name shown in stacks: `function` for native code, `function (file:line)` for
+    /// interpreted code.
+    pub fn display(&self) -> String {
+        match self.kind {
+            ViewKind::Python if self.line > 0 => {
+                format!("{} ({}:{})", self.function, self.file, self.line)
+            }
+            ViewKind::Python => format!("{} ({})", self.function, self.file),
+            _ => self.function.clone(),
+        }
+    }
+}
+
+/// One sample of a view.
+#[derive(Clone, Debug)]
+pub struct ViewSample {
+    /// Frames, root first.
+    pub frames: Vec<ViewFrame>,
+    /// Number of samples.
+    pub count: u64,
+    /// Labels as `key -> value` text.
+    pub labels: Vec<(String, String)>,
+}
+
+/// The resolved profile.
+#[derive(Clone, Debug, Default)]
+pub struct ProfileView {
+    /// The samples.
+    pub samples: Vec<ViewSample>,
+    /// Nanoseconds of CPU per sample.
+    pub period_ns: i64,
+    /// Start, in nanoseconds since the Unix epoch.
+    pub start_ns: i64,
+    /// Length, in nanoseconds.
+    pub duration_ns: i64,
+}
+
+/// A profile whose references do not resolve.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ViewError {
+    /// A reference to a missing table entry.
+    #[error("malformed profile: {what} {id} does not exist")]
+    Dangling {
+        /// Which table.
+        what: &'static str,
+        /// The missing id or index.
+        id: i64,
+    },
+}
+
+impl ProfileView {
+    /// Resolves every sample of `profile`.
+    pub fn new(profile: &v1::Profile) -> Result<ProfileView, ViewError> {
+        let string = |i: i64| -> Result<&str, ViewError> {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| profile.string_table.get(i))
+                .map(String::as_str)
+                .ok_or(ViewError::Dangling { what: "string", id: i })
+        };
+        let functions: HashMap<u64, &v1::Function> =
+            profile.function.iter().map(|f| (f.id, f)).collect();
+        let mappings: HashMap<u64, &v1::Mapping> =
+            profile.mapping.iter().map(|m| (m.id, m)).collect();
+        let mut locations: HashMap<u64, Vec<ViewFrame>> = HashMap::new();
+        for loc in &profile.location {
+            let mapping = match loc.mapping_id {
+                0 => None,
+                id => Some(
+                    *mappings
+                        .get(&id)
+                        .ok_or(ViewError::Dangling { what: "mapping", id: id as i64 })?,
+                ),
+            };
+            let mapping_name = mapping.map(|m| string(m.filename)).transpose()?;
+            let mut frames = Vec::new();
+            // pprof lists inlined callees first; keep the outermost last so that root-first
+            // order puts it first.
+            for line in &loc.line {
+                let f = functions
+                    .get(&line.function_id)
+                    .ok_or(ViewError::Dangling { what: "function", id: line.function_id as i64 })?;
+                let file = string(f.filename)?;
+                let kind = match mapping_name {
+                    Some("[kernel.kallsyms]") => ViewKind::Kernel,
+                    Some(_) => ViewKind::Native,
+                    None if !file.is_empty() => ViewKind::Python,
+                    None => ViewKind::Marker,
+                };
+                let file = match (kind, mapping_name) {
+                    (ViewKind::Native | ViewKind::Kernel, Some(m)) => {
+                        m.rsplit('/').next().unwrap_or(m)
+                    }
+                    _ => file,
+                };
+                frames.push(ViewFrame {
+                    kind,
+                    function: string(f.name)?.to_owned(),
+                    file: file.to_owned(),
+                    line: line.line,
+                });
+            }
+            locations.insert(loc.id, frames);
+        }
+        let mut samples = Vec::with_capacity(profile.sample.len());
+        for s in &profile.sample {
+            let mut frames = Vec::with_capacity(s.location_id.len());
+            for id in s.location_id.iter().rev() {
+                let loc = locations
+                    .get(id)
+                    .ok_or(ViewError::Dangling { what: "location", id: *id as i64 })?;
+                frames.extend(loc.iter().rev().cloned());
+            }
+            let mut labels = Vec::with_capacity(s.label.len());
+            for l in &s.label {
+                let value = if l.str != 0 { string(l.str)?.to_owned() } else { l.num.to_string() };
+                labels.push((string(l.key)?.to_owned(), value));
+            }
+            let count = s.value.first().copied().unwrap_or(0).max(0) as u64;
+            samples.push(ViewSample { frames, count, labels });
+        }
+        Ok(ProfileView {
+            samples,
+            period_ns: profile.period,
+            start_ns: profile.time_nanos,
+            duration_ns: profile.duration_nanos,
+        })
+    }
+
+    /// Total samples.
+    pub fn total(&self) -> u64 {
+        self.samples.iter().map(|s| s.count).sum()
+    }
+}

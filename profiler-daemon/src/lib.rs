@@ -1,0 +1,18 @@
+//! profilerd and profctl: a system-wide, always-on CPU profiler built on eBPF.
+//!
+//! The daemon's pipeline is described in [`daemon`]; each stage has its own module.
+
+pub mod aggregate;
+pub mod client;
+pub mod collector;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod export;
+pub mod loader;
+pub mod process;
+pub mod selector;
+pub mod server;
+pub mod stats;
+pub mod store;
+pub mod symbolize;

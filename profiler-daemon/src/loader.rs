@@ -1,0 +1,305 @@
+//! Loading and attaching the kernel programs.
+//!
+//! [`Sampler::load`] checks privileges and BTF first, so that the common failures get an
+//! actionable message rather than a raw errno. Dropping the [`Sampler`] detaches every program.
+
+use std::{io, path::Path};
+
+use aya::{
+    Ebpf, EbpfError, EbpfLoader,
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent, ProgramError,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use profiler_common::counters::Counter;
+use thiserror::Error;
+use tracing::{info, warn};
+
+/// The kernel object, built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// What the sampler needs to know before loading.
+#[derive(Clone, Copy, Debug)]
+pub struct SamplerConfig {
+    /// Samples per second per CPU.
+    pub frequency: u64,
+    /// Sample the idle task as well.
+    pub include_idle: bool,
+    /// Size of the sample ring buffer in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+}
+
+/// Why the programs could not be loaded or attached.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// Missing capabilities.
+    #[error(
+        "profilerd lacks the privileges to use BPF (missing {missing}). Run it as root, or grant \
+         CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (for example with the shipped systemd unit)"
+    )]
+    Privileges {
+        /// The capabilities that are missing.
+        missing: String,
+    },
+    /// The kernel exposes no BTF.
+    #[error(
+        "the kernel has no BTF ({BTF_PATH} is missing): profilerd needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (Linux 5.8 or later; most distribution kernels have it)"
+    )]
+    NoBtf,
+    /// The kernel refused the programs.
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[source] Box<EbpfError>),
+    /// The kernel refused the program at attach time.
+    #[error("preparing the sampling program failed: {0}")]
+    Program(#[source] ProgramError),
+    /// The frequency is above what the kernel allows.
+    #[error(
+        "sampling at {frequency} Hz was refused: the kernel allows at most {max} Hz \
+         (kernel.perf_event_max_sample_rate); choose a lower --frequency"
+    )]
+    Frequency {
+        /// Requested frequency.
+        frequency: u64,
+        /// The kernel's limit.
+        max: u64,
+    },
+    /// Attaching to a CPU failed.
+    #[error("attaching the sampler to CPU {cpu} failed: {source}")]
+    Attach {
+        /// The CPU.
+        cpu: u32,
+        /// The cause.
+        #[source]
+        source: ProgramError,
+    },
+    /// A map was missing or of the wrong type.
+    #[error("the eBPF object has no usable map {name}: {source}")]
+    Map {
+        /// The map's name.
+        name: &'static str,
+        /// The cause.
+        #[source]
+        source: MapError,
+    },
+    /// The online CPUs could not be listed.
+    #[error("listing the online CPUs failed ({0}): {1}")]
+    Cpus(&'static str, #[source] io::Error),
+}
+
+/// The loaded and attached programs. Dropping it detaches them.
+#[derive(Debug)]
+pub struct Sampler {
+    ebpf: Ebpf,
+    cpus: Vec<u32>,
+}
+
+impl Sampler {
+    /// Loads the programs and attaches one `cpu-clock` perf event per online CPU.
+    pub fn load(config: &SamplerConfig) -> Result<Sampler, LoadError> {
+        check_privileges(effective_capabilities())?;
+        if !Path::new(BTF_PATH).exists() {
+            return Err(LoadError::NoBtf);
+        }
+        raise_memlock_limit();
+        let include_idle = u32::from(config.include_idle);
+        let mut ebpf = EbpfLoader::new()
+            .override_global("INCLUDE_IDLE", &include_idle, true)
+            .map_max_entries("SAMPLES", config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;
+        let program: &mut PerfEvent = ebpf
+            .program_mut("sample_cpu")
+            .ok_or(LoadError::Program(ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        program.load().map_err(|e| privileges_or(e, LoadError::Program))?;
+        let cpus = online_cpus().map_err(|(what, e)| LoadError::Cpus(what, e))?;
+        for &cpu in &cpus {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(config.frequency),
+                    true,
+                )
+                .map_err(|source| attach_error(config.frequency, cpu, source))?;
+        }
+        info!(cpus = cpus.len(), frequency = config.frequency, "sampler attached");
+        Ok(Sampler { ebpf, cpus })
+    }
+
+    /// The CPUs sampled.
+    pub fn cpus(&self) -> &[u32] {
+        &self.cpus
+    }
+
+    /// Takes the sample ring buffer (once).
+    pub fn take_samples(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        self.take("SAMPLES", RingBuf::try_from)
+    }
+
+    /// Takes the per-CPU counters (once).
+    pub fn take_counters(&mut self) -> Result<KernelCounters, LoadError> {
+        self.take("COUNTERS", PerCpuArray::try_from).map(KernelCounters)
+    }
+
+    fn take<T>(
+        &mut self,
+        name: &'static str,
+        convert: impl FnOnce(aya::maps::Map) -> Result<T, MapError>,
+    ) -> Result<T, LoadError> {
+        let map = self.ebpf.take_map(name).ok_or(LoadError::Map {
+            name,
+            source: MapError::InvalidName { name: name.to_owned() },
+        })?;
+        convert(map).map_err(|source| LoadError::Map { name, source })
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        info!(cpus = self.cpus.len(), "detaching the sampler");
+    }
+}
+
+/// The kernel side's `COUNTERS` map.
+pub struct KernelCounters(PerCpuArray<MapData, u64>);
+
+impl std::fmt::Debug for KernelCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCounters")
+    }
+}
+
+impl KernelCounters {
+    /// Totals over all CPUs, indexed by [`Counter`].
+    pub fn read(&self) -> Result<[u64; Counter::COUNT as usize], MapError> {
+        let mut totals = [0; Counter::COUNT as usize];
+        for counter in Counter::ALL {
+            totals[counter as usize] = self.0.get(&(counter as u32), 0)?.iter().sum();
+        }
+        Ok(totals)
+    }
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+fn effective_capabilities() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0)
+}
+
+/// Fails unless the effective capability set `caps` allows loading BPF, opening perf events
+/// and reading other processes' memory.
+fn check_privileges(caps: u64) -> Result<(), LoadError> {
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_SYS_PTRACE) {
+        missing.push("CAP_SYS_PTRACE");
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoadError::Privileges { missing: missing.join(", ") })
+    }
+}
+
+/// Whether BPF privileges are present; used by tests to decide whether to skip.
+pub fn has_bpf_privileges() -> bool {
+    check_privileges(effective_capabilities()).is_ok() && Path::new(BTF_PATH).exists()
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones charge the cgroup.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads a valid, initialized struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        warn!(
+            error = %io::Error::last_os_error(),
+            "could not raise RLIMIT_MEMLOCK; fine on Linux 5.11+, where BPF memory is charged to the cgroup"
+        );
+    }
+}
+
+fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn privileges_or<E: std::error::Error + 'static>(
+    err: E,
+    other: impl FnOnce(E) -> LoadError,
+) -> LoadError {
+    if is_permission_error(&err) {
+        LoadError::Privileges { missing: format!("the kernel said: {err}") }
+    } else {
+        other(err)
+    }
+}
+
+fn attach_error(frequency: u64, cpu: u32, source: ProgramError) -> LoadError {
+    let max = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match max {
+        Some(max) if frequency > max => LoadError::Frequency { frequency, max },
+        _ => privileges_or(source, |source| LoadError::Attach { cpu, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_capabilities_are_enough() {
+        assert!(check_privileges(u64::MAX).is_ok());
+        let split = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE);
+        assert!(check_privileges(split).is_ok());
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let err = check_privileges(1 << CAP_SYS_PTRACE).unwrap_err().to_string();
+        assert!(err.contains("missing CAP_BPF, CAP_PERFMON)"), "{err}");
+        assert!(err.contains("Run it as root"), "{err}");
+        let err = check_privileges(1 << CAP_SYS_ADMIN).unwrap_err().to_string();
+        assert!(err.contains("missing CAP_SYS_PTRACE)"), "{err}");
+    }
+
+    #[test]
+    fn permission_errors_are_found_in_the_source_chain() {
+        #[derive(Debug, Error)]
+        #[error("outer")]
+        struct Outer(#[source] io::Error);
+        assert!(is_permission_error(&Outer(io::Error::from_raw_os_error(libc::EPERM))));
+        assert!(!is_permission_error(&Outer(io::Error::from_raw_os_error(libc::EINVAL))));
+    }
+}

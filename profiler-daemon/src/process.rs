@@ -1,0 +1,423 @@
+//! Per-process facts: executable, command line, cgroup, build-ids and memory maps.
+//!
+//! A process is read from `/proc` on first sight, so that its facts survive its exit. User
+//! addresses are normalized here to (file, offset) pairs, which is what symbols are cached by:
+//! the same library in a thousand processes is symbolized once.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use procfs::process::{MMapPath, Process};
+use tracing::debug;
+
+use crate::aggregate::{Labels, Module};
+
+/// How often a process's maps may be re-read when an address falls outside them.
+const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an exited process is kept, so that samples still in flight find it.
+const EXITED_GRACE: Duration = Duration::from_secs(30);
+/// Thread label entries kept per process before the cache is reset.
+const MAX_THREADS_PER_PROCESS: usize = 4096;
+
+/// Identity of a mapped file: device and inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileKey {
+    /// Device number (`makedev(major, minor)`).
+    pub dev: u64,
+    /// Inode number.
+    pub inode: u64,
+}
+
+/// A file that some process maps executable code from.
+#[derive(Debug)]
+pub struct MappedFile {
+    /// Device and inode.
+    pub key: FileKey,
+    /// Path and build-id, as shown in profiles.
+    pub module: Arc<Module>,
+}
+
+/// A user address after normalization.
+#[derive(Clone, Debug)]
+pub enum UserAddr {
+    /// Code in a file.
+    File {
+        /// The file.
+        file: Arc<MappedFile>,
+        /// Offset in the file.
+        offset: u64,
+        /// The address in the process.
+        addr: u64,
+    },
+    /// Code outside any file (JIT, vdso, or an address no mapping covers).
+    Anonymous {
+        /// The address in the process.
+        addr: u64,
+        /// `[vdso]`, `[anon]`, `[heap]` or `[unmapped]`.
+        region: &'static str,
+    },
+}
+
+#[derive(Debug)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    offset: u64,
+    target: MappingTarget,
+}
+
+#[derive(Debug)]
+enum MappingTarget {
+    File(Arc<MappedFile>),
+    Region(&'static str),
+}
+
+/// What is known about one process.
+#[derive(Debug)]
+pub struct ProcessInfo {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot; tells a reused pid apart.
+    pub start_time: u64,
+    /// Process name.
+    pub comm: Arc<str>,
+    /// Executable path (empty when unreadable, for example for kernel threads).
+    pub exe: Arc<str>,
+    /// Command line, space separated.
+    pub cmdline: String,
+    /// cgroup v2 path.
+    pub cgroup: Arc<str>,
+    /// Build-id of the executable.
+    pub exe_build_id: Option<Arc<str>>,
+    maps: Vec<Mapping>,
+    maps_read_at: Instant,
+    last_seen: Instant,
+    exited_at: Option<Instant>,
+    threads: HashMap<u32, Arc<Labels>>,
+}
+
+impl ProcessInfo {
+    /// The labels of thread `tid` named `thread_name`, grouped by thread or not.
+    pub fn labels(&mut self, tid: u32, thread_name: &[u8], by_thread: bool) -> Arc<Labels> {
+        let tid = if by_thread { tid } else { 0 };
+        if let Some(labels) = self.threads.get(&tid)
+            && (!by_thread || labels.thread.as_bytes() == thread_name)
+        {
+            return labels.clone();
+        }
+        if self.threads.len() >= MAX_THREADS_PER_PROCESS {
+            self.threads.clear();
+        }
+        let labels = Arc::new(Labels {
+            pid: self.pid,
+            tid,
+            comm: self.comm.clone(),
+            thread: if by_thread { String::from_utf8_lossy(thread_name).into() } else { "".into() },
+            exe: self.exe.clone(),
+            cgroup: self.cgroup.clone(),
+        });
+        self.threads.insert(tid, labels.clone());
+        labels
+    }
+
+    fn lookup(&self, addr: u64) -> Option<UserAddr> {
+        let idx = self.maps.partition_point(|m| m.start <= addr).checked_sub(1)?;
+        let m = &self.maps[idx];
+        if addr >= m.end {
+            return None;
+        }
+        Some(match &m.target {
+            MappingTarget::File(file) => {
+                UserAddr::File { file: file.clone(), offset: addr - m.start + m.offset, addr }
+            }
+            MappingTarget::Region(region) => UserAddr::Anonymous { addr, region },
+        })
+    }
+}
+
+/// Every process seen recently, and the files they map.
+#[derive(Debug)]
+pub struct ProcessTable {
+    procs: HashMap<u32, ProcessInfo>,
+    files: HashMap<FileKey, Arc<MappedFile>>,
+    max_processes: usize,
+}
+
+impl ProcessTable {
+    /// An empty table that tracks at most `max_processes` processes.
+    pub fn new(max_processes: usize) -> ProcessTable {
+        ProcessTable { procs: HashMap::new(), files: HashMap::new(), max_processes }
+    }
+
+    /// Processes tracked.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Whether no process is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Files tracked.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The process `pid`, read from `/proc` on first sight. `comm` (from the sample) names it
+    /// when it has already exited.
+    pub fn observe(&mut self, pid: u32, comm: &[u8]) -> &mut ProcessInfo {
+        if !self.procs.contains_key(&pid) && self.procs.len() >= self.max_processes {
+            self.sweep();
+            if self.procs.len() >= self.max_processes {
+                // Still full of live processes: forget the one seen longest ago.
+                if let Some(&oldest) =
+                    self.procs.iter().min_by_key(|(_, p)| p.last_seen).map(|(k, _)| k)
+                {
+                    self.procs.remove(&oldest);
+                }
+            }
+        }
+        let files = &mut self.files;
+        let info = self.procs.entry(pid).or_insert_with(|| read_process(pid, comm, files));
+        info.last_seen = Instant::now();
+        info
+    }
+
+    /// Normalizes `addrs` of process `pid`, re-reading its maps (at most once a second) when an
+    /// address falls outside them, as after a `dlopen`.
+    pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Vec<UserAddr> {
+        let Some(info) = self.procs.get_mut(&pid) else {
+            return addrs
+                .iter()
+                .map(|&addr| UserAddr::Anonymous { addr, region: "[unmapped]" })
+                .collect();
+        };
+        let missing = addrs.iter().any(|&a| info.lookup(a).is_none());
+        if missing
+            && info.exited_at.is_none()
+            && info.maps_read_at.elapsed() >= MAPS_REFRESH_INTERVAL
+        {
+            if let Ok(maps) = read_maps(pid, &mut self.files) {
+                info.maps = maps;
+            }
+            info.maps_read_at = Instant::now();
+        }
+        addrs
+            .iter()
+            .map(|&addr| {
+                info.lookup(addr).unwrap_or(UserAddr::Anonymous { addr, region: "[unmapped]" })
+            })
+            .collect()
+    }
+
+    /// Marks exited processes and forgets those that exited a while ago. A pid that was reused
+    /// by a new process is forgotten at once.
+    pub fn sweep(&mut self) {
+        let now = Instant::now();
+        self.procs.retain(|&pid, info| {
+            if info.exited_at.is_none() {
+                match read_start_time(pid) {
+                    Some(start) if start == info.start_time => return true,
+                    Some(_) => return false,
+                    None => info.exited_at = Some(now),
+                }
+            }
+            info.exited_at.is_some_and(|t| now.duration_since(t) < EXITED_GRACE)
+        });
+        // Files no process maps any more.
+        self.files.retain(|_, f| Arc::strong_count(f) > 1);
+    }
+}
+
+fn read_start_time(pid: u32) -> Option<u64> {
+    Process::new(pid as i32).and_then(|p| p.stat()).ok().map(|s| s.starttime)
+}
+
+fn read_process(
+    pid: u32,
+    comm: &[u8],
+    files: &mut HashMap<FileKey, Arc<MappedFile>>,
+) -> ProcessInfo {
+    let now = Instant::now();
+    let mut info = ProcessInfo {
+        pid,
+        start_time: 0,
+        comm: String::from_utf8_lossy(comm).into(),
+        exe: "".into(),
+        cmdline: String::new(),
+        cgroup: "".into(),
+        exe_build_id: None,
+        maps: Vec::new(),
+        maps_read_at: now,
+        last_seen: now,
+        exited_at: None,
+        threads: HashMap::new(),
+    };
+    let Ok(process) = Process::new(pid as i32) else {
+        info.exited_at = Some(now);
+        return info;
+    };
+    match process.stat() {
+        Ok(stat) => {
+            info.start_time = stat.starttime;
+            info.comm = stat.comm.into();
+        }
+        Err(_) => {
+            info.exited_at = Some(now);
+            return info;
+        }
+    }
+    if let Ok(exe) = process.exe() {
+        info.exe = exe.to_string_lossy().into();
+    }
+    if let Ok(cmdline) = process.cmdline() {
+        info.cmdline = cmdline.join(" ");
+    }
+    if let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+        info.cgroup = parse_cgroup_v2(&cgroup).into();
+    }
+    match read_maps(pid, files) {
+        Ok(maps) => info.maps = maps,
+        Err(e) => debug!(pid, error = %e, "reading maps failed"),
+    }
+    info.exe_build_id = info
+        .maps
+        .iter()
+        .filter_map(|m| match &m.target {
+            MappingTarget::File(f) if *f.module.path == *info.exe => f.module.build_id.clone(),
+            _ => None,
+        })
+        .next();
+    debug!(pid, comm = %info.comm, exe = %info.exe, cmdline = %info.cmdline, cgroup = %info.cgroup,
+        build_id = info.exe_build_id.as_deref().unwrap_or(""), "new process");
+    info
+}
+
+/// The cgroup v2 path from the contents of `/proc/PID/cgroup` (the `0::` line).
+pub fn parse_cgroup_v2(contents: &str) -> &str {
+    contents.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("")
+}
+
+fn read_maps(
+    pid: u32,
+    files: &mut HashMap<FileKey, Arc<MappedFile>>,
+) -> procfs::ProcResult<Vec<Mapping>> {
+    let maps = Process::new(pid as i32)?.maps()?;
+    let mut out = Vec::new();
+    for m in maps {
+        // Only executable mappings can hold a sampled instruction pointer.
+        if !m.perms.contains(procfs::process::MMPermissions::EXECUTE) {
+            continue;
+        }
+        let target = match &m.pathname {
+            MMapPath::Path(path) => {
+                let key = FileKey { dev: makedev(m.dev), inode: m.inode };
+                let file = files.entry(key).or_insert_with(|| {
+                    Arc::new(MappedFile { key, module: Arc::new(read_module(pid, path)) })
+                });
+                MappingTarget::File(file.clone())
+            }
+            MMapPath::Vdso => MappingTarget::Region("[vdso]"),
+            MMapPath::Heap => MappingTarget::Region("[heap]"),
+            _ => MappingTarget::Region("[anon]"),
+        };
+        out.push(Mapping { start: m.address.0, end: m.address.1, offset: m.offset, target });
+    }
+    out.sort_by_key(|m| m.start);
+    Ok(out)
+}
+
+fn makedev((major, minor): (i32, i32)) -> u64 {
+    ((major as u64) << 32) | (minor as u64 & 0xffff_ffff)
+}
+
+fn read_module(pid: u32, path: &Path) -> Module {
+    let build_id = readable_path(pid, path)
+        .and_then(|p| blazesym::helper::read_elf_build_id(&p).ok().flatten())
+        .map(|id| hex(&id).into());
+    Module { path: path.to_string_lossy().into(), build_id }
+}
+
+/// A path to open `path` as process `pid` sees it: through `/proc/PID/root` (its mount
+/// namespace) while it runs, else the path itself.
+pub fn readable_path(pid: u32, path: &Path) -> Option<PathBuf> {
+    let via_root = Path::new("/proc")
+        .join(pid.to_string())
+        .join("root")
+        .join(path.strip_prefix("/").unwrap_or(path));
+    [via_root, path.to_path_buf()].into_iter().find(|p| p.exists())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_v2_line_is_picked() {
+        let contents = "12:cpu:/legacy\n0::/system.slice/app.service\n";
+        assert_eq!(parse_cgroup_v2(contents), "/system.slice/app.service");
+        assert_eq!(parse_cgroup_v2("3:memory:/x\n"), "");
+    }
+
+    #[test]
+    fn own_process_normalizes_to_its_executable() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(16);
+        let info = table.observe(pid, b"test");
+        assert!(
+            info.exe.ends_with(
+                &*std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()
+            )
+        );
+        assert!(info.exe_build_id.is_some(), "rustc links a build-id");
+        let addr = own_process_normalizes_to_its_executable as *const () as u64;
+        let normalized = table.normalize(pid, &[addr, 8]);
+        match &normalized[0] {
+            UserAddr::File { file, offset, .. } => {
+                assert_eq!(file.module.path, table.procs[&pid].exe);
+                assert!(*offset > 0 && *offset < addr);
+            }
+            other => panic!("expected a file address, got {other:?}"),
+        }
+        assert!(matches!(normalized[1], UserAddr::Anonymous { region: "[unmapped]", .. }));
+    }
+
+    #[test]
+    fn labels_are_shared_per_thread_and_renamed_threads_get_new_ones() {
+        let mut table = ProcessTable::new(16);
+        let info = table.observe(std::process::id(), b"test");
+        let a = info.labels(7, b"worker", true);
+        let b = info.labels(7, b"worker", true);
+        assert!(Arc::ptr_eq(&a, &b));
+        let renamed = info.labels(7, b"renamed", true);
+        assert_eq!(&*renamed.thread, "renamed");
+        let process_only = info.labels(7, b"worker", false);
+        assert_eq!((process_only.tid, &*process_only.thread), (0, ""));
+    }
+
+    #[test]
+    fn exited_processes_keep_their_facts_until_the_grace_period_ends() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let mut table = ProcessTable::new(16);
+        assert_eq!(&*table.observe(pid, b"sleep").comm, "sleep");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        table.sweep();
+        assert_eq!(table.len(), 1, "kept for samples still in flight");
+        assert_eq!(&*table.observe(pid, b"sleep").exe, "/usr/bin/sleep");
+    }
+}

@@ -1,0 +1,271 @@
+//! The gRPC server: thin handlers over the aggregator, and the listeners they are served on.
+//!
+//! Library errors become `tonic::Status` here and nowhere else.
+
+use std::{
+    io,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use profiler_proto::v1::{
+    self,
+    profiler_server::{Profiler, ProfilerServer},
+};
+use thiserror::Error;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    aggregate::{AggregatorHandle, MergedProfile, actor::now_ns},
+    config::ListenAddr,
+    export,
+    selector::Selector,
+    stats::{DropSnapshot, PipelineStats},
+    symbolize::SymbolizerStats,
+};
+
+/// Facts and counters that `Status` reports.
+#[derive(Debug)]
+pub struct DaemonInfo {
+    /// Sampling frequency per CPU.
+    pub frequency: u64,
+    /// CPUs sampled.
+    pub cpus: u32,
+    /// When sampling started.
+    pub started: Instant,
+    /// Length of a window.
+    pub window: Duration,
+    /// Entries per window.
+    pub max_stacks: u64,
+    /// Pipeline counters.
+    pub stats: Arc<PipelineStats>,
+    /// Symbolizer caches.
+    pub symbolizer: Arc<SymbolizerStats>,
+    /// Processes tracked by the collector.
+    pub processes: Arc<AtomicU64>,
+}
+
+impl DaemonInfo {
+    fn period_ns(&self) -> i64 {
+        1_000_000_000 / i64::try_from(self.frequency).unwrap_or(1).max(1)
+    }
+}
+
+/// Implements `profiler.v1.Profiler`.
+#[derive(Clone, Debug)]
+pub struct ProfilerService {
+    aggregator: AggregatorHandle,
+    info: Arc<DaemonInfo>,
+}
+
+impl ProfilerService {
+    /// A service answering from `aggregator`.
+    pub fn new(aggregator: AggregatorHandle, info: Arc<DaemonInfo>) -> ProfilerService {
+        ProfilerService { aggregator, info }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> ProfilerServer<ProfilerService> {
+        ProfilerServer::new(self)
+    }
+}
+
+fn drop_counts(drops: &DropSnapshot) -> Vec<v1::DropCount> {
+    drops.iter().map(|(r, count)| v1::DropCount { reason: r.name().to_owned(), count }).collect()
+}
+
+#[tonic::async_trait]
+impl Profiler for ProfilerService {
+    async fn query(
+        &self,
+        request: Request<v1::QueryRequest>,
+    ) -> Result<Response<v1::QueryResponse>, Status> {
+        let request = request.into_inner();
+        let selector = Selector::from_proto(&request.filter.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let range = request.range.unwrap_or_default();
+        let end = if range.end_unix_nanos == 0 { now_ns() + 1 } else { range.end_unix_nanos };
+        let start = range.start_unix_nanos;
+        if start >= end {
+            return Err(Status::invalid_argument(format!(
+                "empty time range: start {start} is not before end {end}"
+            )));
+        }
+        let windows = self
+            .aggregator
+            .windows(start, end)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let period = self.info.period_ns();
+        // Merging many windows is CPU work; keep it off the async workers.
+        let response = tokio::task::spawn_blocking(move || {
+            let merged = MergedProfile::merge(windows.iter().map(|w| &**w), &selector);
+            v1::QueryResponse {
+                profile: Some(export::pprof::build(&merged, period)),
+                stats: Some(v1::QueryStats {
+                    windows: merged.windows,
+                    samples: merged.samples,
+                    start_unix_nanos: merged.start_ns,
+                    end_unix_nanos: merged.end_ns,
+                    drops: drop_counts(&merged.drops),
+                }),
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(format!("query failed: {e}")))?;
+        Ok(Response::new(response))
+    }
+
+    async fn status(
+        &self,
+        _: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        let aggregation =
+            self.aggregator.status().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let info = &self.info;
+        let sym = &info.symbolizer;
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            frequency_hz: u32::try_from(info.frequency).unwrap_or(u32::MAX),
+            cpus: info.cpus,
+            uptime_seconds: info.started.elapsed().as_secs(),
+            samples: info.stats.aggregated_total(),
+            drops: drop_counts(&info.stats.drops()),
+            symbolizer: Some(v1::SymbolizerStatus {
+                user_frames: sym.user_frames.load(Relaxed),
+                user_frames_capacity: sym.user_capacity.load(Relaxed),
+                kernel_frames: sym.kernel_frames.load(Relaxed),
+                hits: sym.hits.load(Relaxed),
+                misses: sym.misses.load(Relaxed),
+            }),
+            aggregation: Some(v1::AggregationStatus {
+                window_seconds: info.window.as_secs(),
+                windows: aggregation.windows as u64,
+                open_stacks: aggregation.open_stacks as u64,
+                max_stacks_per_window: info.max_stacks,
+                bytes: aggregation.bytes as u64,
+            }),
+            processes: u32::try_from(info.processes.load(Relaxed)).unwrap_or(u32::MAX),
+            rss_bytes: rss_bytes(),
+        }))
+    }
+}
+
+/// Resident memory of this process.
+pub fn rss_bytes() -> u64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.statm())
+        .map(|s| s.resident * procfs::page_size())
+        .unwrap_or(0)
+}
+
+/// Why the gRPC endpoint could not be set up.
+#[derive(Debug, Error)]
+pub enum ListenError {
+    /// Another process serves the socket.
+    #[error(
+        "{0} is in use by a running process (another profilerd?); stop it or choose another \
+         path with --listen unix:///PATH"
+    )]
+    SocketInUse(PathBuf),
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// A Unix socket, removed again on drop.
+    Unix(UnixListener, SocketFile),
+    /// A TCP socket.
+    Tcp(TcpListener),
+}
+
+/// Removes the socket file when dropped.
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Listener {
+    /// Binds `addr`. A stale Unix socket (nobody answers on it) is replaced; a live one is an
+    /// error. A new Unix socket gets mode 0660.
+    pub async fn bind(addr: &ListenAddr) -> Result<Listener, ListenError> {
+        let bind_err = |source| ListenError::Bind { addr: addr.to_string(), source };
+        match addr {
+            ListenAddr::Unix(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(bind_err)?;
+                }
+                if path.exists() {
+                    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                        return Err(ListenError::SocketInUse(path.clone()));
+                    }
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                let listener = UnixListener::bind(path).map_err(bind_err)?;
+                let file = SocketFile(path.clone());
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+                    .map_err(bind_err)?;
+                Ok(Listener::Unix(listener, file))
+            }
+            ListenAddr::Tcp(sock) => {
+                Ok(Listener::Tcp(TcpListener::bind(sock).await.map_err(bind_err)?))
+            }
+        }
+    }
+
+    /// The socket path, for a Unix listener.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Listener::Unix(_, file) => Some(&file.0),
+            Listener::Tcp(_) => None,
+        }
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown`.
+pub async fn serve(
+    listener: Listener,
+    service: ProfilerService,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let router = tonic::transport::Server::builder().add_service(service.into_server());
+    match listener {
+        Listener::Unix(listener, _file) => {
+            router
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    shutdown.cancelled(),
+                )
+                .await
+        }
+        Listener::Tcp(listener) => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpListenerStream::new(listener),
+                    shutdown.cancelled(),
+                )
+                .await
+        }
+    }
+}

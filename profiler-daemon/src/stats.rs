@@ -1,0 +1,176 @@
+//! Counters shared by the pipeline stages: samples seen and samples lost, per reason.
+//!
+//! Every stage that can lose a sample bumps one of these; `Status`, the query header and the
+//! window records all read from here, so a drop is never silent.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use profiler_common::counters::Counter;
+
+/// Why a sample was lost or degraded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// The kernel ring buffer was full (the daemon fell behind).
+    RingBufferFull,
+    /// The kernel stack could not be read; the sample kept its user stack.
+    KernelStackError,
+    /// The user stack could not be read; the sample kept its kernel stack.
+    UserStackError,
+    /// A ring buffer record had the wrong size.
+    MalformedRecord,
+    /// The symbolizer's input queue was full.
+    SymbolizerQueueFull,
+    /// The open window reached its stack limit; the sample was folded into an overflow stack.
+    StackTableFull,
+}
+
+impl DropReason {
+    /// Every reason, in reporting order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::RingBufferFull,
+        DropReason::KernelStackError,
+        DropReason::UserStackError,
+        DropReason::MalformedRecord,
+        DropReason::SymbolizerQueueFull,
+        DropReason::StackTableFull,
+    ];
+
+    /// Stable snake_case name used on the wire and in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::RingBufferFull => Counter::RingBufFull.name(),
+            DropReason::KernelStackError => Counter::KernelStackError.name(),
+            DropReason::UserStackError => Counter::UserStackError.name(),
+            DropReason::MalformedRecord => "malformed_record",
+            DropReason::SymbolizerQueueFull => "symbolizer_queue_full",
+            DropReason::StackTableFull => "stack_table_full",
+        }
+    }
+}
+
+/// Totals since the daemon started.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Sample records the kernel wrote (mirrored from `COUNTERS`).
+    kernel_sampled: AtomicU64,
+    /// Idle-task samples skipped in the kernel (mirrored from `COUNTERS`).
+    kernel_idle_skipped: AtomicU64,
+    /// Samples that reached the aggregator.
+    aggregated: AtomicU64,
+    drops: [AtomicU64; DropReason::ALL.len()],
+}
+
+/// A point-in-time copy of the drop counters, indexable by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DropSnapshot(pub [u64; DropReason::ALL.len()]);
+
+impl DropSnapshot {
+    /// Counts that grew since `earlier`.
+    pub fn since(&self, earlier: &DropSnapshot) -> DropSnapshot {
+        let mut out = DropSnapshot::default();
+        for (i, slot) in out.0.iter_mut().enumerate() {
+            *slot = self.0[i].saturating_sub(earlier.0[i]);
+        }
+        out
+    }
+
+    /// Adds another snapshot into this one.
+    pub fn add(&mut self, other: &DropSnapshot) {
+        for (i, slot) in self.0.iter_mut().enumerate() {
+            *slot += other.0[i];
+        }
+    }
+
+    /// `(reason, count)` pairs, including zeros, in reporting order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.iter().map(|&r| (r, self.0[r as usize]))
+    }
+
+    /// Total of every reason.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+}
+
+impl PipelineStats {
+    /// Counts one lost or degraded sample.
+    pub fn record_drop(&self, reason: DropReason) {
+        self.drops[reason as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one sample that reached the aggregator.
+    pub fn aggregated(&self) {
+        self.aggregated.fetch_add(1, Relaxed);
+    }
+
+    /// Samples that reached the aggregator since start.
+    pub fn aggregated_total(&self) -> u64 {
+        self.aggregated.load(Relaxed)
+    }
+
+    /// Sample records the kernel produced since start.
+    pub fn kernel_sampled(&self) -> u64 {
+        self.kernel_sampled.load(Relaxed)
+    }
+
+    /// Idle samples skipped by the kernel since start.
+    pub fn kernel_idle_skipped(&self) -> u64 {
+        self.kernel_idle_skipped.load(Relaxed)
+    }
+
+    /// Stores the kernel's per-CPU totals, summed over CPUs, indexed by [`Counter`].
+    pub fn set_kernel_counters(&self, totals: &[u64; Counter::COUNT as usize]) {
+        self.kernel_sampled.store(totals[Counter::Sampled as usize], Relaxed);
+        self.kernel_idle_skipped.store(totals[Counter::IdleSkipped as usize], Relaxed);
+        for (counter, reason) in [
+            (Counter::RingBufFull, DropReason::RingBufferFull),
+            (Counter::KernelStackError, DropReason::KernelStackError),
+            (Counter::UserStackError, DropReason::UserStackError),
+        ] {
+            self.drops[reason as usize].store(totals[counter as usize], Relaxed);
+        }
+    }
+
+    /// A copy of every drop counter.
+    pub fn drops(&self) -> DropSnapshot {
+        let mut out = DropSnapshot::default();
+        for (slot, counter) in out.0.iter_mut().zip(&self.drops) {
+            *slot = counter.load(Relaxed);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_index_their_own_slot() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn kernel_counters_land_on_their_reasons() {
+        let stats = PipelineStats::default();
+        let mut totals = [0; Counter::COUNT as usize];
+        totals[Counter::Sampled as usize] = 10;
+        totals[Counter::RingBufFull as usize] = 3;
+        totals[Counter::UserStackError as usize] = 2;
+        stats.set_kernel_counters(&totals);
+        stats.record_drop(DropReason::SymbolizerQueueFull);
+        let drops = stats.drops();
+        assert_eq!(stats.kernel_sampled(), 10);
+        assert_eq!(drops.0[DropReason::RingBufferFull as usize], 3);
+        assert_eq!(drops.0[DropReason::UserStackError as usize], 2);
+        assert_eq!(drops.0[DropReason::SymbolizerQueueFull as usize], 1);
+        assert_eq!(drops.total(), 6);
+        let later = {
+            stats.record_drop(DropReason::SymbolizerQueueFull);
+            stats.drops()
+        };
+        assert_eq!(later.since(&drops).total(), 1);
+    }
+}

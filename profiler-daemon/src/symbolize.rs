@@ -1,0 +1,360 @@
+//! Symbolization: turns normalized addresses into named frames, on a thread of its own.
+//!
+//! blazesym's `Symbolizer` is not `Sync`, so one named thread owns it and the caches. Results
+//! are cached by (file, offset) for user code and by address for the kernel, never by pid: a
+//! process that exits right after a sample is still symbolized from its file. Function names
+//! come from the ELF symbol tables only; DWARF can misreport the start of functions that the
+//! compiler split into hot and cold parts, which would give wrong names and offsets.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroUsize,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    thread::JoinHandle,
+};
+
+use blazesym::{
+    MaybeDefault,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Elf, Kernel, Source},
+    },
+};
+use lru::LruCache;
+use profiler_common::sample::{FLAG_KERNEL_TRUNCATED, FLAG_USER_TRUNCATED};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::{
+    aggregate::{Frame, FrameKind, Labels, Module, Stack, StackSample},
+    process::{FileKey, MappedFile, UserAddr, readable_path},
+};
+
+/// Marker frame for a stack cut at the recording depth.
+pub const TRUNCATED_FRAME: &str = "[truncated]";
+
+/// A sample whose user addresses are normalized, waiting for symbols.
+#[derive(Clone, Debug)]
+pub struct RawStack {
+    /// Labels of the sampled thread.
+    pub labels: Arc<Labels>,
+    /// Kernel return addresses, leaf first.
+    pub kernel: Vec<u64>,
+    /// Normalized user addresses, leaf first.
+    pub user: Vec<UserAddr>,
+    /// `FLAG_*` bits from the sample record.
+    pub flags: u32,
+}
+
+/// Cache sizes and hit counts, shared with `Status`.
+#[derive(Debug, Default)]
+pub struct SymbolizerStats {
+    /// User frames cached.
+    pub user_frames: AtomicU64,
+    /// Capacity of the user frame cache.
+    pub user_capacity: AtomicU64,
+    /// Kernel frames cached.
+    pub kernel_frames: AtomicU64,
+    /// Lookups answered from a cache.
+    pub hits: AtomicU64,
+    /// Lookups that went to blazesym.
+    pub misses: AtomicU64,
+}
+
+/// The caches and the blazesym instance.
+#[derive(Debug)]
+pub struct Resolver {
+    symbolizer: Symbolizer,
+    user: LruCache<(FileKey, u64), Option<Arc<Frame>>>,
+    kernel: LruCache<u64, Arc<Frame>>,
+    kernel_module: Arc<Module>,
+    /// The path each file was last opened by.
+    paths: HashMap<FileKey, PathBuf>,
+    truncated: Arc<Frame>,
+    stats: Arc<SymbolizerStats>,
+}
+
+impl Resolver {
+    /// A resolver caching up to `capacity` user frames and as many kernel frames.
+    pub fn new(capacity: NonZeroUsize, stats: Arc<SymbolizerStats>) -> Resolver {
+        stats.user_capacity.store(capacity.get() as u64, Relaxed);
+        Resolver {
+            symbolizer: Symbolizer::builder()
+                .enable_code_info(false)
+                .enable_inlined_fns(false)
+                .enable_demangling(true)
+                .build(),
+            user: LruCache::new(capacity),
+            kernel: LruCache::new(capacity),
+            kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
+            paths: HashMap::new(),
+            truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
+            stats,
+        }
+    }
+
+    /// The merged stack of one sample, leaf first: kernel frames, then user frames.
+    pub fn resolve(&mut self, pid: u32, raw: &RawStack) -> Stack {
+        let mut frames = Vec::with_capacity(raw.kernel.len() + raw.user.len() + 1);
+        self.kernel_frames(&raw.kernel, &mut frames);
+        if raw.flags & FLAG_KERNEL_TRUNCATED != 0 && raw.user.is_empty() {
+            frames.push(self.truncated.clone());
+        }
+        self.user_frames(pid, &raw.user, &mut frames);
+        if raw.flags & FLAG_USER_TRUNCATED != 0 {
+            frames.push(self.truncated.clone());
+        }
+        self.stats.user_frames.store(self.user.len() as u64, Relaxed);
+        self.stats.kernel_frames.store(self.kernel.len() as u64, Relaxed);
+        frames.into()
+    }
+
+    fn kernel_frames(&mut self, addrs: &[u64], out: &mut Vec<Arc<Frame>>) {
+        let addrs: Vec<u64> = addrs.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)).collect();
+        let misses: Vec<u64> = addrs.iter().copied().filter(|a| !self.kernel.contains(a)).collect();
+        self.count(addrs.len(), misses.len());
+        if !misses.is_empty() {
+            let lookup = &misses;
+            let src = Source::Kernel(Kernel {
+                kallsyms: MaybeDefault::Default,
+                vmlinux: MaybeDefault::None,
+                debug_syms: false,
+                ..Kernel::default()
+            });
+            let results = self.symbolizer.symbolize(&src, Input::AbsAddr(lookup));
+            for (i, &addr) in misses.iter().enumerate() {
+                let name = match results.as_ref().map(|r| &r[i]) {
+                    Ok(Symbolized::Sym(sym)) => sym.name.to_string(),
+                    _ => format!("[unknown] {addr:#x} ([kernel.kallsyms])"),
+                };
+                let frame = Frame {
+                    kind: FrameKind::Kernel,
+                    function: name.into(),
+                    module: Some(self.kernel_module.clone()),
+                    address: addr,
+                    file: None,
+                    line: 0,
+                    start_line: 0,
+                };
+                self.kernel.put(addr, Arc::new(frame));
+            }
+        }
+        out.extend(addrs.iter().filter_map(|a| self.kernel.get(a).cloned()));
+    }
+
+    fn user_frames(&mut self, pid: u32, addrs: &[UserAddr], out: &mut Vec<Arc<Frame>>) {
+        // Group the misses by file, so that each file is opened once per sample.
+        let mut misses: HashMap<FileKey, (Arc<MappedFile>, Vec<u64>)> = HashMap::new();
+        let mut lookups = 0;
+        let addrs: Vec<UserAddr> =
+            addrs.iter().enumerate().map(|(i, ua)| lookup_user(i, ua)).collect();
+        for ua in &addrs {
+            if let UserAddr::File { file, offset, .. } = ua {
+                lookups += 1;
+                if !self.user.contains(&(file.key, *offset)) {
+                    misses
+                        .entry(file.key)
+                        .or_insert_with(|| (file.clone(), Vec::new()))
+                        .1
+                        .push(*offset);
+                }
+            }
+        }
+        self.count(lookups, misses.values().map(|(_, v)| v.len()).sum());
+        for (file, offsets) in misses.into_values() {
+            self.symbolize_file(pid, &file, &offsets);
+        }
+        for ua in &addrs {
+            let frame = match ua {
+                UserAddr::File { file, offset, addr } => {
+                    match self.user.get(&(file.key, *offset)).cloned().flatten() {
+                        Some(frame) => frame,
+                        None => Arc::new(unknown_frame(*addr, Some(&file.module), *offset)),
+                    }
+                }
+                UserAddr::Anonymous { addr, region } => Arc::new(Frame {
+                    function: format!("[unknown] {addr:#x} ({region})").into(),
+                    kind: FrameKind::Native,
+                    ..Frame::marker("")
+                }),
+            };
+            out.push(frame);
+        }
+    }
+
+    fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) {
+        let path = match self.paths.get(&file.key) {
+            Some(p) if p.exists() => Some(p.clone()),
+            _ => readable_path(pid, std::path::Path::new(&*file.module.path)),
+        };
+        let results = path.as_ref().map(|path| {
+            let src = Source::Elf(Elf { debug_syms: false, ..Elf::new(path) });
+            self.symbolizer.symbolize(&src, Input::FileOffset(offsets))
+        });
+        match &results {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => debug!(path = %file.module.path, error = %e, "symbolization failed"),
+            None => debug!(path = %file.module.path, "file not readable"),
+        }
+        for (i, &offset) in offsets.iter().enumerate() {
+            let frame = match results.as_ref().and_then(|r| r.as_ref().ok()).map(|r| &r[i]) {
+                Some(Symbolized::Sym(sym)) => Some(Arc::new(Frame {
+                    kind: FrameKind::Native,
+                    function: sym.name.as_ref().into(),
+                    module: Some(file.module.clone()),
+                    address: offset,
+                    file: None,
+                    line: 0,
+                    start_line: 0,
+                })),
+                // Unknown frames carry the process's address, so they are not cached as frames.
+                _ => None,
+            };
+            self.user.put((file.key, offset), frame);
+        }
+        if let Some(path) = path {
+            self.paths.insert(file.key, path);
+        }
+    }
+
+    fn count(&self, lookups: usize, misses: usize) {
+        self.stats.hits.fetch_add((lookups - misses) as u64, Relaxed);
+        self.stats.misses.fetch_add(misses as u64, Relaxed);
+    }
+}
+
+/// The address to look up for frame `depth`: the leaf is the sampled instruction itself; every
+/// other frame is a return address, which points after its call and may already be in the next
+/// function (or its patchable prefix), so the byte before it is looked up.
+fn lookup_addr(depth: usize, addr: u64) -> u64 {
+    if depth == 0 { addr } else { addr.saturating_sub(1) }
+}
+
+fn lookup_user(depth: usize, ua: &UserAddr) -> UserAddr {
+    match ua {
+        UserAddr::File { file, offset, addr } => {
+            UserAddr::File { file: file.clone(), offset: lookup_addr(depth, *offset), addr: *addr }
+        }
+        other => other.clone(),
+    }
+}
+
+/// `[unknown] 0xADDR (libfoo.so+0xOFFSET)`.
+fn unknown_frame(addr: u64, module: Option<&Arc<Module>>, offset: u64) -> Frame {
+    let place = module.map_or_else(|| "?".to_owned(), |m| format!("{}+{offset:#x}", m.file_name()));
+    Frame {
+        kind: FrameKind::Native,
+        function: format!("[unknown] {addr:#x} ({place})").into(),
+        module: module.cloned(),
+        address: offset,
+        ..Frame::marker("")
+    }
+}
+
+/// Starts the symbolizer thread. It ends when `input` closes or the aggregator is gone.
+pub fn spawn(
+    mut input: mpsc::Receiver<(u32, RawStack)>,
+    output: mpsc::Sender<StackSample>,
+    capacity: NonZeroUsize,
+    stats: Arc<SymbolizerStats>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
+        let mut resolver = Resolver::new(capacity, stats);
+        while let Some((pid, raw)) = input.blocking_recv() {
+            let stack = resolver.resolve(pid, &raw);
+            // Blocking here only backs up the symbolizer's queue; the collector never waits
+            // on it and counts what it cannot enqueue.
+            if output.blocking_send(StackSample { labels: raw.labels, stack }).is_err() {
+                break;
+            }
+        }
+        info!("symbolizer stopped");
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessTable;
+
+    #[inline(never)]
+    fn a_named_function_for_the_symbolizer() -> u64 {
+        a_named_function_for_the_symbolizer as *const () as u64 + 4
+    }
+
+    fn resolver() -> (Resolver, Arc<SymbolizerStats>) {
+        let stats = Arc::new(SymbolizerStats::default());
+        (Resolver::new(NonZeroUsize::new(64).unwrap(), stats.clone()), stats)
+    }
+
+    #[test]
+    fn own_functions_resolve_by_file_offset_and_are_cached() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(4);
+        let labels = table.observe(pid, b"t").labels(pid, b"t", true);
+        let addr = a_named_function_for_the_symbolizer();
+        let raw =
+            RawStack { labels, kernel: vec![], user: table.normalize(pid, &[addr, 16]), flags: 0 };
+        let (mut resolver, stats) = resolver();
+        let stack = resolver.resolve(pid, &raw);
+        assert!(
+            stack[0].function.contains("a_named_function_for_the_symbolizer"),
+            "{}",
+            stack[0].function
+        );
+        assert_eq!(stack[0].kind, FrameKind::Native);
+        assert!(
+            stack[1].function.starts_with("[unknown] 0x10 ([unmapped])"),
+            "{}",
+            stack[1].function
+        );
+        assert_eq!(stats.misses.load(Relaxed), 1);
+        let again = resolver.resolve(pid, &raw);
+        assert!(Arc::ptr_eq(&stack[0], &again[0]));
+        assert_eq!(stats.hits.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn unresolvable_offsets_are_unknown_not_wrong() {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(4);
+        let labels = table.observe(pid, b"t").labels(pid, b"t", true);
+        let addr = a_named_function_for_the_symbolizer();
+        let UserAddr::File { file, .. } = table.normalize(pid, &[addr]).remove(0) else {
+            panic!("own code is file-backed");
+        };
+        // An offset far beyond the file's code.
+        let bogus = UserAddr::File { file: file.clone(), offset: 1 << 40, addr: 0x7f00_0000_0000 };
+        let raw =
+            RawStack { labels, kernel: vec![], user: vec![bogus], flags: FLAG_USER_TRUNCATED };
+        let (mut resolver, _) = resolver();
+        let stack = resolver.resolve(pid, &raw);
+        let name = format!("[unknown] 0x7f0000000000 ({}+0x10000000000)", file.module.file_name());
+        assert_eq!(&*stack[0].function, name);
+        assert_eq!(&*stack[1].function, TRUNCATED_FRAME);
+    }
+
+    #[test]
+    fn kernel_addresses_resolve_from_kallsyms() {
+        let kallsyms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let Some(addr) = kallsyms.lines().find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let addr = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let _kind = parts.next()?;
+            (parts.next()? == "do_sys_openat2" && addr != 0).then_some(addr)
+        }) else {
+            eprintln!("skipped: /proc/kallsyms shows no addresses (needs root or kptr_restrict=0)");
+            return;
+        };
+        let (mut resolver, _) = resolver();
+        let raw =
+            RawStack { labels: Arc::default(), kernel: vec![addr + 8], user: vec![], flags: 0 };
+        let stack = resolver.resolve(1, &raw);
+        assert_eq!(&*stack[0].function, "do_sys_openat2");
+        assert_eq!(stack[0].kind, FrameKind::Kernel);
+    }
+}

@@ -1,0 +1,118 @@
+//! Root integration tests: the real kernel programs profiling real native processes.
+
+mod support;
+
+use std::{process::Command, time::Duration};
+
+use support::{Daemon, build_c, parse_folded, require_bpf, samples_with, scratch};
+
+#[test]
+fn cpu_shares_and_call_chain_of_a_native_program() {
+    if !require_bpf("cpu_shares_and_call_chain_of_a_native_program") {
+        return;
+    }
+    let dir = scratch("native_cpu");
+    let program = build_c("native", &dir);
+    let daemon = Daemon::start(&dir, &["--frequency", "499"]);
+    let mut child = Command::new(&program).args(["cpu", "5"]).spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success());
+    // Let the last samples reach the aggregator.
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid_filter = ["--pid", &pid, "--since", "5m"];
+    let folded =
+        parse_folded(&daemon.ctl_ok(&[&["query", "--format", "folded"][..], &pid_filter].concat()));
+    let a = samples_with(&folded, "main;run;fn_a");
+    let b = samples_with(&folded, "main;run;fn_b");
+    let total: u64 = folded.iter().map(|(_, c)| c).sum();
+    assert!(total > 1500, "expected about 2500 samples at 499 Hz over 5 s, got {total}");
+    assert!(
+        a + b > total * 8 / 10,
+        "most samples sit under main;run;fn_a|fn_b: a={a} b={b} total={total}"
+    );
+    let share_a = a as f64 / (a + b) as f64;
+    assert!(
+        (share_a - 2.0 / 3.0).abs() < 0.04,
+        "fn_a share {share_a:.3}, expected 0.667 (a={a}, b={b})"
+    );
+
+    let top = daemon.ctl_ok(&[&["query", "--format", "top"][..], &pid_filter].concat());
+    let first_row = top.lines().nth(4).unwrap_or_default();
+    assert!(first_row.contains("fn_a (native)"), "fn_a leads the self column:\n{top}");
+    assert!(top.contains("dropped: none"), "{top}");
+    assert!(daemon.stop(), "profilerd exits cleanly on SIGTERM");
+}
+
+#[test]
+fn kernel_frames_of_a_syscall_heavy_loop() {
+    if !require_bpf("kernel_frames_of_a_syscall_heavy_loop") {
+        return;
+    }
+    let dir = scratch("native_syscall");
+    let program = build_c("native", &dir);
+    let daemon = Daemon::start(&dir, &["--frequency", "499"]);
+    let mut child = Command::new(&program).args(["syscall", "3"]).spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let folded = parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid]));
+    let total: u64 = folded.iter().map(|(_, c)| c).sum();
+    // The user leaf is libc's write(), built without frame pointers, so the unwinder skips its
+    // caller syscall_loop; main is found through syscall_loop's frame pointer.
+    let under = |kernel_frame: &str| -> u64 {
+        folded
+            .iter()
+            .filter(|(s, _)| s.contains(";main;") && s.contains(&format!(";{kernel_frame}")))
+            .map(|(_, c)| c)
+            .sum()
+    };
+    let dump = || folded.iter().take(30).map(|(s, c)| format!("{s} {c}\n")).collect::<String>();
+    let entry = under("entry_SYSCALL_64");
+    let write = under("ksys_write");
+    assert!(
+        entry * 2 > total,
+        "most samples enter the kernel through a syscall ({entry} of {total}):\n{}",
+        dump()
+    );
+    assert!(write * 10 > total, "ksys_write shows up under main ({write} of {total}):\n{}", dump());
+}
+
+#[test]
+fn a_process_that_exits_keeps_its_samples_and_symbols() {
+    if !require_bpf("a_process_that_exits_keeps_its_samples_and_symbols") {
+        return;
+    }
+    let dir = scratch("native_exit");
+    let program = build_c("native", &dir);
+    let daemon = Daemon::start(&dir, &["--frequency", "499", "--window", "30s"]);
+    let mut child = Command::new(&program).args(["cpu", "1.5"]).spawn().unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    // The binary is gone too: symbols must already be resolved, not looked up at query time.
+    std::fs::remove_file(&program).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let folded =
+        parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid.to_string()]));
+    let total: u64 = folded.iter().map(|(_, c)| c).sum();
+    let named = samples_with(&folded, "main;run;fn_a") + samples_with(&folded, "main;run;fn_b");
+    assert!(total > 300, "expected about 750 samples, got {total}");
+    assert!(named * 10 > total * 8, "{named} of {total} samples named after the exit");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    if !require_bpf("a_second_daemon_on_the_same_socket_is_refused") {
+        return;
+    }
+    let dir = scratch("socket_in_use");
+    let daemon = Daemon::start(&dir, &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_profilerd"))
+        .args(["--listen", &daemon.endpoint])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is in use by a running process"), "{stderr}");
+    assert!(daemon.stop());
+}

@@ -1,0 +1,158 @@
+//! Shared helpers of the root integration tests: privilege checks, building workloads, and a
+//! profilerd child process queried through the real profctl binary.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// Whether this machine lets us load BPF. Under `CI=true` a missing privilege is a failure,
+/// because CI runs as root and a skip there would hide a bug.
+pub fn require_bpf(test: &str) -> bool {
+    if profiler_daemon::loader::has_bpf_privileges() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "{test}: CI=true but BPF is unavailable (needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE, and BTF)"
+        );
+    }
+    eprintln!(
+        "skipped {test}: needs root (or CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE) and kernel BTF"
+    );
+    false
+}
+
+/// A scratch directory for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Compiles `tests/workloads/NAME.c` with frame pointers into `dir`. `-O0` because gcc omits
+/// the frame pointer of leaf functions at higher levels even when told not to.
+pub fn build_c(name: &str, dir: &Path) -> PathBuf {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(format!("{name}.c"));
+    let out = dir.join(name);
+    let status = Command::new("cc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer"])
+        .arg(&src)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("running cc");
+    assert!(status.success(), "compiling {}", src.display());
+    out
+}
+
+/// A running profilerd.
+pub struct Daemon {
+    child: Child,
+    pub endpoint: String,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts profilerd with a socket in `dir` and waits until it answers.
+    pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        let socket = dir.join("profiler.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        let log = dir.join("profilerd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_profilerd"))
+            .args(["--listen", &endpoint])
+            .args(if extra.contains(&"--window") { &[][..] } else { &["--window", "1s"][..] })
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting profilerd");
+        let mut daemon = Daemon { child, endpoint, socket, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!("profilerd exited early ({status}):\n{}", daemon.log());
+            }
+            if daemon.socket.exists() && daemon.ctl(&["status"]).status.success() {
+                return daemon;
+            }
+            assert!(Instant::now() < deadline, "profilerd did not become ready:\n{}", daemon.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs profctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_profctl"))
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .output()
+            .expect("running profctl")
+    }
+
+    /// Runs profctl and returns its standard output, failing the test on an error.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "profctl {args:?} failed: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Stops the daemon with SIGTERM and returns whether it exited cleanly.
+    pub fn stop(mut self) -> bool {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses folded output into (stack, count) pairs.
+pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
+    text.lines()
+        .map(|l| {
+            let (stack, count) = l.rsplit_once(' ').expect("folded line ends with a count");
+            (stack.to_owned(), count.parse().expect("count"))
+        })
+        .collect()
+}
+
+/// Samples whose stack contains `needle` as a whole frame sequence.
+pub fn samples_with(folded: &[(String, u64)], needle: &str) -> u64 {
+    folded
+        .iter()
+        .filter(|(s, _)| format!(";{s};").contains(&format!(";{needle};")))
+        .map(|(_, c)| c)
+        .sum()
+}

@@ -1,0 +1,67 @@
+/* Native workload for the integration tests: known functions under a known call chain.
+ *
+ *   native cpu SECONDS       main -> run -> fn_a (2 units) / fn_b (1 unit), by equal loops
+ *   native syscall SECONDS   main -> syscall_loop -> write(2) to /dev/null
+ *
+ * Built with frame pointers and without inlining, so that user stacks unwind fully. */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile uint64_t sink;
+
+#define SPIN(n)                                                                                    \
+    for (uint64_t i = 0; i < (n); i++) {                                                           \
+        sink += i ^ (sink >> 3);                                                                   \
+    }
+
+__attribute__((noinline)) void fn_a(void) { SPIN(2000000); }
+__attribute__((noinline)) void fn_b(void) { SPIN(1000000); }
+
+__attribute__((noinline)) void run(void) {
+    fn_a();
+    fn_b();
+}
+
+__attribute__((noinline)) void syscall_loop(int fd) {
+    char byte = 0;
+    for (int i = 0; i < 1000; i++) {
+        if (write(fd, &byte, 1) != 1) {
+            exit(3);
+        }
+    }
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s cpu|syscall SECONDS\n", argv[0]);
+        return 2;
+    }
+    double end = now() + atof(argv[2]);
+    if (strcmp(argv[1], "cpu") == 0) {
+        while (now() < end) {
+            run();
+        }
+    } else if (strcmp(argv[1], "syscall") == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd < 0) {
+            return 3;
+        }
+        while (now() < end) {
+            syscall_loop(fd);
+        }
+    } else {
+        return 2;
+    }
+    return 0;
+}
