@@ -20,5 +20,10 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# nextest prints one summary line for the whole run; plain cargo test is the fallback.
 test: lint
-	$(CARGO) test
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test; \
+	fi

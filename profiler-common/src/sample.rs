@@ -19,10 +19,10 @@ pub const FLAG_KERNEL_ERROR: u32 = 1 << 2;
 /// `flags` bit: reading the user stack failed.
 pub const FLAG_USER_ERROR: u32 = 1 << 3;
 
-/// One on-CPU sample.
+/// Fixed part of a sample record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct SampleEvent {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SampleHeader {
     /// `bpf_ktime_get_boot_ns()` at the sample.
     pub time_ns: u64,
     /// Process id (thread-group id).
@@ -33,30 +33,33 @@ pub struct SampleEvent {
     pub cpu: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
-    /// Number of valid entries in `kernel_ips`.
+    /// Number of kernel frames at the start of `ips`.
     pub kernel_len: u32,
-    /// Number of valid entries in `user_ips`.
+    /// Number of user frames after the kernel frames.
     pub user_len: u32,
     /// The thread's `comm` (NUL-padded).
     pub comm: [u8; TASK_COMM_LEN],
-    /// Kernel return addresses, leaf first.
-    pub kernel_ips: [u64; MAX_STACK_DEPTH],
-    /// User return addresses, leaf first.
-    pub user_ips: [u64; MAX_STACK_DEPTH],
 }
 
-impl SampleEvent {
-    /// Size of the record in the ring buffer.
+/// One on-CPU sample as the kernel program builds it in a per-CPU scratch buffer. Only the
+/// header and the used part of `ips` go into the ring buffer, so a record is
+/// `HEADER_SIZE + 8 * (kernel_len + user_len)` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SampleEvent {
+    /// Who and when.
+    pub header: SampleHeader,
+    /// Kernel return addresses (leaf first), then user return addresses (leaf first).
+    pub ips: [u64; 2 * MAX_STACK_DEPTH],
+}
+
+impl SampleHeader {
+    /// Size of the header in a record.
     pub const SIZE: usize = core::mem::size_of::<Self>();
 
-    /// The valid kernel frames, leaf first.
-    pub fn kernel_stack(&self) -> &[u64] {
-        &self.kernel_ips[..(self.kernel_len as usize).min(MAX_STACK_DEPTH)]
-    }
-
-    /// The valid user frames, leaf first.
-    pub fn user_stack(&self) -> &[u64] {
-        &self.user_ips[..(self.user_len as usize).min(MAX_STACK_DEPTH)]
+    /// Size of the whole record this header announces.
+    pub const fn record_size(&self) -> usize {
+        Self::SIZE + 8 * (self.kernel_len as usize + self.user_len as usize)
     }
 
     /// The thread name up to its first NUL.
@@ -66,10 +69,53 @@ impl SampleEvent {
     }
 }
 
-#[cfg(feature = "user")]
-// SAFETY: `SampleEvent` is `repr(C)`, has no padding (checked below) and every bit pattern is a
-// valid value.
-unsafe impl aya::Pod for SampleEvent {}
+/// A record read back from the ring buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRecord<'a> {
+    /// The header.
+    pub header: SampleHeader,
+    ips: &'a [u8],
+}
 
-// No implicit padding: the header is 48 bytes and both arrays are 8-byte aligned.
-const _: () = assert!(SampleEvent::SIZE == 48 + 2 * MAX_STACK_DEPTH * 8);
+impl<'a> SampleRecord<'a> {
+    /// Parses a record; `None` when its size does not match its header.
+    pub fn parse(bytes: &'a [u8]) -> Option<SampleRecord<'a>> {
+        if bytes.len() < SampleHeader::SIZE {
+            return None;
+        }
+        // SAFETY: at least SIZE bytes, SampleHeader is plain old data without padding, and the
+        // read is unaligned-safe.
+        let header: SampleHeader = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        if header.kernel_len as usize > MAX_STACK_DEPTH
+            || header.user_len as usize > MAX_STACK_DEPTH
+            || header.record_size() != bytes.len()
+        {
+            return None;
+        }
+        Some(SampleRecord { header, ips: &bytes[SampleHeader::SIZE..] })
+    }
+
+    fn ip(&self, i: usize) -> u64 {
+        let b = &self.ips[i * 8..i * 8 + 8];
+        u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    /// Kernel frames, leaf first.
+    pub fn kernel_stack(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.header.kernel_len as usize).map(|i| self.ip(i))
+    }
+
+    /// User frames, leaf first.
+    pub fn user_stack(&self) -> impl Iterator<Item = u64> + '_ {
+        let k = self.header.kernel_len as usize;
+        (k..k + self.header.user_len as usize).map(|i| self.ip(i))
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no padding (checked below), every bit pattern is valid.
+unsafe impl aya::Pod for SampleHeader {}
+
+// No implicit padding anywhere.
+const _: () = assert!(SampleHeader::SIZE == 48);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 48 + 2 * MAX_STACK_DEPTH * 8);

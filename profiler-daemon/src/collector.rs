@@ -1,5 +1,6 @@
-//! The collector: drains the sample ring buffer on readiness, attaches process facts and
-//! normalized addresses, and hands samples to the symbolizer without ever waiting on it.
+//! The collector: drains the sample ring buffer on readiness (the kernel wakes it when the ring
+//! fills up) and on a short timer, attaches process facts and normalized addresses, and hands
+//! samples to the symbolizer without ever waiting on it.
 
 use std::{
     sync::{
@@ -10,7 +11,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use profiler_common::sample::SampleEvent;
+use profiler_common::sample::SampleRecord;
 use tokio::{
     io::unix::AsyncFd,
     sync::mpsc::{self, error::TrySendError},
@@ -25,9 +26,13 @@ use crate::{
     symbolize::RawStack,
 };
 
-/// How often the kernel counters are mirrored and exited processes swept.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-const SWEEP_EVERY_TICKS: u32 = 5;
+/// How often the ring buffer is drained without a wakeup from the kernel. The kernel only wakes
+/// the collector when the ring is a quarter full, so this bounds the latency of a sample.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(100);
+/// How often (in drain ticks) the kernel counters are mirrored.
+const COUNTERS_EVERY_TICKS: u32 = 10;
+/// How often (in drain ticks) exited processes are swept.
+const SWEEP_EVERY_TICKS: u32 = 50;
 
 /// Everything the collector owns.
 #[derive(Debug)]
@@ -47,19 +52,18 @@ pub struct Collector {
 impl Collector {
     /// Handles one ring buffer record.
     pub fn handle(&mut self, record: &[u8]) {
-        if record.len() != SampleEvent::SIZE {
+        let Some(record) = SampleRecord::parse(record) else {
             self.stats.record_drop(DropReason::MalformedRecord);
             return;
-        }
-        // SAFETY: the length matches and SampleEvent is plain old data; the ring buffer gives
-        // no alignment guarantee beyond 8 bytes, so read unaligned anyway.
-        let event: SampleEvent = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
-        let process = self.processes.observe(event.tgid, event.comm_bytes());
-        let labels = process.labels(event.tid, event.comm_bytes(), self.by_thread);
-        let user = self.processes.normalize(event.tgid, event.user_stack());
+        };
+        let h = &record.header;
+        let process = self.processes.observe(h.tgid, h.comm_bytes());
+        let labels = process.labels(h.tid, h.comm_bytes(), self.by_thread);
+        let user: Vec<u64> = record.user_stack().collect();
+        let user = self.processes.normalize(h.tgid, &user);
         let raw =
-            RawStack { labels, kernel: event.kernel_stack().to_vec(), user, flags: event.flags };
-        match self.output.try_send((event.tgid, raw)) {
+            RawStack { labels, kernel: record.kernel_stack().collect(), user, flags: h.flags };
+        match self.output.try_send((h.tgid, raw)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.record_drop(DropReason::SymbolizerQueueFull),
             Err(TrySendError::Closed(_)) => {}
@@ -78,7 +82,8 @@ impl Collector {
         let mut ring =
             unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
                 .map_err(|e| e.into_parts().1)?;
-        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut drain = tokio::time::interval(DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u32;
         loop {
             tokio::select! {
@@ -91,16 +96,22 @@ impl Collector {
                     }
                     guard.clear_ready();
                 }
-                _ = housekeeping.tick() => {
-                    match counters.read() {
-                        Ok(totals) => self.stats.set_kernel_counters(&totals),
-                        Err(e) => warn!(error = %e, "reading the kernel counters failed"),
+                _ = drain.tick() => {
+                    let ring = ring.get_mut();
+                    while let Some(record) = ring.next() {
+                        self.handle(&record);
                     }
-                    ticks += 1;
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(COUNTERS_EVERY_TICKS) {
+                        match counters.read() {
+                            Ok(totals) => self.stats.set_kernel_counters(&totals),
+                            Err(e) => warn!(error = %e, "reading the kernel counters failed"),
+                        }
+                        self.processes_gauge.store(self.processes.len() as u64, Relaxed);
+                    }
                     if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
                         self.processes.sweep();
                     }
-                    self.processes_gauge.store(self.processes.len() as u64, Relaxed);
                 }
             }
         }
@@ -114,7 +125,7 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler_common::sample::MAX_STACK_DEPTH;
+    use profiler_common::sample::SampleHeader;
 
     fn collector(capacity: usize) -> (Collector, mpsc::Receiver<(u32, RawStack)>) {
         let (output, rx) = mpsc::channel(capacity);
@@ -129,24 +140,18 @@ mod tests {
     }
 
     fn record(tgid: u32, tid: u32) -> Vec<u8> {
-        let mut event = SampleEvent {
-            time_ns: 1,
-            tgid,
-            tid,
-            cpu: 0,
-            flags: 0,
-            kernel_len: 2,
-            user_len: 1,
-            comm: [0; 16],
-            kernel_ips: [0; MAX_STACK_DEPTH],
-            user_ips: [0; MAX_STACK_DEPTH],
-        };
-        event.comm[..6].copy_from_slice(b"worker");
-        event.kernel_ips[..2].copy_from_slice(&[0xffff_ffff_8100_0000, 0xffff_ffff_8100_0010]);
-        event.user_ips[0] = 0x1000;
-        // SAFETY: SampleEvent is repr(C) plain data without padding.
-        unsafe { std::slice::from_raw_parts((&raw const event).cast::<u8>(), SampleEvent::SIZE) }
-            .to_vec()
+        let mut header =
+            SampleHeader { tgid, tid, kernel_len: 2, user_len: 1, ..SampleHeader::default() };
+        header.comm[..6].copy_from_slice(b"worker");
+        // SAFETY: SampleHeader is repr(C) plain data without padding.
+        let mut bytes = unsafe {
+            std::slice::from_raw_parts((&raw const header).cast::<u8>(), SampleHeader::SIZE)
+        }
+        .to_vec();
+        for ip in [0xffff_ffff_8100_0000u64, 0xffff_ffff_8100_0010, 0x1000] {
+            bytes.extend_from_slice(&ip.to_ne_bytes());
+        }
+        bytes
     }
 
     #[test]
@@ -157,7 +162,7 @@ mod tests {
         let (got_pid, raw) = rx.try_recv().unwrap();
         assert_eq!(got_pid, pid);
         assert_eq!((raw.labels.pid, raw.labels.tid, &*raw.labels.thread), (pid, pid + 1, "worker"));
-        assert_eq!(raw.kernel.len(), 2);
+        assert_eq!(raw.kernel, [0xffff_ffff_8100_0000, 0xffff_ffff_8100_0010]);
         assert_eq!(raw.user.len(), 1);
     }
 
@@ -169,8 +174,11 @@ mod tests {
         c.handle(&record(pid, pid));
         c.handle(&record(pid, pid));
         c.handle(&[0u8; 12]);
+        let mut short = record(pid, pid);
+        short.pop();
+        c.handle(&short);
         let drops = c.stats.drops();
         assert_eq!(drops.0[DropReason::SymbolizerQueueFull as usize], 2);
-        assert_eq!(drops.0[DropReason::MalformedRecord as usize], 1);
+        assert_eq!(drops.0[DropReason::MalformedRecord as usize], 2);
     }
 }

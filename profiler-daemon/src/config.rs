@@ -96,6 +96,11 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "8MiB", value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
+    /// Enable the kernel's BPF run-time statistics, so that `status` shows the kernel cost per
+    /// sample (costs two clock reads per sample).
+    #[arg(long)]
+    pub bpf_stats: bool,
+
     /// Sample the idle task (pid 0) too.
     #[arg(long)]
     pub include_idle: bool,

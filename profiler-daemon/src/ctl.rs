@@ -241,7 +241,23 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             a.bytes / 1024
         );
     }
-    let _ = writeln!(out, "memory:      {} MiB resident", s.rss_bytes / (1 << 20));
+    let _ = writeln!(
+        out,
+        "daemon:      {} MiB resident, {:.2} s CPU ({:.3}% of a core)",
+        s.rss_bytes / (1 << 20),
+        s.cpu_seconds,
+        100.0 * s.cpu_seconds / s.uptime_seconds.max(1) as f64
+    );
+    if s.kernel_run_count > 0 {
+        let _ = writeln!(
+            out,
+            "kernel:      {} program runs, {:.0} ns per run",
+            s.kernel_run_count,
+            s.kernel_run_time_ns as f64 / s.kernel_run_count as f64
+        );
+    } else {
+        let _ = writeln!(out, "kernel:      cost unknown (start profilerd with --bpf-stats)");
+    }
     out
 }
 

@@ -67,6 +67,7 @@ pub async fn run(
     let mut sampler = Sampler::load(&SamplerConfig {
         frequency: args.frequency,
         include_idle: args.include_idle,
+        bpf_stats: args.bpf_stats,
         ring_buffer_bytes: args.ring_buffer_size,
     })?;
     let listener = Listener::bind(&args.listen).await?;
@@ -121,6 +122,7 @@ pub async fn run(
         stats,
         symbolizer: symbolizer_stats,
         processes,
+        program_id: sampler.program_id(),
     });
     info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
     ready();

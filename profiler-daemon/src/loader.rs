@@ -30,6 +30,8 @@ pub struct SamplerConfig {
     pub frequency: u64,
     /// Sample the idle task as well.
     pub include_idle: bool,
+    /// Turn on the kernel's BPF run-time statistics while the sampler runs.
+    pub bpf_stats: bool,
     /// Size of the sample ring buffer in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
 }
@@ -97,6 +99,26 @@ pub enum LoadError {
 pub struct Sampler {
     ebpf: Ebpf,
     cpus: Vec<u32>,
+    program_id: u32,
+    _stats: Option<std::os::fd::OwnedFd>,
+}
+
+/// Time the kernel spent in the sampling program, from the kernel's BPF run-time statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCost {
+    /// Total run time of the program, in nanoseconds.
+    pub run_time_ns: u64,
+    /// Number of runs.
+    pub run_count: u64,
+}
+
+/// The statistics of program `id`; zero unless BPF statistics are enabled (`--bpf-stats` or
+/// the `kernel.bpf_stats_enabled` sysctl).
+pub fn kernel_cost(program_id: u32) -> Option<KernelCost> {
+    aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id).map(|p| KernelCost {
+        run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
+        run_count: p.run_count(),
+    })
 }
 
 impl Sampler {
@@ -108,8 +130,12 @@ impl Sampler {
         }
         raise_memlock_limit();
         let include_idle = u32::from(config.include_idle);
+        // Wake the daemon early once a quarter of the ring is used; otherwise it drains on its
+        // timer.
+        let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global("INCLUDE_IDLE", &include_idle, true)
+            .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .map_max_entries("SAMPLES", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;
@@ -119,6 +145,7 @@ impl Sampler {
             .try_into()
             .map_err(LoadError::Program)?;
         program.load().map_err(|e| privileges_or(e, LoadError::Program))?;
+        let program_id = program.info().map_err(LoadError::Program)?.id();
         let cpus = online_cpus().map_err(|(what, e)| LoadError::Cpus(what, e))?;
         for &cpu in &cpus {
             program
@@ -130,8 +157,21 @@ impl Sampler {
                 )
                 .map_err(|source| attach_error(config.frequency, cpu, source))?;
         }
+        let stats = config
+            .bpf_stats
+            .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+            .transpose()
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "could not enable BPF run-time statistics");
+                None
+            });
         info!(cpus = cpus.len(), frequency = config.frequency, "sampler attached");
-        Ok(Sampler { ebpf, cpus })
+        Ok(Sampler { ebpf, cpus, program_id, _stats: stats })
+    }
+
+    /// Kernel id of the sampling program.
+    pub fn program_id(&self) -> u32 {
+        self.program_id
     }
 
     /// The CPUs sampled.

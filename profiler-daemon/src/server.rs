@@ -51,6 +51,8 @@ pub struct DaemonInfo {
     pub symbolizer: Arc<SymbolizerStats>,
     /// Processes tracked by the collector.
     pub processes: Arc<AtomicU64>,
+    /// Kernel id of the sampling program.
+    pub program_id: u32,
 }
 
 impl DaemonInfo {
@@ -132,6 +134,7 @@ impl Profiler for ProfilerService {
             self.aggregator.status().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let info = &self.info;
         let sym = &info.symbolizer;
+        let cost = crate::loader::kernel_cost(info.program_id).unwrap_or_default();
         Ok(Response::new(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             frequency_hz: u32::try_from(info.frequency).unwrap_or(u32::MAX),
@@ -155,8 +158,19 @@ impl Profiler for ProfilerService {
             }),
             processes: u32::try_from(info.processes.load(Relaxed)).unwrap_or(u32::MAX),
             rss_bytes: rss_bytes(),
+            cpu_seconds: cpu_seconds(),
+            kernel_run_time_ns: cost.run_time_ns,
+            kernel_run_count: cost.run_count,
         }))
     }
+}
+
+/// User plus system CPU time of this process, in seconds.
+pub fn cpu_seconds() -> f64 {
+    procfs::process::Process::myself()
+        .and_then(|p| p.stat())
+        .map(|s| (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64)
+        .unwrap_or(0.0)
 }
 
 /// Resident memory of this process.
