@@ -1,0 +1,90 @@
+//! What a user sees when something is wrong: an unreachable daemon, a bad flag, missing
+//! privileges. Needs no privileges itself.
+
+use std::process::Command;
+
+fn run(bin: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(bin).args(args).output().expect("running the binary");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn profctl_names_an_unreachable_endpoint() {
+    let (ok, stderr) = run(
+        env!("CARGO_BIN_EXE_profctl"),
+        &["--endpoint", "unix:///nonexistent/profiler.sock", "status"],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot reach profilerd at unix:///nonexistent/profiler.sock"),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(env!("CARGO_BIN_EXE_profctl"), &["--endpoint", "ftp://x", "status"]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid endpoint \"ftp://x\""), "{stderr}");
+}
+
+#[test]
+fn profctl_rejects_bad_selectors_and_conflicting_ranges() {
+    let (ok, stderr) = run(env!("CARGO_BIN_EXE_profctl"), &["query", "-s", "pod"]);
+    assert!(!ok);
+    assert!(stderr.contains("not of the form key=value"), "{stderr}");
+    let (ok, stderr) = run(
+        env!("CARGO_BIN_EXE_profctl"),
+        &["query", "--since", "5m", "--from", "2026-01-01T00:00:00Z"],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+}
+
+#[test]
+fn profilerd_rejects_a_bad_flag_with_its_name() {
+    let (ok, stderr) = run(env!("CARGO_BIN_EXE_profilerd"), &["--frequency", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--frequency"), "{stderr}");
+    let (ok, stderr) = run(env!("CARGO_BIN_EXE_profilerd"), &["--listen", "127.0.0.1:80"]);
+    assert!(!ok);
+    assert!(stderr.contains("expected unix:///PATH or tcp://ADDR:PORT"), "{stderr}");
+}
+
+#[test]
+fn profilerd_without_privileges_names_the_capabilities() {
+    // Drop every capability and run as nobody, the way an unprivileged user would start it.
+    let setpriv =
+        ["/usr/bin/setpriv", "/bin/setpriv"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let Some(setpriv) = setpriv else {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return;
+    };
+    let is_root = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    });
+    if !is_root {
+        let (ok, stderr) =
+            run(env!("CARGO_BIN_EXE_profilerd"), &["--listen", "unix:///tmp/never.sock"]);
+        assert!(!ok);
+        assert!(stderr.contains("CAP_BPF"), "{stderr}");
+        return;
+    }
+    let (ok, stderr) = run(
+        setpriv,
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            env!("CARGO_BIN_EXE_profilerd"),
+            "--listen",
+            "unix:///tmp/never.sock",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "lacks the privileges to use BPF (missing CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE)"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Run it as root"), "{stderr}");
+}

@@ -1,0 +1,240 @@
+//! The gRPC API end to end, in memory: an aggregator fed with known samples, the real tonic
+//! service over `tokio::io::duplex`, and the client-side formats rendered from the answer.
+//! Needs no privileges.
+
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
+
+use hyper_util::rt::TokioIo;
+use profiler_daemon::{
+    aggregate::{
+        Frame, FrameKind, Labels, Module, StackSample,
+        actor::{self, AggregatorConfig},
+    },
+    ctl,
+    export::{self, ProfileView, top::SortKey},
+    server::{DaemonInfo, ProfilerService},
+    stats::PipelineStats,
+    store::Retention,
+    symbolize::SymbolizerStats,
+};
+use profiler_proto::v1::{self, profiler_client::ProfilerClient};
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tower::service_fn;
+
+fn native(name: &str, module: &Arc<Module>, offset: u64) -> Arc<Frame> {
+    Arc::new(Frame {
+        kind: FrameKind::Native,
+        function: name.into(),
+        module: Some(module.clone()),
+        address: offset,
+        file: None,
+        line: 0,
+        start_line: 0,
+    })
+}
+
+fn kernel(name: &str, addr: u64) -> Arc<Frame> {
+    Arc::new(Frame {
+        kind: FrameKind::Kernel,
+        module: Some(Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None })),
+        address: addr,
+        ..Frame::marker(name)
+    })
+}
+
+/// Two processes: `app` spends 6 samples in fn_a, 3 in fn_b and 1 in the kernel under fn_b;
+/// `other` spends 5 samples in its main.
+fn samples() -> Vec<StackSample> {
+    let app =
+        Arc::new(Module { path: "/opt/app/bin/app".into(), build_id: Some("abcdef01".into()) });
+    let labels = |pid: u32, comm: &str| {
+        Arc::new(Labels {
+            pid,
+            tid: pid,
+            comm: comm.into(),
+            thread: comm.into(),
+            exe: "/opt/app/bin/app".into(),
+            cgroup: "/app.slice".into(),
+        })
+    };
+    let (main, run) = (native("main", &app, 0x1100), native("run", &app, 0x1200));
+    let fn_a = native("fn_a", &app, 0x1300);
+    let fn_b = native("fn_b", &app, 0x1400);
+    let mut out = Vec::new();
+    let mut push = |n: usize, labels: &Arc<Labels>, stack: Vec<Arc<Frame>>| {
+        for _ in 0..n {
+            out.push(StackSample { labels: labels.clone(), stack: stack.clone().into() });
+        }
+    };
+    let l1 = labels(100, "app");
+    push(6, &l1, vec![fn_a.clone(), run.clone(), main.clone()]);
+    push(3, &l1, vec![fn_b.clone(), run.clone(), main.clone()]);
+    push(1, &l1, vec![kernel("ksys_write", 0xffff_ffff_8100_0040), fn_b, run, main.clone()]);
+    push(5, &labels(200, "other"), vec![main]);
+    out
+}
+
+async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let stats = Arc::new(PipelineStats::default());
+    let (tx, rx) = mpsc::channel(64);
+    let config = AggregatorConfig {
+        window: Duration::from_secs(3600),
+        max_stacks: 1000,
+        retention: Retention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 },
+    };
+    let (aggregator, _task) = actor::spawn(config, rx, stats.clone(), shutdown.clone());
+    for s in samples() {
+        tx.send(s).await.unwrap();
+    }
+    // Each status round trip lets the actor run; it drains the samples first (biased select).
+    while stats.aggregated_total() < 15 {
+        aggregator.status().await.unwrap();
+    }
+    let info = Arc::new(DaemonInfo {
+        frequency: 100,
+        cpus: 2,
+        started: Instant::now(),
+        window: config.window,
+        max_stacks: 1000,
+        stats,
+        symbolizer: Arc::new(SymbolizerStats::default()),
+        processes: Arc::new(AtomicU64::new(2)),
+        program_id: 0,
+    });
+    let service = ProfilerService::new(aggregator, info);
+    let (client_io, server_io) = tokio::io::duplex(1 << 16);
+    let server_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                // One connection, then an incoming stream that stays open: when it ends, the
+                // server stops and the client would reconnect.
+                tokio_stream::StreamExt::chain(
+                    tokio_stream::once(Ok::<_, std::io::Error>(server_io)),
+                    tokio_stream::pending(),
+                ),
+                server_shutdown.cancelled(),
+            )
+            .await
+    });
+    let mut client_io = Some(client_io);
+    let channel =
+        Endpoint::from_static("http://in-memory")
+            .connect_with_connector(service_fn(move |_: Uri| {
+                let io = client_io.take();
+                async move {
+                    io.map(TokioIo::new).ok_or_else(|| std::io::Error::other("connected twice"))
+                }
+            }))
+            .await
+            .unwrap();
+    (ProfilerClient::new(channel), shutdown)
+}
+
+fn query(selector: &str) -> v1::QueryRequest {
+    let selector: profiler_daemon::selector::Selector = selector.parse().unwrap();
+    v1::QueryRequest {
+        range: Some(v1::TimeRange { start_unix_nanos: 1, end_unix_nanos: 0 }),
+        filter: Some(selector.to_proto()),
+    }
+}
+
+#[tokio::test]
+async fn query_returns_a_pprof_profile_that_renders_to_folded_and_top() {
+    let (mut client, shutdown) = serve_in_memory().await;
+    let response = client.query(query("")).await.unwrap().into_inner();
+    let stats = response.stats.unwrap();
+    assert_eq!(stats.samples, 15);
+    let profile = response.profile.unwrap();
+
+    // pprof conventions: two sample types, 10 ms period, a build-id on the app's mapping.
+    let s = |i: i64| profile.string_table[i as usize].as_str();
+    let types: Vec<_> = profile.sample_type.iter().map(|t| (s(t.r#type), s(t.unit))).collect();
+    assert_eq!(types, [("cpu-samples", "count"), ("cpu", "nanoseconds")]);
+    assert_eq!(profile.period, 10_000_000);
+    let app = profile.mapping.iter().find(|m| s(m.filename) == "/opt/app/bin/app").unwrap();
+    assert_eq!(s(app.build_id), "abcdef01");
+    assert!(profile.mapping.iter().any(|m| s(m.filename) == "[kernel.kallsyms]"));
+    let total_ns: i64 = profile.sample.iter().map(|x| x.value[1]).sum();
+    assert_eq!(total_ns, 15 * 10_000_000);
+    // The gzip file decodes back to the same message.
+    let gz = export::pprof::encode_gzip(&profile);
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz[..]), &mut raw).unwrap();
+    assert_eq!(v1::Profile::decode(&raw[..]).unwrap(), profile);
+
+    let view = ProfileView::new(&profile).unwrap();
+    insta::assert_snapshot!("folded_all", export::folded::render(&view));
+    insta::assert_snapshot!("top_by_self", export::top::render(&view, SortKey::SelfSamples, 10));
+    insta::assert_snapshot!(
+        "top_by_cumulative",
+        export::top::render(&view, SortKey::Cumulative, 10)
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn filters_select_processes_and_bad_selectors_are_rejected() {
+    let (mut client, shutdown) = serve_in_memory().await;
+    let response = client.query(query("comm=app")).await.unwrap().into_inner();
+    assert_eq!(response.stats.unwrap().samples, 10);
+    let view = ProfileView::new(&response.profile.unwrap()).unwrap();
+    assert!(view.samples.iter().all(|s| s.labels.contains(&("pid".into(), "100".into()))));
+
+    let mut bad = query("");
+    bad.filter = Some(v1::Filter {
+        matchers: vec![v1::LabelMatcher { key: "pod".into(), value: "x".into() }],
+    });
+    let err = client.query(bad).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("unknown selector key \"pod\""), "{}", err.message());
+
+    let empty = v1::QueryRequest {
+        range: Some(v1::TimeRange { start_unix_nanos: 10, end_unix_nanos: 5 }),
+        filter: None,
+    };
+    assert_eq!(client.query(empty).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn status_reports_samples_and_sizes() {
+    let (mut client, shutdown) = serve_in_memory().await;
+    let status = client.status(v1::StatusRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        (status.frequency_hz, status.cpus, status.samples, status.processes),
+        (100, 2, 15, 2)
+    );
+    assert_eq!(status.aggregation.unwrap().open_stacks, 4);
+    assert!(status.drops.iter().all(|d| d.count == 0));
+    let text = ctl::render_status(&status);
+    assert!(text.contains("sampling:    100 Hz on 2 CPUs"), "{text}");
+    assert!(
+        text.contains("kernel:      cost unknown (start profilerd with --bpf-stats)"),
+        "{text}"
+    );
+    shutdown.cancel();
+}
+
+#[test]
+fn the_top_header_names_samples_range_and_drops() {
+    let stats = v1::QueryStats {
+        windows: 3,
+        samples: 1500,
+        start_unix_nanos: 1_700_000_000_000_000_000,
+        end_unix_nanos: 1_700_000_030_000_000_000,
+        drops: vec![
+            v1::DropCount { reason: "ring_buffer_full".into(), count: 4 },
+            v1::DropCount { reason: "user_stack_error".into(), count: 0 },
+        ],
+    };
+    insta::assert_snapshot!(ctl::render_header(&stats, 10_101_010));
+}
