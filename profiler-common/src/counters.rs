@@ -17,11 +17,17 @@ pub enum Counter {
     KernelStackError = 3,
     /// Samples whose user stack could not be read (sent without a user stack).
     UserStackError = 4,
+    /// Python samples whose thread state was not found (no Python frames sent).
+    PythonNoThread = 5,
+    /// Python samples whose frame chain could not be read to the end.
+    PythonReadError = 6,
+    /// Python samples deeper than the recorded limit (marked truncated).
+    PythonTruncated = 7,
 }
 
 impl Counter {
     /// Number of slots in the `COUNTERS` map.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 8;
 
     /// Every counter, in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -30,6 +36,9 @@ impl Counter {
         Counter::RingBufFull,
         Counter::KernelStackError,
         Counter::UserStackError,
+        Counter::PythonNoThread,
+        Counter::PythonReadError,
+        Counter::PythonTruncated,
     ];
 
     /// Stable snake_case name, used in `Status` and metrics.
@@ -40,6 +49,9 @@ impl Counter {
             Counter::RingBufFull => "ring_buffer_full",
             Counter::KernelStackError => "kernel_stack_error",
             Counter::UserStackError => "user_stack_error",
+            Counter::PythonNoThread => "python_thread_not_found",
+            Counter::PythonReadError => "python_read_error",
+            Counter::PythonTruncated => "python_truncated",
         }
     }
 }

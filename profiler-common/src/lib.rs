@@ -5,4 +5,5 @@
 #![no_std]
 
 pub mod counters;
+pub mod python;
 pub mod sample;

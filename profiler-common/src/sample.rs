@@ -37,20 +37,29 @@ pub struct SampleHeader {
     pub kernel_len: u32,
     /// Number of user frames after the kernel frames.
     pub user_len: u32,
+    /// Number of Python frames after the user frames (two words each: code, instruction).
+    pub py_len: u32,
+    /// Explicit padding.
+    pub _pad: u32,
     /// The thread's `comm` (NUL-padded).
     pub comm: [u8; TASK_COMM_LEN],
 }
 
+/// Words in [`SampleEvent::data`]: both native stacks plus two words per Python frame, rounded
+/// up to a power of two so that the kernel can bound indexes with a mask.
+pub const DATA_WORDS: usize = 512;
+
 /// One on-CPU sample as the kernel program builds it in a per-CPU scratch buffer. Only the
-/// header and the used part of `ips` go into the ring buffer, so a record is
-/// `HEADER_SIZE + 8 * (kernel_len + user_len)` bytes.
+/// header and the used part of `data` go into the ring buffer, so a record is
+/// `SampleHeader::SIZE + 8 * (kernel_len + user_len + 2 * py_len)` bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SampleEvent {
     /// Who and when.
     pub header: SampleHeader,
-    /// Kernel return addresses (leaf first), then user return addresses (leaf first).
-    pub ips: [u64; 2 * MAX_STACK_DEPTH],
+    /// Kernel return addresses (leaf first), then user return addresses (leaf first), then
+    /// Python frames (leaf first) as (code, instruction) pairs.
+    pub data: [u64; DATA_WORDS],
 }
 
 impl SampleHeader {
@@ -59,7 +68,8 @@ impl SampleHeader {
 
     /// Size of the whole record this header announces.
     pub const fn record_size(&self) -> usize {
-        Self::SIZE + 8 * (self.kernel_len as usize + self.user_len as usize)
+        Self::SIZE
+            + 8 * (self.kernel_len as usize + self.user_len as usize + 2 * self.py_len as usize)
     }
 
     /// The thread name up to its first NUL.
@@ -88,6 +98,7 @@ impl<'a> SampleRecord<'a> {
         let header: SampleHeader = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         if header.kernel_len as usize > MAX_STACK_DEPTH
             || header.user_len as usize > MAX_STACK_DEPTH
+            || header.py_len as usize > crate::python::MAX_PY_FRAMES
             || header.record_size() != bytes.len()
         {
             return None;
@@ -110,6 +121,15 @@ impl<'a> SampleRecord<'a> {
         let k = self.header.kernel_len as usize;
         (k..k + self.header.user_len as usize).map(|i| self.ip(i))
     }
+
+    /// Python frames, leaf first.
+    pub fn python_stack(&self) -> impl Iterator<Item = crate::python::PyFrame> + '_ {
+        let start = self.header.kernel_len as usize + self.header.user_len as usize;
+        (0..self.header.py_len as usize).map(move |i| crate::python::PyFrame {
+            code: self.ip(start + 2 * i),
+            instr: self.ip(start + 2 * i + 1),
+        })
+    }
 }
 
 #[cfg(feature = "user")]
@@ -117,5 +137,7 @@ impl<'a> SampleRecord<'a> {
 unsafe impl aya::Pod for SampleHeader {}
 
 // No implicit padding anywhere.
-const _: () = assert!(SampleHeader::SIZE == 48);
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 48 + 2 * MAX_STACK_DEPTH * 8);
+const _: () = assert!(SampleHeader::SIZE == 56);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 56 + DATA_WORDS * 8);
+// Both native stacks and the deepest Python stack fit.
+const _: () = assert!(2 * MAX_STACK_DEPTH + 2 * crate::python::MAX_PY_FRAMES <= DATA_WORDS);

@@ -4,24 +4,25 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
-use profiler_common::sample::SampleRecord;
+use profiler_common::{python::PyProcess, sample::SampleRecord};
 use tokio::{
     io::unix::AsyncFd,
     sync::mpsc::{self, error::TrySendError},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     loader::KernelCounters,
-    process::ProcessTable,
+    process::{ProcessTable, Runtime},
+    python::{Detection, Detector},
     stats::{DropReason, PipelineStats},
     symbolize::RawStack,
 };
@@ -47,6 +48,23 @@ pub struct Collector {
     pub stats: Arc<PipelineStats>,
     /// Processes tracked, for `Status`.
     pub processes_gauge: Arc<AtomicU64>,
+    /// Finds CPython interpreters.
+    pub detector: Detector,
+    /// The kernel's table of Python processes (absent in tests without BPF).
+    pub py_procs: Option<aya::maps::HashMap<MapData, u32, PyProcess>>,
+    /// Per-process runtime descriptions, for `Status`.
+    pub runtimes: Arc<Mutex<Vec<RuntimeStatus>>>,
+}
+
+/// One line of `Status` about a process's runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeStatus {
+    /// Process id.
+    pub pid: u32,
+    /// Process name.
+    pub comm: String,
+    /// For example `CPython 3.11.2, static, offsets from table`.
+    pub description: String,
 }
 
 impl Collector {
@@ -57,17 +75,65 @@ impl Collector {
             return;
         };
         let h = &record.header;
-        let process = self.processes.observe(h.tgid, h.comm_bytes());
+        let process = self.processes.observe(h.tgid, h.tid, h.comm_bytes());
+        if process.runtime.needs_detection() {
+            process.runtime = match self.detector.detect(h.tgid, &process.exe) {
+                Detection::NotPython => {
+                    // A pid seen again after an execve may still be registered.
+                    if let Some(map) = &mut self.py_procs {
+                        let _ = map.remove(&h.tgid);
+                    }
+                    Runtime::Native
+                }
+                Detection::Python(p) => {
+                    if let Some(map) = &mut self.py_procs {
+                        let entry = PyProcess { interp: p.interp, offsets: p.layout.kernel };
+                        if let Err(e) = map.insert(h.tgid, entry, 0) {
+                            warn!(pid = h.tgid, error = %e, "registering a Python process failed");
+                        }
+                    }
+                    info!(pid = h.tgid, comm = %process.comm, "{p}");
+                    Runtime::Python(p)
+                }
+                Detection::Unsupported(why) => {
+                    info!(pid = h.tgid, comm = %process.comm, "CPython, native stacks only: {why}");
+                    Runtime::Unsupported(why)
+                }
+                Detection::NotReady => Runtime::Pending(std::time::Instant::now()),
+            };
+        }
+        let python = match &process.runtime {
+            Runtime::Python(p) => Some(p.clone()),
+            _ => None,
+        };
         let labels = process.labels(h.tid, h.comm_bytes(), self.by_thread);
         let user: Vec<u64> = record.user_stack().collect();
         let user = self.processes.normalize(h.tgid, &user);
-        let raw =
-            RawStack { labels, kernel: record.kernel_stack().collect(), user, flags: h.flags };
+        let raw = RawStack {
+            labels,
+            kernel: record.kernel_stack().collect(),
+            user,
+            python: python.map(|p| (p, record.python_stack().collect())),
+            flags: h.flags,
+        };
         match self.output.try_send((h.tgid, raw)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.record_drop(DropReason::SymbolizerQueueFull),
             Err(TrySendError::Closed(_)) => {}
         }
+    }
+
+    fn publish_runtimes(&self) {
+        let mut list: Vec<RuntimeStatus> = self
+            .processes
+            .iter()
+            .filter_map(|p| {
+                let description = p.runtime.describe()?;
+                Some(RuntimeStatus { pid: p.pid, comm: p.comm.to_string(), description })
+            })
+            .collect();
+        list.sort_by_key(|r| r.pid);
+        *self.runtimes.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = list;
     }
 
     /// Drains the ring buffer whenever it is readable, until `shutdown`.
@@ -108,9 +174,14 @@ impl Collector {
                             Err(e) => warn!(error = %e, "reading the kernel counters failed"),
                         }
                         self.processes_gauge.store(self.processes.len() as u64, Relaxed);
+                        self.publish_runtimes();
                     }
                     if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
-                        self.processes.sweep();
+                        for pid in self.processes.sweep() {
+                            if let Some(map) = &mut self.py_procs {
+                                let _ = map.remove(&pid);
+                            }
+                        }
                     }
                 }
             }
@@ -135,6 +206,9 @@ mod tests {
             output,
             stats: Arc::default(),
             processes_gauge: Arc::default(),
+            detector: Detector::default(),
+            py_procs: None,
+            runtimes: Arc::default(),
         };
         (collector, rx)
     }

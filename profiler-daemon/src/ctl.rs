@@ -248,6 +248,9 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         s.cpu_seconds,
         100.0 * s.cpu_seconds / s.uptime_seconds.max(1) as f64
     );
+    for r in &s.runtimes {
+        let _ = writeln!(out, "runtime:     pid {} ({}): {}", r.pid, r.comm, r.description);
+    }
     if s.kernel_run_count > 0 {
         let _ = writeln!(
             out,

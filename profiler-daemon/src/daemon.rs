@@ -23,6 +23,7 @@ use crate::{
     config::DaemonArgs,
     loader::{LoadError, Sampler, SamplerConfig},
     process::ProcessTable,
+    python::Detector,
     server::{DaemonInfo, ListenError, Listener, ProfilerService, serve},
     stats::PipelineStats,
     store::Retention,
@@ -73,6 +74,8 @@ pub async fn run(
     let listener = Listener::bind(&args.listen).await?;
     let ring = sampler.take_samples()?;
     let counters = sampler.take_counters()?;
+    let py_procs = sampler.take_python_procs()?;
+    let runtimes = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let stats = Arc::new(PipelineStats::default());
     let symbolizer_stats = Arc::new(SymbolizerStats::default());
@@ -105,6 +108,9 @@ pub async fn run(
         output: raw_tx,
         stats: stats.clone(),
         processes_gauge: processes.clone(),
+        detector: Detector::default(),
+        py_procs: Some(py_procs),
+        runtimes: runtimes.clone(),
     };
     let collector_shutdown = shutdown.child_token();
     let collector_task = tokio::spawn(
@@ -123,6 +129,7 @@ pub async fn run(
         symbolizer: symbolizer_stats,
         processes,
         program_id: sampler.program_id(),
+        runtimes,
     });
     info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
     ready();

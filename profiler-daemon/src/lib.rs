@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod export;
 pub mod loader;
 pub mod process;
+pub mod python;
 pub mod selector;
 pub mod server;
 pub mod stats;

@@ -184,6 +184,14 @@ impl Sampler {
         self.take("SAMPLES", RingBuf::try_from)
     }
 
+    /// Takes the kernel's table of Python processes (once).
+    pub fn take_python_procs(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<MapData, u32, profiler_common::python::PyProcess>, LoadError>
+    {
+        self.take("PY_PROCS", aya::maps::HashMap::try_from)
+    }
+
     /// Takes the per-CPU counters (once).
     pub fn take_counters(&mut self) -> Result<KernelCounters, LoadError> {
         self.take("COUNTERS", PerCpuArray::try_from).map(KernelCounters)

@@ -14,10 +14,20 @@ use std::{
 use procfs::process::{MMapPath, Process};
 use tracing::debug;
 
-use crate::aggregate::{Labels, Module};
+use crate::{
+    aggregate::{Labels, Module},
+    python::PythonProcess,
+};
 
 /// How often a process's maps may be re-read when an address falls outside them.
 const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often an interpreter that was not initialized yet is looked at again; its samples lack
+/// Python frames until then.
+const PENDING_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// For this long after a process is first read, its executable is re-checked for an `execve`.
+const YOUNG_PROCESS: Duration = Duration::from_secs(2);
+/// How often a young process's executable is re-checked.
+const EXE_RECHECK: Duration = Duration::from_millis(20);
 /// How long an exited process is kept, so that samples still in flight find it.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
 /// Thread label entries kept per process before the cache is reset.
@@ -76,6 +86,42 @@ enum MappingTarget {
     Region(&'static str),
 }
 
+/// What runs in a process.
+#[derive(Clone, Debug)]
+pub enum Runtime {
+    /// Not looked at yet.
+    Unknown,
+    /// Native code only.
+    Native,
+    /// A CPython interpreter the kernel walks.
+    Python(Arc<PythonProcess>),
+    /// A CPython interpreter profiled natively only, and why.
+    Unsupported(String),
+    /// A CPython interpreter that was not initialized when last looked at.
+    Pending(Instant),
+}
+
+impl Runtime {
+    /// Whether detection should run (again) now.
+    pub fn needs_detection(&self) -> bool {
+        match self {
+            Runtime::Unknown => true,
+            Runtime::Pending(at) => at.elapsed() >= PENDING_RETRY_INTERVAL,
+            _ => false,
+        }
+    }
+
+    /// A one-line description for `Status`, or `None` for native processes.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Runtime::Python(p) => Some(p.to_string()),
+            Runtime::Unsupported(why) => Some(format!("CPython, native stacks only: {why}")),
+            Runtime::Pending(_) => Some("CPython, interpreter not initialized yet".to_owned()),
+            Runtime::Unknown | Runtime::Native => None,
+        }
+    }
+}
+
 /// What is known about one process.
 #[derive(Debug)]
 pub struct ProcessInfo {
@@ -93,6 +139,12 @@ pub struct ProcessInfo {
     pub cgroup: Arc<str>,
     /// Build-id of the executable.
     pub exe_build_id: Option<Arc<str>>,
+    /// What runs in the process, as far as the profiler can tell.
+    pub runtime: Runtime,
+    /// The main thread's name as the kernel reported it, to notice an `execve`.
+    main_comm: Vec<u8>,
+    read_at: Instant,
+    exe_checked_at: Instant,
     maps: Vec<Mapping>,
     maps_read_at: Instant,
     last_seen: Instant,
@@ -101,6 +153,24 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Whether the process has probably called `execve` since it was read: its main thread's
+    /// name changed, or (while it is young, when a fork is usually followed by an exec) its
+    /// executable changed.
+    fn exec_suspected(&mut self, tid: u32, comm: &[u8]) -> bool {
+        if self.exited_at.is_some() {
+            return false;
+        }
+        if tid == self.pid && !self.main_comm.is_empty() && self.main_comm != comm {
+            return true;
+        }
+        if self.read_at.elapsed() < YOUNG_PROCESS && self.exe_checked_at.elapsed() >= EXE_RECHECK {
+            self.exe_checked_at = Instant::now();
+            let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
+            return exe.is_some_and(|e| *e.to_string_lossy() != *self.exe);
+        }
+        false
+    }
+
     /// The labels of thread `tid` named `thread_name`, grouped by thread or not.
     pub fn labels(&mut self, tid: u32, thread_name: &[u8], by_thread: bool) -> Arc<Labels> {
         let tid = if by_thread { tid } else { 0 };
@@ -143,6 +213,8 @@ impl ProcessInfo {
 #[derive(Debug)]
 pub struct ProcessTable {
     procs: HashMap<u32, ProcessInfo>,
+    /// Pids dropped to make room, not yet reported by `sweep`.
+    evicted: Vec<u32>,
     files: HashMap<FileKey, Arc<MappedFile>>,
     max_processes: usize,
 }
@@ -150,7 +222,12 @@ pub struct ProcessTable {
 impl ProcessTable {
     /// An empty table that tracks at most `max_processes` processes.
     pub fn new(max_processes: usize) -> ProcessTable {
-        ProcessTable { procs: HashMap::new(), files: HashMap::new(), max_processes }
+        ProcessTable {
+            procs: HashMap::new(),
+            evicted: Vec::new(),
+            files: HashMap::new(),
+            max_processes,
+        }
     }
 
     /// Processes tracked.
@@ -168,22 +245,32 @@ impl ProcessTable {
         self.files.len()
     }
 
-    /// The process `pid`, read from `/proc` on first sight. `comm` (from the sample) names it
-    /// when it has already exited.
-    pub fn observe(&mut self, pid: u32, comm: &[u8]) -> &mut ProcessInfo {
+    /// The process `pid`, read from `/proc` on first sight. `comm` (from the sample of thread
+    /// `tid`) names it when it has already exited. A main thread whose name changed has
+    /// probably called `execve`, so the process is read again.
+    pub fn observe(&mut self, pid: u32, tid: u32, comm: &[u8]) -> &mut ProcessInfo {
+        if self.procs.get_mut(&pid).is_some_and(|p| p.exec_suspected(tid, comm)) {
+            self.procs.remove(&pid);
+            self.evicted.push(pid);
+        }
         if !self.procs.contains_key(&pid) && self.procs.len() >= self.max_processes {
-            self.sweep();
+            let forgotten = self.sweep();
+            self.evicted.extend(forgotten);
             if self.procs.len() >= self.max_processes {
                 // Still full of live processes: forget the one seen longest ago.
                 if let Some(&oldest) =
                     self.procs.iter().min_by_key(|(_, p)| p.last_seen).map(|(k, _)| k)
                 {
                     self.procs.remove(&oldest);
+                    self.evicted.push(oldest);
                 }
             }
         }
         let files = &mut self.files;
         let info = self.procs.entry(pid).or_insert_with(|| read_process(pid, comm, files));
+        if tid == pid && info.main_comm.is_empty() {
+            info.main_comm = comm.to_vec();
+        }
         info.last_seen = Instant::now();
         info
     }
@@ -215,22 +302,36 @@ impl ProcessTable {
             .collect()
     }
 
+    /// Every tracked process.
+    pub fn iter(&self) -> impl Iterator<Item = &ProcessInfo> {
+        self.procs.values()
+    }
+
     /// Marks exited processes and forgets those that exited a while ago. A pid that was reused
-    /// by a new process is forgotten at once.
-    pub fn sweep(&mut self) {
+    /// by a new process is forgotten at once. Returns the pids forgotten.
+    pub fn sweep(&mut self) -> Vec<u32> {
         let now = Instant::now();
+        let mut forgotten = std::mem::take(&mut self.evicted);
         self.procs.retain(|&pid, info| {
             if info.exited_at.is_none() {
                 match read_start_time(pid) {
                     Some(start) if start == info.start_time => return true,
-                    Some(_) => return false,
+                    Some(_) => {
+                        forgotten.push(pid);
+                        return false;
+                    }
                     None => info.exited_at = Some(now),
                 }
             }
-            info.exited_at.is_some_and(|t| now.duration_since(t) < EXITED_GRACE)
+            let keep = info.exited_at.is_some_and(|t| now.duration_since(t) < EXITED_GRACE);
+            if !keep {
+                forgotten.push(pid);
+            }
+            keep
         });
         // Files no process maps any more.
         self.files.retain(|_, f| Arc::strong_count(f) > 1);
+        forgotten
     }
 }
 
@@ -252,6 +353,10 @@ fn read_process(
         cmdline: String::new(),
         cgroup: "".into(),
         exe_build_id: None,
+        runtime: Runtime::Unknown,
+        main_comm: Vec::new(),
+        read_at: now,
+        exe_checked_at: now,
         maps: Vec::new(),
         maps_read_at: now,
         last_seen: now,
@@ -376,7 +481,7 @@ mod tests {
     fn own_process_normalizes_to_its_executable() {
         let pid = std::process::id();
         let mut table = ProcessTable::new(16);
-        let info = table.observe(pid, b"test");
+        let info = table.observe(pid, pid, b"test");
         assert!(
             info.exe.ends_with(
                 &*std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()
@@ -398,7 +503,7 @@ mod tests {
     #[test]
     fn labels_are_shared_per_thread_and_renamed_threads_get_new_ones() {
         let mut table = ProcessTable::new(16);
-        let info = table.observe(std::process::id(), b"test");
+        let info = table.observe(std::process::id(), 0, b"test");
         let a = info.labels(7, b"worker", true);
         let b = info.labels(7, b"worker", true);
         assert!(Arc::ptr_eq(&a, &b));
@@ -413,11 +518,11 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
         let mut table = ProcessTable::new(16);
-        assert_eq!(&*table.observe(pid, b"sleep").comm, "sleep");
+        assert_eq!(&*table.observe(pid, 0, b"sleep").comm, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
         table.sweep();
         assert_eq!(table.len(), 1, "kept for samples still in flight");
-        assert_eq!(&*table.observe(pid, b"sleep").exe, "/usr/bin/sleep");
+        assert_eq!(&*table.observe(pid, 0, b"sleep").exe, "/usr/bin/sleep");
     }
 }

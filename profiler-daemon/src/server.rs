@@ -53,6 +53,8 @@ pub struct DaemonInfo {
     pub processes: Arc<AtomicU64>,
     /// Kernel id of the sampling program.
     pub program_id: u32,
+    /// What the collector found in each non-native process.
+    pub runtimes: Arc<std::sync::Mutex<Vec<crate::collector::RuntimeStatus>>>,
 }
 
 impl DaemonInfo {
@@ -161,6 +163,17 @@ impl Profiler for ProfilerService {
             cpu_seconds: cpu_seconds(),
             kernel_run_time_ns: cost.run_time_ns,
             kernel_run_count: cost.run_count,
+            runtimes: info
+                .runtimes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .map(|r| v1::RuntimeStatus {
+                    pid: r.pid,
+                    comm: r.comm.clone(),
+                    description: r.description.clone(),
+                })
+                .collect(),
         }))
     }
 }

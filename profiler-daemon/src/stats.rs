@@ -22,17 +22,26 @@ pub enum DropReason {
     SymbolizerQueueFull,
     /// The open window reached its stack limit; the sample was folded into an overflow stack.
     StackTableFull,
+    /// A Python process's sampled thread had no thread state (native frames only).
+    PythonThreadNotFound,
+    /// A Python frame chain could not be read to its end (the frames read are kept).
+    PythonReadError,
+    /// A Python stack was deeper than the recording limit (marked `[truncated]`).
+    PythonTruncated,
 }
 
 impl DropReason {
     /// Every reason, in reporting order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::RingBufferFull,
         DropReason::KernelStackError,
         DropReason::UserStackError,
         DropReason::MalformedRecord,
         DropReason::SymbolizerQueueFull,
         DropReason::StackTableFull,
+        DropReason::PythonThreadNotFound,
+        DropReason::PythonReadError,
+        DropReason::PythonTruncated,
     ];
 
     /// Stable snake_case name used on the wire and in metrics.
@@ -44,6 +53,9 @@ impl DropReason {
             DropReason::MalformedRecord => "malformed_record",
             DropReason::SymbolizerQueueFull => "symbolizer_queue_full",
             DropReason::StackTableFull => "stack_table_full",
+            DropReason::PythonThreadNotFound => Counter::PythonNoThread.name(),
+            DropReason::PythonReadError => Counter::PythonReadError.name(),
+            DropReason::PythonTruncated => Counter::PythonTruncated.name(),
         }
     }
 }
@@ -126,6 +138,9 @@ impl PipelineStats {
             (Counter::RingBufFull, DropReason::RingBufferFull),
             (Counter::KernelStackError, DropReason::KernelStackError),
             (Counter::UserStackError, DropReason::UserStackError),
+            (Counter::PythonNoThread, DropReason::PythonThreadNotFound),
+            (Counter::PythonReadError, DropReason::PythonReadError),
+            (Counter::PythonTruncated, DropReason::PythonTruncated),
         ] {
             self.drops[reason as usize].store(totals[counter as usize], Relaxed);
         }

@@ -25,13 +25,17 @@ use blazesym::{
     },
 };
 use lru::LruCache;
-use profiler_common::sample::{FLAG_KERNEL_TRUNCATED, FLAG_USER_TRUNCATED};
+use profiler_common::{
+    python::{FLAG_PY_TRUNCATED, PyFrame},
+    sample::{FLAG_KERNEL_TRUNCATED, FLAG_USER_TRUNCATED},
+};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
     aggregate::{Frame, FrameKind, Labels, Module, Stack, StackSample},
     process::{FileKey, MappedFile, UserAddr, readable_path},
+    python::{PythonProcess, code::CodeCache},
 };
 
 /// Marker frame for a stack cut at the recording depth.
@@ -46,6 +50,8 @@ pub struct RawStack {
     pub kernel: Vec<u64>,
     /// Normalized user addresses, leaf first.
     pub user: Vec<UserAddr>,
+    /// For a CPython process: the interpreter and its frames, leaf first.
+    pub python: Option<(Arc<PythonProcess>, Vec<PyFrame>)>,
     /// `FLAG_*` bits from the sample record.
     pub flags: u32,
 }
@@ -75,6 +81,7 @@ pub struct Resolver {
     /// The path each file was last opened by.
     paths: HashMap<FileKey, PathBuf>,
     truncated: Arc<Frame>,
+    codes: CodeCache,
     stats: Arc<SymbolizerStats>,
 }
 
@@ -93,20 +100,52 @@ impl Resolver {
             kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
             paths: HashMap::new(),
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
+            codes: CodeCache::new(capacity),
             stats,
         }
     }
 
-    /// The merged stack of one sample, leaf first: kernel frames, then user frames.
+    /// The merged stack of one sample, leaf first: kernel frames, then native user frames,
+    /// then Python frames.
+    ///
+    /// In a Python process whose Python stack was recorded, the native frames kept are those
+    /// above the interpreter (a C extension and the libraries it calls); the interpreter's
+    /// own frames are replaced by the Python frames they run. Below the first frame without
+    /// a frame pointer the unwound addresses are unreliable, so they are dropped.
     pub fn resolve(&mut self, pid: u32, raw: &RawStack) -> Stack {
         let mut frames = Vec::with_capacity(raw.kernel.len() + raw.user.len() + 1);
         self.kernel_frames(&raw.kernel, &mut frames);
         if raw.flags & FLAG_KERNEL_TRUNCATED != 0 && raw.user.is_empty() {
             frames.push(self.truncated.clone());
         }
-        self.user_frames(pid, &raw.user, &mut frames);
-        if raw.flags & FLAG_USER_TRUNCATED != 0 {
-            frames.push(self.truncated.clone());
+        let python = raw.python.as_ref().filter(|(_, f)| !f.is_empty());
+        match python {
+            Some((py, py_frames)) => {
+                let native: Vec<UserAddr> = raw
+                    .user
+                    .iter()
+                    .take_while(|ua| match ua {
+                        UserAddr::File { file, .. } => file.key != py.interpreter_file,
+                        UserAddr::Anonymous { .. } => false,
+                    })
+                    .cloned()
+                    .collect();
+                self.user_frames(pid, &native, &mut frames);
+                for raw_frame in py_frames {
+                    if let Some(frame) = self.codes.frame(pid, py, *raw_frame) {
+                        frames.push(frame);
+                    }
+                }
+                if raw.flags & FLAG_PY_TRUNCATED != 0 {
+                    frames.push(self.truncated.clone());
+                }
+            }
+            None => {
+                self.user_frames(pid, &raw.user, &mut frames);
+                if raw.flags & FLAG_USER_TRUNCATED != 0 {
+                    frames.push(self.truncated.clone());
+                }
+            }
         }
         self.stats.user_frames.store(self.user.len() as u64, Relaxed);
         self.stats.kernel_frames.store(self.kernel.len() as u64, Relaxed);
@@ -295,10 +334,15 @@ mod tests {
     fn own_functions_resolve_by_file_offset_and_are_cached() {
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
-        let labels = table.observe(pid, b"t").labels(pid, b"t", true);
+        let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
         let addr = a_named_function_for_the_symbolizer();
-        let raw =
-            RawStack { labels, kernel: vec![], user: table.normalize(pid, &[addr, 16]), flags: 0 };
+        let raw = RawStack {
+            labels,
+            kernel: vec![],
+            user: table.normalize(pid, &[addr, 16]),
+            python: None,
+            flags: 0,
+        };
         let (mut resolver, stats) = resolver();
         let stack = resolver.resolve(pid, &raw);
         assert!(
@@ -322,15 +366,20 @@ mod tests {
     fn unresolvable_offsets_are_unknown_not_wrong() {
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
-        let labels = table.observe(pid, b"t").labels(pid, b"t", true);
+        let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
         let addr = a_named_function_for_the_symbolizer();
         let UserAddr::File { file, .. } = table.normalize(pid, &[addr]).remove(0) else {
             panic!("own code is file-backed");
         };
         // An offset far beyond the file's code.
         let bogus = UserAddr::File { file: file.clone(), offset: 1 << 40, addr: 0x7f00_0000_0000 };
-        let raw =
-            RawStack { labels, kernel: vec![], user: vec![bogus], flags: FLAG_USER_TRUNCATED };
+        let raw = RawStack {
+            labels,
+            kernel: vec![],
+            user: vec![bogus],
+            python: None,
+            flags: FLAG_USER_TRUNCATED,
+        };
         let (mut resolver, _) = resolver();
         let stack = resolver.resolve(pid, &raw);
         let name = format!("[unknown] 0x7f0000000000 ({}+0x10000000000)", file.module.file_name());
@@ -351,8 +400,13 @@ mod tests {
             return;
         };
         let (mut resolver, _) = resolver();
-        let raw =
-            RawStack { labels: Arc::default(), kernel: vec![addr + 8], user: vec![], flags: 0 };
+        let raw = RawStack {
+            labels: Arc::default(),
+            kernel: vec![addr + 8],
+            user: vec![],
+            python: None,
+            flags: 0,
+        };
         let stack = resolver.resolve(1, &raw);
         assert_eq!(&*stack[0].function, "do_sys_openat2");
         assert_eq!(stack[0].kind, FrameKind::Kernel);

@@ -107,6 +107,7 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
         symbolizer: Arc::new(SymbolizerStats::default()),
         processes: Arc::new(AtomicU64::new(2)),
         program_id: 0,
+        runtimes: Arc::default(),
     });
     let service = ProfilerService::new(aggregator, info);
     let (client_io, server_io) = tokio::io::duplex(1 << 16);

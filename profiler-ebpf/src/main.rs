@@ -22,10 +22,13 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
+mod python;
+
 use profiler_common::{
     counters::Counter,
+    python::{FLAG_PY_NO_THREAD, FLAG_PY_READ_ERROR, FLAG_PY_TRUNCATED},
     sample::{
-        FLAG_KERNEL_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_ERROR, FLAG_USER_TRUNCATED,
+        DATA_WORDS, FLAG_KERNEL_ERROR, FLAG_KERNEL_TRUNCATED, FLAG_USER_ERROR, FLAG_USER_TRUNCATED,
         MAX_STACK_DEPTH, SampleEvent, SampleHeader,
     },
 };
@@ -86,7 +89,7 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
     let mut flags = 0u32;
     // SAFETY: `ev` points at this CPU's scratch value, which nothing else uses while this
     // program runs on this CPU.
-    let (header, ips) = unsafe { (&mut (*ev).header, &mut (*ev).ips) };
+    let (header, ips) = unsafe { (&mut (*ev).header, &mut (*ev).data) };
     header.time_ns = bpf_ktime_get_boot_ns_safe();
     header.tgid = (pid_tgid >> 32) as u32;
     header.tid = tid;
@@ -111,8 +114,11 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
         )
     };
     let user_len = stack_len(user, &mut flags, FLAG_USER_ERROR, FLAG_USER_TRUNCATED);
+    let py_at = (user_at + user_len as usize) & 0xff;
+    let py_len = python::walk(ips, py_at, header.tgid, tid, &mut flags);
     header.kernel_len = user_at as u32;
     header.user_len = user_len;
+    header.py_len = py_len;
     header.flags = flags;
     if flags & FLAG_KERNEL_ERROR != 0 {
         bump(Counter::KernelStackError);
@@ -120,9 +126,18 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
     if flags & FLAG_USER_ERROR != 0 {
         bump(Counter::UserStackError);
     }
+    if flags & FLAG_PY_NO_THREAD != 0 {
+        bump(Counter::PythonNoThread);
+    }
+    if flags & FLAG_PY_READ_ERROR != 0 {
+        bump(Counter::PythonReadError);
+    }
+    if flags & FLAG_PY_TRUNCATED != 0 {
+        bump(Counter::PythonTruncated);
+    }
 
     // Verifier: bound the size by the scratch value's size.
-    let frames = (user_at + user_len as usize) & 0xff;
+    let frames = (py_at + 2 * py_len as usize) & (DATA_WORDS - 1);
     let size = (SampleHeader::SIZE + frames * 8).min(core::mem::size_of::<SampleEvent>());
     // SAFETY: as for INCLUDE_IDLE.
     let wakeup = unsafe { read_volatile(&WAKEUP_BYTES) };

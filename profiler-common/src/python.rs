@@ -1,0 +1,115 @@
+//! CPython frame walking: what the daemon tells the kernel about each Python process (the
+//! `PY_PROCS` map) and what the kernel records per Python frame.
+//!
+//! The daemon picks the struct offsets for the interpreter's version (or reads them from the
+//! interpreter's `_Py_DebugOffsets` on 3.13+); the kernel program only follows pointers.
+
+/// Deepest Python stack recorded.
+pub const MAX_PY_FRAMES: usize = 128;
+
+/// Threads examined when looking for the current thread's `PyThreadState`.
+pub const MAX_PY_THREADS: usize = 64;
+
+/// Bytes of a frame read at once. The kernel masks field offsets with 0x7f, so every frame
+/// field (at most 8 bytes) must start below 128 and the chunk covers 128 + 8 bytes.
+pub const FRAME_CHUNK: usize = 136;
+
+/// Frame field offsets must be below this.
+pub const FRAME_FIELDS_END: u32 = 128;
+
+/// How frames are chained, by CPython version.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameModel {
+    /// 3.9 and 3.10: `tstate->frame` is a `PyFrameObject`, chained by `f_back`; `f_lasti` is
+    /// an `int`.
+    FrameObject = 1,
+    /// 3.11 and 3.12: `tstate->cframe->current_frame` is a `_PyInterpreterFrame`, chained by
+    /// `previous`; `prev_instr` points at the last instruction started.
+    CFrame = 2,
+    /// 3.13 and later: `tstate->current_frame`, chained by `previous`; `instr_ptr` points at
+    /// the current instruction. `f_executable` may be a tagged `_PyStackRef` (3.14).
+    CurrentFrame = 3,
+}
+
+/// Offsets and constants the kernel walker needs for one interpreter. Unused offsets are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyOffsets {
+    /// A [`FrameModel`] value.
+    pub frame_model: u32,
+    /// `PyInterpreterState` -> first `PyThreadState`.
+    pub interp_threads_head: u32,
+    /// `PyThreadState` -> next thread.
+    pub tstate_next: u32,
+    /// `PyThreadState` -> `native_thread_id` (3.11+), or `thread_id` (a `pthread_t`, matched
+    /// against the thread pointer) when `match_pthread` is 1.
+    pub tstate_thread_id: u32,
+    /// 1 when `tstate_thread_id` holds a `pthread_t` rather than a kernel thread id.
+    pub match_pthread: u32,
+    /// `PyThreadState` -> frame pointer (`frame`, `cframe` or `current_frame`).
+    pub tstate_frame: u32,
+    /// `_PyCFrame` -> `current_frame` (model `CFrame` only).
+    pub cframe_current_frame: u32,
+    /// Frame -> code object (`f_code` or `f_executable`).
+    pub frame_code: u32,
+    /// Frame -> previous frame (`f_back` or `previous`).
+    pub frame_back: u32,
+    /// Frame -> instruction position (`f_lasti`, `prev_instr` or `instr_ptr`).
+    pub frame_instr: u32,
+    /// Frame -> `owner` byte (any offset when frames have no owner field).
+    pub frame_owner: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Low bits to clear from the code pointer (tagged `_PyStackRef` in 3.14), else 0.
+    pub code_tag_bits: u64,
+}
+
+/// One entry of `PY_PROCS`, keyed by tgid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyProcess {
+    /// Address of the main `PyInterpreterState`.
+    pub interp: u64,
+    /// Layout of this interpreter.
+    pub offsets: PyOffsets,
+}
+
+/// One recorded Python frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrame {
+    /// Address of the code object in the low 56 bits; the frame's `owner` byte in the top 8
+    /// (meaningless for models without an owner field).
+    pub code: u64,
+    /// The 8 bytes at the instruction field: `f_lasti` in the low 32 bits (model
+    /// `FrameObject`) or the instruction pointer (other models).
+    pub instr: u64,
+}
+
+impl PyFrame {
+    /// The code object's address.
+    pub const fn code_addr(&self) -> u64 {
+        self.code & ((1 << 56) - 1)
+    }
+
+    /// The frame's owner byte.
+    pub const fn owner(&self) -> u8 {
+        (self.code >> 56) as u8
+    }
+}
+
+/// Header flag: the Python stack has more frames than were recorded.
+pub const FLAG_PY_TRUNCATED: u32 = 1 << 4;
+/// Header flag: the process is a known Python process but the current thread's state was not
+/// found (a thread that never ran Python, or more than `MAX_PY_THREADS` threads).
+pub const FLAG_PY_NO_THREAD: u32 = 1 << 5;
+/// Header flag: reading the interpreter's memory failed part way.
+pub const FLAG_PY_READ_ERROR: u32 = 1 << 6;
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no padding, any bit pattern valid.
+unsafe impl aya::Pod for PyProcess {}
+
+const _: () = assert!(core::mem::size_of::<PyOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 64);

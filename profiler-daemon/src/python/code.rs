@@ -1,0 +1,225 @@
+//! Code objects: name, file, first line and line table, read from the process's memory and
+//! cached per (process, code address).
+//!
+//! A code object can be freed and its address reused, so a cached entry is re-checked against
+//! the object's current fields once it is older than `RECHECK_AFTER`; an entry whose object
+//! changed is read again, so a stale name is never shown for longer than that.
+
+use std::{
+    num::NonZeroUsize,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lru::LruCache;
+use profiler_common::python::PyFrame;
+
+use super::{
+    PythonProcess,
+    layout::{InstrModel, Layout, ObjectLayout},
+    linetable, memory,
+};
+use crate::aggregate::{Frame, FrameKind};
+
+const RECHECK_AFTER: Duration = Duration::from_secs(2);
+const MAX_STRING_CHARS: u64 = 1024;
+const MAX_LINETABLE: u64 = 1 << 20;
+
+/// What a code object says about itself.
+#[derive(Debug)]
+struct CodeInfo {
+    qualname: Arc<str>,
+    filename: Arc<str>,
+    first_line: u32,
+    linetable: Vec<u8>,
+    /// The object's header as read, to notice when the address was reused.
+    header: Vec<u8>,
+    checked: Instant,
+}
+
+/// Why a code object could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    /// The memory could not be read (the process exited, or the address is bad).
+    #[error("reading process memory: {0}")]
+    Read(#[from] std::io::Error),
+    /// The object is not a code object.
+    #[error("not a code object")]
+    NotCode,
+}
+
+/// Resolved code objects and frames.
+#[derive(Debug)]
+pub struct CodeCache {
+    codes: LruCache<(u32, u64), Arc<CodeInfo>>,
+    frames: LruCache<(u32, u64, u32), Arc<Frame>>,
+}
+
+impl CodeCache {
+    /// A cache of `capacity` code objects and as many frames.
+    pub fn new(capacity: NonZeroUsize) -> CodeCache {
+        CodeCache { codes: LruCache::new(capacity), frames: LruCache::new(capacity) }
+    }
+
+    /// Code objects cached.
+    pub fn len(&self) -> usize {
+        self.codes.len()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// The frame for one recorded Python frame of process `pid`, or `None` for a shim frame.
+    pub fn frame(&mut self, pid: u32, py: &PythonProcess, raw: PyFrame) -> Option<Arc<Frame>> {
+        let layout = &py.layout;
+        if layout.skip_owner_from.is_some_and(|o| raw.owner() >= o) {
+            return None;
+        }
+        let code_addr = raw.code_addr();
+        let Ok(info) = self.code(pid, py, code_addr) else {
+            return Some(Arc::new(Frame {
+                kind: FrameKind::Python,
+                function: format!("[unknown code object {code_addr:#x}]").into(),
+                file: Some("?".into()),
+                ..Frame::marker("")
+            }));
+        };
+        let offset = instruction_offset(layout, code_addr, raw.instr);
+        let line = offset.and_then(|o| {
+            linetable::line_at(layout.linetable, &info.linetable, info.first_line, o)
+        });
+        // Before the first instruction (a frame that has not started), report the def line.
+        let line = line.unwrap_or(info.first_line);
+        let key = (pid, code_addr, line);
+        if let Some(frame) = self.frames.get(&key)
+            && frame.function == info.qualname
+            && frame.file.as_ref() == Some(&info.filename)
+        {
+            return Some(frame.clone());
+        }
+        let frame = Arc::new(Frame {
+            kind: FrameKind::Python,
+            function: info.qualname.clone(),
+            module: None,
+            address: u64::from(line),
+            file: Some(info.filename.clone()),
+            line,
+            start_line: info.first_line,
+        });
+        self.frames.put(key, frame.clone());
+        Some(frame)
+    }
+
+    fn code(
+        &mut self,
+        pid: u32,
+        py: &PythonProcess,
+        addr: u64,
+    ) -> Result<Arc<CodeInfo>, CodeError> {
+        let layout = &py.layout;
+        if let Some(info) = self.codes.get(&(pid, addr)) {
+            if info.checked.elapsed() < RECHECK_AFTER {
+                return Ok(info.clone());
+            }
+            let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
+            if header == info.header {
+                let fresh = Arc::new(CodeInfo {
+                    qualname: info.qualname.clone(),
+                    filename: info.filename.clone(),
+                    first_line: info.first_line,
+                    linetable: info.linetable.clone(),
+                    header,
+                    checked: Instant::now(),
+                });
+                self.codes.put((pid, addr), fresh.clone());
+                return Ok(fresh);
+            }
+        }
+        let info = Arc::new(read_code(pid, py, addr)?);
+        self.codes.put((pid, addr), info.clone());
+        Ok(info)
+    }
+}
+
+/// Where in the code object the frame is, in the unit its line table uses.
+fn instruction_offset(layout: &Layout, code_addr: u64, instr: u64) -> Option<u64> {
+    match layout.instr {
+        InstrModel::LastiBytes => {
+            let lasti = instr as u32 as i32;
+            u64::try_from(lasti).ok()
+        }
+        InstrModel::LastiUnits => {
+            let lasti = instr as u32 as i32;
+            u64::try_from(lasti).ok().map(|u| u * 2)
+        }
+        InstrModel::PrevInstr | InstrModel::InstrPtr => {
+            let base = code_addr + u64::from(layout.code.code_adaptive?);
+            // Before the first instruction `prev_instr` points one unit before the start.
+            instr.checked_sub(base).map(|bytes| bytes / 2)
+        }
+    }
+}
+
+fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeError> {
+    let layout = &py.layout;
+    let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
+    if memory::u64_at(&header, 8) != py.code_type {
+        return Err(CodeError::NotCode);
+    }
+    let c = &layout.code;
+    let name_at = c.qualname.unwrap_or(c.name);
+    let qualname = read_str(pid, &layout.objects, memory::u64_at(&header, name_at))?;
+    let filename = read_str(pid, &layout.objects, memory::u64_at(&header, c.filename))?;
+    let first_line = memory::u32_at(&header, c.firstlineno);
+    let linetable = read_bytes(pid, &layout.objects, memory::u64_at(&header, c.linetable))?;
+    Ok(CodeInfo {
+        qualname: qualname.into(),
+        filename: filename.into(),
+        first_line,
+        linetable,
+        header,
+        checked: Instant::now(),
+    })
+}
+
+/// Reads a `str` object (compact ASCII or compact Latin-1/UCS-2/UCS-4).
+fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeError> {
+    if addr == 0 {
+        return Ok(String::new());
+    }
+    let head = memory::read_vec(pid, addr, objects.compact_data as usize)?;
+    let length = memory::u64_at(&head, objects.unicode_length).min(MAX_STRING_CHARS);
+    let state = memory::u32_at(&head, objects.unicode_state);
+    let kind = (state >> 2) & 0x7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
+    if !compact || !matches!(kind, 1 | 2 | 4) {
+        return Err(CodeError::NotCode);
+    }
+    let data = if ascii { objects.ascii_data } else { objects.compact_data };
+    let bytes = memory::read_vec(pid, addr + u64::from(data), (length * u64::from(kind)) as usize)?;
+    Ok(match kind {
+        1 => bytes.iter().map(|&b| char::from(b)).collect(),
+        2 => char::decode_utf16(bytes.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])))
+            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
+            .collect(),
+    })
+}
+
+/// Reads a `bytes` object's contents.
+fn read_bytes(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<Vec<u8>, CodeError> {
+    if addr == 0 {
+        return Ok(Vec::new());
+    }
+    let size = memory::read_u64(pid, addr + u64::from(objects.bytes_size))?.min(MAX_LINETABLE);
+    Ok(memory::read_vec(pid, addr + u64::from(objects.bytes_data), size as usize)?)
+}

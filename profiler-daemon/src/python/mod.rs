@@ -1,0 +1,269 @@
+//! CPython support: finding interpreters, their layouts, and the code objects their frames
+//! point to.
+//!
+//! Detection reads the process's maps and the interpreter's ELF symbols (`_PyRuntime`,
+//! `PyCode_Type`, `Py_Version`) once per process. An interpreter whose version or layout is
+//! not supported degrades to native-only stacks, and the reason is shown in `Status`.
+
+pub mod code;
+pub mod debug_offsets;
+pub mod layout;
+pub mod linetable;
+pub mod memory;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use procfs::process::{MMapPath, Process};
+
+use crate::process::{FileKey, readable_path};
+use layout::Layout;
+
+/// Whether CPython `major.minor` gets Python stacks: a built-in layout, or 3.13+ (which
+/// describes itself in `_Py_DebugOffsets`).
+pub fn is_supported(major: u8, minor: u8) -> bool {
+    layout::table(major, minor).is_some() || (major, minor) >= (3, 13)
+}
+
+/// How the interpreter is linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Linkage {
+    /// The interpreter is in the executable.
+    Static,
+    /// The interpreter is in a mapped `libpython3.X.so`.
+    Shared,
+}
+
+/// A CPython process that the kernel can walk.
+#[derive(Debug)]
+pub struct PythonProcess {
+    /// (major, minor, micro).
+    pub version: (u8, u8, u8),
+    /// Static or shared.
+    pub linkage: Linkage,
+    /// Where the layout came from.
+    pub layout_source: &'static str,
+    /// The layout.
+    pub layout: Layout,
+    /// Address of `PyCode_Type` in the process.
+    pub code_type: u64,
+    /// Address of the main interpreter state.
+    pub interp: u64,
+    /// The file holding the interpreter (executable or libpython).
+    pub interpreter_file: FileKey,
+}
+
+impl fmt::Display for PythonProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (a, b, c) = self.version;
+        let linkage = match self.linkage {
+            Linkage::Static => "static",
+            Linkage::Shared => "shared libpython",
+        };
+        write!(f, "CPython {a}.{b}.{c}, {linkage}, {}", self.layout_source)
+    }
+}
+
+/// The outcome of looking at a process.
+#[derive(Clone, Debug)]
+pub enum Detection {
+    /// Not a CPython process.
+    NotPython,
+    /// A CPython process with a supported layout.
+    Python(Arc<PythonProcess>),
+    /// A CPython process that is profiled natively only, and why.
+    Unsupported(String),
+    /// A CPython process whose interpreter is not initialized yet; look again later.
+    NotReady,
+}
+
+struct Candidate {
+    path: PathBuf,
+    key: FileKey,
+    linkage: Linkage,
+    /// Start of the mapping at file offset 0.
+    base: u64,
+}
+
+fn is_libpython(name: &str) -> bool {
+    name.starts_with("libpython3.")
+}
+
+fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
+    let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Candidate> = Vec::new();
+    for m in maps {
+        let MMapPath::Path(path) = &m.pathname else { continue };
+        if m.offset != 0 || out.iter().any(|c| c.path == *path) {
+            continue;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let exe_is_python = Path::new(exe)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("python"));
+        let linkage = if is_libpython(name) {
+            Linkage::Shared
+        } else if exe_is_python && path.to_str() == Some(exe) {
+            Linkage::Static
+        } else {
+            continue;
+        };
+        let dev = ((m.dev.0 as u64) << 32) | (m.dev.1 as u64 & 0xffff_ffff);
+        out.push(Candidate {
+            path: path.clone(),
+            key: FileKey { dev, inode: m.inode },
+            linkage,
+            base: m.address.0,
+        });
+    }
+    // A libpython, when mapped, holds the interpreter even if the executable is a launcher.
+    out.sort_by_key(|c| c.linkage == Linkage::Static);
+    out
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Symbols {
+    runtime: u64,
+    code_type: Option<u64>,
+    py_version: Option<u64>,
+    first_load_vaddr: u64,
+}
+
+fn read_symbols(path: &Path) -> Option<Symbols> {
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let mut runtime = None;
+    let mut code_type = None;
+    let mut py_version = None;
+    for sym in file.dynamic_symbols().chain(file.symbols()) {
+        match sym.name() {
+            Ok("_PyRuntime") => runtime = Some(sym.address()),
+            Ok("PyCode_Type") => code_type = Some(sym.address()),
+            Ok("Py_Version") => py_version = Some(sym.address()),
+            _ => {}
+        }
+    }
+    let first_load_vaddr = file.segments().map(|s| s.address()).min()? & !0xfff;
+    Some(Symbols { runtime: runtime?, code_type, py_version, first_load_vaddr })
+}
+
+/// `3.X` from a file name like `python3.11` or `libpython3.11.so.1.0`.
+fn version_from_name(name: &str) -> Option<(u8, u8)> {
+    let rest = &name[name.find("python3.")? + "python3.".len()..];
+    let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    Some((3, minor.parse().ok()?))
+}
+
+/// Finds CPython interpreters; remembers the symbols of each interpreter file it has parsed.
+#[derive(Debug, Default)]
+pub struct Detector {
+    symbols: std::collections::HashMap<FileKey, Option<Symbols>>,
+}
+
+impl Detector {
+    /// Looks at process `pid` (whose executable is `exe`) for a CPython interpreter.
+    pub fn detect(&mut self, pid: u32, exe: &str) -> Detection {
+        if self.symbols.len() > 1024 {
+            self.symbols.clear();
+        }
+        detect(pid, exe, |candidate| {
+            *self.symbols.entry(candidate.key).or_insert_with(|| {
+                readable_path(pid, &candidate.path).and_then(|p| read_symbols(&p))
+            })
+        })
+    }
+}
+
+fn detect(
+    pid: u32,
+    exe: &str,
+    mut symbols_of: impl FnMut(&Candidate) -> Option<Symbols>,
+) -> Detection {
+    let exe_name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let looks_like_python = exe_name.starts_with("python");
+    for candidate in candidates(pid, exe) {
+        let Some(symbols) = symbols_of(&candidate) else { continue };
+        let bias = candidate.base.wrapping_sub(symbols.first_load_vaddr);
+        return match describe(pid, &candidate, &symbols, bias) {
+            Ok(Some(p)) => Detection::Python(Arc::new(p)),
+            Ok(None) => Detection::NotReady,
+            Err(reason) => Detection::Unsupported(reason),
+        };
+    }
+    if looks_like_python {
+        Detection::Unsupported(format!("{exe}: no _PyRuntime symbol found"))
+    } else {
+        Detection::NotPython
+    }
+}
+
+fn describe(
+    pid: u32,
+    candidate: &Candidate,
+    symbols: &Symbols,
+    bias: u64,
+) -> Result<Option<PythonProcess>, String> {
+    let name = candidate.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let version = match symbols.py_version {
+        Some(addr) => {
+            let mut b = [0u8; 4];
+            memory::read(pid, addr.wrapping_add(bias), &mut b)
+                .map_err(|e| format!("reading Py_Version: {e}"))?;
+            let v = u32::from_ne_bytes(b);
+            ((v >> 24) as u8, (v >> 16) as u8, (v >> 8) as u8)
+        }
+        None => {
+            let (major, minor) = version_from_name(name)
+                .ok_or_else(|| format!("cannot tell the CPython version of {name}"))?;
+            (major, minor, 0)
+        }
+    };
+    let runtime = symbols.runtime.wrapping_add(bias);
+    let (version, layout, layout_source) = if (version.0, version.1) >= (3, 13) {
+        let (version, layout) = debug_offsets::read(pid, runtime)?;
+        (version, layout, "offsets from _Py_DebugOffsets")
+    } else {
+        let layout = layout::table(version.0, version.1).ok_or_else(|| {
+            format!(
+                "CPython {}.{}.{} is not supported yet (native stacks only)",
+                version.0, version.1, version.2
+            )
+        })?;
+        (version, layout, "offsets from table")
+    };
+    let code_type =
+        symbols.code_type.ok_or_else(|| "no PyCode_Type symbol".to_owned())?.wrapping_add(bias);
+    let interp = memory::read_u64(pid, runtime + u64::from(layout.runtime_interpreters_head))
+        .map_err(|e| format!("reading _PyRuntime: {e}"))?;
+    if interp == 0 {
+        return Ok(None);
+    }
+    Ok(Some(PythonProcess {
+        version,
+        linkage: candidate.linkage,
+        layout_source,
+        layout,
+        code_type,
+        interp,
+        interpreter_file: candidate.key,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_from_file_names() {
+        assert_eq!(version_from_name("python3.9"), Some((3, 9)));
+        assert_eq!(version_from_name("libpython3.11.so.1.0"), Some((3, 11)));
+        assert_eq!(version_from_name("python3"), None);
+    }
+}

@@ -1,0 +1,248 @@
+//! Root integration tests: CPython stacks walked in the kernel, for every interpreter on the
+//! machine, checked for exact names, call chains and line numbers.
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use support::{Daemon, parse_folded, require_bpf, scratch};
+
+fn workload() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/workload.py")
+}
+
+/// The line of the workload marked `# LINE:name`.
+fn marked_line(name: &str) -> u32 {
+    let text = std::fs::read_to_string(workload()).unwrap();
+    let marker = format!("# LINE:{name}");
+    let index = text.lines().position(|l| l.contains(&marker)).expect("marker in workload.py");
+    index as u32 + 1
+}
+
+/// The interpreters to test: Debian's static python3.11, pyenv's shared-libpython builds, and
+/// any built by `.ci/build-pythons` into `.cache/pythons`.
+fn interpreters() -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let debian = PathBuf::from("/usr/bin/python3.11");
+    if debian.exists() {
+        found.push(debian);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let roots = [
+        PathBuf::from(std::env::var("PYENV_ROOT").unwrap_or(format!("{home}/.pyenv")))
+            .join("versions"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/pythons"),
+    ];
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        dirs.sort();
+        for dir in dirs {
+            let Ok(bins) = std::fs::read_dir(dir.join("bin")) else { continue };
+            let mut exes: Vec<PathBuf> = bins
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.strip_prefix("python3.")
+                        .and_then(|m| m.parse::<u8>().ok())
+                        .is_some_and(|m| m >= 9)
+                })
+                .collect();
+            exes.sort();
+            found.extend(exes.into_iter().take(1));
+        }
+    }
+    assert!(!found.is_empty(), "no CPython interpreter found to test");
+    found
+}
+
+/// One workload run under one interpreter.
+struct Run {
+    python: PathBuf,
+    folded: Vec<(String, u64)>,
+}
+
+fn minor_version(python: &Path) -> u8 {
+    let out = Command::new(python)
+        .args(["-c", "import sys; print(sys.version_info[1])"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// Runs `mode` for `seconds` under every interpreter. Versions with a layout must yield Python
+/// stacks (checked by the caller on the returned runs); any other version must be reported
+/// in `Status` as profiled with native stacks only, and is not returned.
+fn profile_each(daemon: &Daemon, mode: &str, seconds: &str) -> Vec<Run> {
+    let mut out = Vec::new();
+    for python in interpreters() {
+        let mut child =
+            Command::new(&python).arg(workload()).args([mode, seconds]).spawn().unwrap();
+        let pid = child.id().to_string();
+        assert!(child.wait().unwrap().success(), "{} {mode}", python.display());
+        std::thread::sleep(Duration::from_millis(1200));
+        let minor = minor_version(&python);
+        if !profiler_daemon::python::is_supported(3, minor) {
+            let status = daemon.ctl_ok(&["status"]);
+            let line =
+                status.lines().find(|l| l.contains(&format!("pid {pid} "))).unwrap_or_default();
+            assert!(
+                line.contains("native stacks only"),
+                "{}: an unsupported version is reported as such:\n{status}",
+                python.display()
+            );
+            eprintln!(
+                "{}: 3.{minor} has no layout yet; checked that it degrades to native stacks",
+                python.display()
+            );
+            continue;
+        }
+        let folded = parse_folded(
+            &daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid, "--since", "5m"]),
+        );
+        out.push(Run { python, folded });
+    }
+    assert!(!out.is_empty(), "no supported interpreter was tested");
+    out
+}
+
+fn total(folded: &[(String, u64)]) -> u64 {
+    folded.iter().map(|(_, c)| c).sum()
+}
+
+fn matching(folded: &[(String, u64)], pred: impl Fn(&str) -> bool) -> u64 {
+    folded.iter().filter(|(s, _)| pred(s)).map(|(_, c)| c).sum()
+}
+
+fn dump(folded: &[(String, u64)]) -> String {
+    let mut v = folded.to_vec();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1));
+    v.iter().take(12).map(|(s, c)| format!("  {s} {c}\n")).collect()
+}
+
+#[test]
+fn python_functions_chains_and_the_hot_line() {
+    if !require_bpf("python_functions_chains_and_the_hot_line") {
+        return;
+    }
+    let dir = scratch("python_hot");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    let hot = marked_line("hot");
+    let file = workload().display().to_string();
+    for Run { python, folded } in profile_each(&daemon, "hot", "3") {
+        let all = total(&folded);
+        let chain = format!(
+            "<module> ({file}:{});main ({file}:{});hot_outer ({file}:",
+            marked_line_of("if __name__") + 1,
+            line_containing("        hot_outer(deadline)")
+        );
+        let in_chain = matching(&folded, |s| s.contains(&chain) && s.contains(";spin_until ("));
+        let on_hot_line = matching(&folded, |s| s.ends_with(&format!("hot_inner ({file}:{hot})")));
+        assert!(all > 300, "{}: {all} samples", python.display());
+        assert!(
+            in_chain * 10 > all * 9,
+            "{}: {in_chain} of {all} under {chain}\n{}",
+            python.display(),
+            dump(&folded)
+        );
+        assert!(
+            on_hot_line * 2 > all,
+            "{}: {on_hot_line} of {all} on line {hot}\n{}",
+            python.display(),
+            dump(&folded)
+        );
+    }
+    let status = daemon.ctl_ok(&["status"]);
+    assert!(status.contains("CPython 3.11"), "{status}");
+}
+
+fn marked_line_of(text: &str) -> u32 {
+    line_containing(text)
+}
+
+fn line_containing(text: &str) -> u32 {
+    let src = std::fs::read_to_string(workload()).unwrap();
+    src.lines().position(|l| l.contains(text)).expect("text in workload.py") as u32 + 1
+}
+
+#[test]
+fn python_recursion_deeper_than_the_limit_is_marked_truncated() {
+    if !require_bpf("python_recursion_deeper_than_the_limit_is_marked_truncated") {
+        return;
+    }
+    let dir = scratch("python_recurse");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    for Run { python, folded } in profile_each(&daemon, "recurse", "2") {
+        let all = total(&folded);
+        let deep = matching(&folded, |s| {
+            s.starts_with("[truncated];") && s.matches(";recurse (").count() >= 120
+        });
+        assert!(
+            deep * 10 > all * 8,
+            "{}: {deep} of {all} deep and truncated\n{}",
+            python.display(),
+            dump(&folded)
+        );
+    }
+}
+
+#[test]
+fn python_threads_generators_and_coroutines() {
+    if !require_bpf("python_threads_generators_and_coroutines") {
+        return;
+    }
+    let dir = scratch("python_kinds");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    for Run { python, folded } in profile_each(&daemon, "threads", "2") {
+        let a = matching(&folded, |s| s.contains(";worker_a (") && s.contains("hot_inner ("));
+        let b = matching(&folded, |s| s.contains(";worker_b (") && s.contains("hot_inner ("));
+        assert!(
+            a > 30 && b > 30,
+            "{}: worker_a {a}, worker_b {b}\n{}",
+            python.display(),
+            dump(&folded)
+        );
+    }
+    for Run { python, folded } in profile_each(&daemon, "generator", "2") {
+        let n = matching(&folded, |s| {
+            s.contains(";drive_generator (")
+                && s.contains(";gen_work (")
+                && s.contains(";hot_inner (")
+        });
+        assert!(n * 10 > total(&folded) * 8, "{}: {n}\n{}", python.display(), dump(&folded));
+    }
+    for Run { python, folded } in profile_each(&daemon, "asyncio", "2") {
+        let n = matching(&folded, |s| s.contains(";coro_work (") && s.contains(";hot_inner ("));
+        assert!(n * 10 > total(&folded) * 7, "{}: {n}\n{}", python.display(), dump(&folded));
+    }
+}
+
+#[test]
+fn a_c_extension_leaf_sits_on_its_python_caller() {
+    if !require_bpf("a_c_extension_leaf_sits_on_its_python_caller") {
+        return;
+    }
+    let dir = scratch("python_zlib");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    for Run { python, folded } in profile_each(&daemon, "zlib", "2") {
+        let all = total(&folded);
+        // Root first: ...;compress_loop (file:line);<native frames of zlib/libz>
+        let native_on_top = matching(&folded, |s| {
+            let Some(at) = s.find(";compress_loop (") else { return false };
+            let rest = &s[at + 1..];
+            let after: Vec<&str> = rest.split(';').skip(1).collect();
+            !after.is_empty() && after.iter().all(|f| !f.contains(".py:"))
+        });
+        assert!(
+            native_on_top * 2 > all,
+            "{}: {native_on_top} of {all}\n{}",
+            python.display(),
+            dump(&folded)
+        );
+    }
+}

@@ -1,0 +1,96 @@
+"""Python workload for the integration tests: known functions, call chains and lines.
+
+    python workload.py MODE SECONDS
+
+Lines marked with a `# LINE:name` comment are looked up by the tests, so the file can change
+without the tests hard-coding line numbers.
+"""
+import asyncio
+import sys
+import threading
+import time
+import zlib
+
+
+def spin_until(deadline, body):
+    while time.time() < deadline:
+        body()
+
+
+def hot_inner():
+    total = 0
+    for i in range(20000):
+        total += i * i  # LINE:hot
+    return total
+
+
+def hot_outer(deadline):
+    spin_until(deadline, hot_inner)
+
+
+def recurse(depth, deadline):
+    if depth == 0:
+        spin_until(deadline, hot_inner)
+        return
+    recurse(depth - 1, deadline)
+
+
+def worker_a(deadline):
+    spin_until(deadline, hot_inner)
+
+
+def worker_b(deadline):
+    spin_until(deadline, hot_inner)
+
+
+def gen_work():
+    while True:
+        yield hot_inner()
+
+
+def drive_generator(deadline):
+    gen = gen_work()
+    while time.time() < deadline:
+        next(gen)
+
+
+async def coro_work(deadline):
+    while time.time() < deadline:
+        hot_inner()
+        await asyncio.sleep(0)
+
+
+def compress_loop(deadline):
+    data = bytes(range(256)) * 4096
+    while time.time() < deadline:
+        zlib.compress(data, 9)
+
+
+def main():
+    mode, seconds = sys.argv[1], float(sys.argv[2])
+    deadline = time.time() + seconds
+    if mode == "hot":
+        hot_outer(deadline)
+    elif mode == "recurse":
+        recurse(150, deadline)
+    elif mode == "threads":
+        threads = [
+            threading.Thread(target=worker_a, args=(deadline,), name="worker-a"),
+            threading.Thread(target=worker_b, args=(deadline,), name="worker-b"),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    elif mode == "generator":
+        drive_generator(deadline)
+    elif mode == "asyncio":
+        asyncio.run(coro_work(deadline))
+    elif mode == "zlib":
+        compress_loop(deadline)
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+//! The CPython frame walker: finds the sampled thread's `PyThreadState` and records
+//! (code object, instruction) for each frame, leaf first.
+//!
+//! Nothing here trusts the target's memory: every read may fail, loops are bounded, and a
+//! stack that is deeper than the limit is marked as truncated.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use profiler_common::{
+    python::{
+        FLAG_PY_NO_THREAD, FLAG_PY_READ_ERROR, FLAG_PY_TRUNCATED, FRAME_CHUNK, FrameModel,
+        MAX_PY_FRAMES, MAX_PY_THREADS, PyOffsets, PyProcess,
+    },
+    sample::DATA_WORDS,
+};
+
+/// Python processes and their layouts, keyed by tgid; written by the daemon.
+#[map]
+static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(8192, 0);
+
+/// Thread id -> its `PyThreadState`, found by a walk of the thread list and checked on use.
+#[map]
+static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Per-CPU copy of the frame being examined.
+#[map]
+static FRAME_BUF: PerCpuArray<[u8; FRAME_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of the user thread pointer (`thread.fsbase` on x86_64) in `task_struct`, from the
+/// kernel's BTF; 0 when unknown. Set by the loader.
+#[unsafe(no_mangle)]
+static TASK_THREAD_POINTER: u64 = 0;
+
+const CFRAME: u32 = FrameModel::CFrame as u32;
+const CODE_MASK: u64 = (1 << 56) - 1;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Reads a field of the frame copy. Verifier: the mask bounds the offset so that no branch is
+/// needed; offsets are checked against `FRAME_FIELDS_END` by the daemon.
+#[inline(always)]
+fn field_u64(chunk: &[u8; FRAME_CHUNK], offset: u32) -> u64 {
+    let o = (offset as usize) & 0x7f;
+    let b = &chunk[o..o + 8];
+    u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
+/// The value the thread list is matched against: the kernel thread id, or the thread pointer
+/// (`pthread_self()`) for interpreters that only store a `pthread_t`.
+#[inline(always)]
+fn thread_key(offsets: &PyOffsets, tid: u32) -> Option<u64> {
+    if offsets.match_pthread == 0 {
+        return Some(u64::from(tid));
+    }
+    // SAFETY: a read of a global the loader may rewrite before load.
+    let at = unsafe { core::ptr::read_volatile(&TASK_THREAD_POINTER) };
+    if at == 0 {
+        return None;
+    }
+    // SAFETY: helper without memory arguments; the task pointer is only read through
+    // bpf_probe_read_kernel, which fails instead of faulting.
+    let task = unsafe { bpf_get_current_task() };
+    unsafe { bpf_probe_read_kernel((task + at) as *const u64) }.ok()
+}
+
+fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
+    let offsets = &process.offsets;
+    let key = thread_key(offsets, tid)?;
+    let id_at = u64::from(offsets.tstate_thread_id);
+    // SAFETY: map lookups return valid pointers or None.
+    if let Some(&cached) = unsafe { PY_THREADS.get(&tid) } {
+        if read_u64(cached + id_at) == Some(key) {
+            return Some(cached);
+        }
+    }
+    let mut tstate = read_u64(process.interp + u64::from(offsets.interp_threads_head))?;
+    for _ in 0..MAX_PY_THREADS {
+        if tstate == 0 {
+            return None;
+        }
+        if read_u64(tstate + id_at) == Some(key) {
+            let _ = PY_THREADS.insert(&tid, &tstate, 0);
+            return Some(tstate);
+        }
+        tstate = read_u64(tstate + u64::from(offsets.tstate_next))?;
+    }
+    None
+}
+
+/// Walks the Python stack of thread `tid` of `tgid` into `data[start..]` as (code,
+/// instruction) pairs and returns the number of frames. Adds `FLAG_PY_*` bits to `flags`.
+pub fn walk(
+    data: &mut [u64; DATA_WORDS],
+    start: usize,
+    tgid: u32,
+    tid: u32,
+    flags: &mut u32,
+) -> u32 {
+    // SAFETY: map lookups return valid pointers or None.
+    let Some(process) = (unsafe { PY_PROCS.get(&tgid) }) else {
+        return 0;
+    };
+    let Some(tstate) = find_thread_state(process, tid) else {
+        *flags |= FLAG_PY_NO_THREAD;
+        return 0;
+    };
+    let offsets = &process.offsets;
+    let Some(mut frame) = read_u64(tstate + u64::from(offsets.tstate_frame)) else {
+        *flags |= FLAG_PY_READ_ERROR;
+        return 0;
+    };
+    if offsets.frame_model == CFRAME && frame != 0 {
+        let Some(current) = read_u64(frame + u64::from(offsets.cframe_current_frame)) else {
+            *flags |= FLAG_PY_READ_ERROR;
+            return 0;
+        };
+        frame = current;
+    }
+    let Some(chunk) = FRAME_BUF.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's buffer; nothing else uses it while this program runs here.
+    let chunk = unsafe { &mut *chunk };
+    let mut n = 0usize;
+    // Verifier: the slot written depends only on the loop counter, so that the states of
+    // different iterations can be pruned.
+    for i in 0..MAX_PY_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        // One read per frame: a frame's fields all lie in its first FRAME_CHUNK bytes.
+        // SAFETY: bpf_probe_read_user_buf fails instead of faulting.
+        if unsafe { bpf_probe_read_user_buf(frame as *const u8, chunk) }.is_err() {
+            *flags |= FLAG_PY_READ_ERROR;
+            break;
+        }
+        // Everything below is branch-free so that iterations stay cheap to verify: the owner
+        // byte rides in the top byte of the code word (user addresses leave it free), and the
+        // daemon drops shim frames and narrows `f_lasti` for the models that need it.
+        let owner = u64::from(chunk[(offsets.frame_owner as usize) & 0x7f]);
+        let code = (field_u64(chunk, offsets.frame_code) & !offsets.code_tag_bits & CODE_MASK)
+            | (owner << 56);
+        let instr = field_u64(chunk, offsets.frame_instr);
+        frame = field_u64(chunk, offsets.frame_back);
+        // Verifier: start <= 254 and i < 128, so both indexes stay below DATA_WORDS; the
+        // masks prove it.
+        let slot = (start + 2 * i) & (DATA_WORDS - 1);
+        data[slot] = code;
+        data[(slot + 1) & (DATA_WORDS - 1)] = instr;
+        n = i + 1;
+    }
+    if frame != 0 && n == MAX_PY_FRAMES {
+        *flags |= FLAG_PY_TRUNCATED;
+    }
+    n as u32
+}
