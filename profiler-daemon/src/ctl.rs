@@ -51,6 +51,8 @@ pub enum Format {
     Folded,
     /// A gzip-compressed pprof profile.
     Pprof,
+    /// Samples per line of one Python function (`--function`), like line_profiler.
+    Lines,
 }
 
 /// Arguments of `query`.
@@ -83,6 +85,9 @@ pub struct QueryArgs {
     /// Sort column of the top table.
     #[arg(long, value_enum, default_value_t = SortKey::SelfSamples)]
     pub sort: SortKey,
+    /// The function of the lines table (its qualified name, for example `Handler.get`).
+    #[arg(long, required_if_eq("format", "lines"))]
+    pub function: Option<String>,
     /// Rows of the top table.
     #[arg(long, default_value_t = 30)]
     pub limit: usize,
@@ -159,6 +164,11 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                     export::pprof::encode_gzip(&profile)
                 }
                 Format::Folded => export::folded::render(&ProfileView::new(&profile)?).into_bytes(),
+                Format::Lines => {
+                    let view = ProfileView::new(&profile)?;
+                    let function = args.function.as_deref().unwrap_or_default();
+                    export::lines::render(&view, function, read_source_line).into_bytes()
+                }
                 Format::Top => {
                     let view = ProfileView::new(&profile)?;
                     let mut out =
@@ -177,6 +187,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Line `line` (1-based) of `file`, when this machine can read it.
+fn read_source_line(file: &str, line: i64) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?).map(str::to_owned)
 }
 
 fn format_time(ns: i64) -> String {

@@ -64,6 +64,7 @@ fn interpreters() -> Vec<PathBuf> {
 /// One workload run under one interpreter.
 struct Run {
     python: PathBuf,
+    pid: String,
     folded: Vec<(String, u64)>,
 }
 
@@ -105,7 +106,7 @@ fn profile_each(daemon: &Daemon, mode: &str, seconds: &str) -> Vec<Run> {
         let folded = parse_folded(
             &daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid, "--since", "5m"]),
         );
-        out.push(Run { python, folded });
+        out.push(Run { python, pid, folded });
     }
     assert!(!out.is_empty(), "no supported interpreter was tested");
     out
@@ -134,7 +135,28 @@ fn python_functions_chains_and_the_hot_line() {
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
     let hot = marked_line("hot");
     let file = workload().display().to_string();
-    for Run { python, folded } in profile_each(&daemon, "hot", "3") {
+    for Run { python, pid, folded } in profile_each(&daemon, "hot", "3") {
+        // The line_profiler-style table puts the marked line first by hits, with its source.
+        let lines = daemon.ctl_ok(&[
+            "query",
+            "--format",
+            "lines",
+            "--function",
+            "hot_inner",
+            "--pid",
+            &pid,
+        ]);
+        let rows: Vec<(u32, u64)> = lines
+            .lines()
+            .skip(4)
+            .filter_map(|l| {
+                let mut it = l.split_whitespace();
+                Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+            })
+            .collect();
+        let top = rows.iter().max_by_key(|r| r.1).map(|r| r.0);
+        assert_eq!(top, Some(hot), "{}:\n{lines}", python.display());
+        assert!(lines.contains("total += i * i  # LINE:hot"), "{}:\n{lines}", python.display());
         let all = total(&folded);
         let chain = format!(
             "<module> ({file}:{});main ({file}:{});hot_outer ({file}:",
@@ -177,7 +199,7 @@ fn python_recursion_deeper_than_the_limit_is_marked_truncated() {
     }
     let dir = scratch("python_recurse");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, folded } in profile_each(&daemon, "recurse", "2") {
+    for Run { python, folded, .. } in profile_each(&daemon, "recurse", "2") {
         let all = total(&folded);
         let deep = matching(&folded, |s| {
             s.starts_with("[truncated];") && s.matches(";recurse (").count() >= 120
@@ -198,7 +220,7 @@ fn python_threads_generators_and_coroutines() {
     }
     let dir = scratch("python_kinds");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, folded } in profile_each(&daemon, "threads", "2") {
+    for Run { python, folded, .. } in profile_each(&daemon, "threads", "2") {
         let a = matching(&folded, |s| s.contains(";worker_a (") && s.contains("hot_inner ("));
         let b = matching(&folded, |s| s.contains(";worker_b (") && s.contains("hot_inner ("));
         assert!(
@@ -208,7 +230,7 @@ fn python_threads_generators_and_coroutines() {
             dump(&folded)
         );
     }
-    for Run { python, folded } in profile_each(&daemon, "generator", "2") {
+    for Run { python, folded, .. } in profile_each(&daemon, "generator", "2") {
         let n = matching(&folded, |s| {
             s.contains(";drive_generator (")
                 && s.contains(";gen_work (")
@@ -216,7 +238,7 @@ fn python_threads_generators_and_coroutines() {
         });
         assert!(n * 10 > total(&folded) * 8, "{}: {n}\n{}", python.display(), dump(&folded));
     }
-    for Run { python, folded } in profile_each(&daemon, "asyncio", "2") {
+    for Run { python, folded, .. } in profile_each(&daemon, "asyncio", "2") {
         let n = matching(&folded, |s| s.contains(";coro_work (") && s.contains(";hot_inner ("));
         assert!(n * 10 > total(&folded) * 7, "{}: {n}\n{}", python.display(), dump(&folded));
     }
@@ -229,7 +251,7 @@ fn a_c_extension_leaf_sits_on_its_python_caller() {
     }
     let dir = scratch("python_zlib");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, folded } in profile_each(&daemon, "zlib", "2") {
+    for Run { python, folded, .. } in profile_each(&daemon, "zlib", "2") {
         let all = total(&folded);
         // Root first: ...;compress_loop (file:line);<native frames of zlib/libz>
         let native_on_top = matching(&folded, |s| {

@@ -5,6 +5,7 @@
 //! the resolved stacks of a [`view::ProfileView`].
 
 pub mod folded;
+pub mod lines;
 pub mod pprof;
 pub mod top;
 pub mod view;
