@@ -3,6 +3,7 @@
 //! The daemon's pipeline is described in [`daemon`]; each stage has its own module.
 
 pub mod aggregate;
+pub mod btf;
 pub mod client;
 pub mod collector;
 pub mod config;

@@ -133,9 +133,21 @@ impl Sampler {
         // Wake the daemon early once a quarter of the ring is used; otherwise it drains on its
         // timer.
         let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
+        // CPython 3.9/3.10 threads are matched by thread pointer; without it they fall back
+        // to native stacks.
+        let thread_pointer = match crate::btf::Btf::from_sys()
+            .and_then(|btf| btf.member_offset("task_struct", crate::btf::THREAD_POINTER_PATH))
+        {
+            Ok(offset) => u64::from(offset),
+            Err(e) => {
+                warn!(error = %e, "no thread pointer offset; CPython 3.9/3.10 get native stacks only");
+                0
+            }
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("INCLUDE_IDLE", &include_idle, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
+            .override_global("TASK_THREAD_POINTER", &thread_pointer, true)
             .map_max_entries("SAMPLES", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;

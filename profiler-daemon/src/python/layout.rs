@@ -86,6 +86,41 @@ const OBJECTS_39_311: ObjectLayout = ObjectLayout {
 /// The built-in layout of CPython `major.minor`, if there is one.
 pub fn table(major: u8, minor: u8) -> Option<Layout> {
     match (major, minor) {
+        (3, 9) | (3, 10) => Some(Layout {
+            kernel: PyOffsets {
+                frame_model: FrameModel::FrameObject as u32,
+                interp_threads_head: 8, // tstate_head
+                tstate_next: 8,
+                tstate_thread_id: 176, // thread_id: a pthread_t
+                match_pthread: 1,
+                tstate_frame: 24, // frame
+                cframe_current_frame: 0,
+                frame_code: 32,
+                frame_back: 24,
+                frame_instr: if minor == 9 { 104 } else { 96 }, // f_lasti
+                frame_owner: 0,
+                _pad: 0,
+                code_tag_bits: 0,
+            },
+            runtime_interpreters_head: 32,
+            code: CodeLayout {
+                filename: 104,
+                name: 112,
+                qualname: None,
+                firstlineno: 40,
+                linetable: 120, // co_lnotab (3.9) or co_linetable (3.10)
+                code_adaptive: None,
+                header_len: 128,
+            },
+            objects: OBJECTS_39_311,
+            linetable: if minor == 9 {
+                LineTableFormat::Lnotab
+            } else {
+                LineTableFormat::Linetable310
+            },
+            instr: if minor == 9 { InstrModel::LastiBytes } else { InstrModel::LastiUnits },
+            skip_owner_from: None,
+        }),
         (3, 11) => Some(Layout {
             kernel: PyOffsets {
                 frame_model: FrameModel::CFrame as u32,

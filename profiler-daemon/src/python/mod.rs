@@ -29,6 +29,9 @@ pub fn is_supported(major: u8, minor: u8) -> bool {
     layout::table(major, minor).is_some() || (major, minor) >= (3, 13)
 }
 
+/// Micro version when only the file name told the version (3.9 and 3.10 lack `Py_Version`).
+const UNKNOWN_MICRO: u8 = u8::MAX;
+
 /// How the interpreter is linked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Linkage {
@@ -60,6 +63,13 @@ pub struct PythonProcess {
 impl fmt::Display for PythonProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (a, b, c) = self.version;
+        if c == UNKNOWN_MICRO {
+            let linkage = match self.linkage {
+                Linkage::Static => "static",
+                Linkage::Shared => "shared libpython",
+            };
+            return write!(f, "CPython {a}.{b}, {linkage}, {}", self.layout_source);
+        }
         let linkage = match self.linkage {
             Linkage::Static => "static",
             Linkage::Shared => "shared libpython",
@@ -97,10 +107,21 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
     let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
     };
+    let maps: Vec<_> = maps.into_iter().collect();
+    // Only files the process executes code from: the daemon itself, for one, maps interpreter
+    // files read-only to symbolize them.
+    let executed: Vec<&PathBuf> = maps
+        .iter()
+        .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
+        .filter_map(|m| match &m.pathname {
+            MMapPath::Path(p) => Some(p),
+            _ => None,
+        })
+        .collect();
     let mut out: Vec<Candidate> = Vec::new();
-    for m in maps {
+    for m in &maps {
         let MMapPath::Path(path) = &m.pathname else { continue };
-        if m.offset != 0 || out.iter().any(|c| c.path == *path) {
+        if m.offset != 0 || out.iter().any(|c| c.path == *path) || !executed.contains(&path) {
             continue;
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -170,6 +191,9 @@ pub struct Detector {
 impl Detector {
     /// Looks at process `pid` (whose executable is `exe`) for a CPython interpreter.
     pub fn detect(&mut self, pid: u32, exe: &str) -> Detection {
+        if pid == std::process::id() {
+            return Detection::NotPython;
+        }
         if self.symbols.len() > 1024 {
             self.symbols.clear();
         }
@@ -222,7 +246,7 @@ fn describe(
         None => {
             let (major, minor) = version_from_name(name)
                 .ok_or_else(|| format!("cannot tell the CPython version of {name}"))?;
-            (major, minor, 0)
+            (major, minor, UNKNOWN_MICRO)
         }
     };
     let runtime = symbols.runtime.wrapping_add(bias);
