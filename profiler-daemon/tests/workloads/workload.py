@@ -66,6 +66,41 @@ def compress_loop(deadline):
         zlib.compress(data, 9)
 
 
+def burn(units):
+    total = 0
+    for _ in range(units):
+        for i in range(2000):
+            total += i * i
+    return total
+
+
+def work_a(units):
+    return burn(units)
+
+
+def work_b(units):
+    return burn(units)
+
+
+def work_c(units):
+    return burn(units)
+
+
+def accuracy(deadline):
+    """Runs three functions in a 3:2:1 ratio and prints the CPU seconds each one measured for
+    itself, and the process's total, as JSON on standard output."""
+    import json
+
+    spent = {"work_a": 0.0, "work_b": 0.0, "work_c": 0.0}
+    while time.time() < deadline:
+        for fn, units in ((work_a, 30), (work_b, 20), (work_c, 10)):
+            start = time.thread_time()
+            fn(units)
+            spent[fn.__name__] += time.thread_time() - start
+    spent["process"] = time.process_time()
+    print(json.dumps(spent))
+
+
 def main():
     mode, seconds = sys.argv[1], float(sys.argv[2])
     deadline = time.time() + seconds
@@ -88,6 +123,8 @@ def main():
         asyncio.run(coro_work(deadline))
     elif mode == "zlib":
         compress_loop(deadline)
+    elif mode == "accuracy":
+        accuracy(deadline)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
