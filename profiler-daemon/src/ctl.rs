@@ -17,7 +17,6 @@ use crate::{
     config::parse_duration,
     export::{self, ProfileView, top::SortKey},
     selector::{LabelKey, Matcher, Selector},
-    stats::DropReason,
 };
 
 /// profctl: query a running profilerd.
@@ -278,9 +277,4 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         let _ = writeln!(out, "kernel:      cost unknown (start profilerd with --bpf-stats)");
     }
     out
-}
-
-/// Every drop reason name, for documentation and tests.
-pub fn drop_reason_names() -> Vec<&'static str> {
-    DropReason::ALL.iter().map(|r| r.name()).collect()
 }

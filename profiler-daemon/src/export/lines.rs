@@ -44,17 +44,9 @@ pub fn render(
         return out;
     }
     let secs = total as f64 * view.period_ns as f64 / 1e9;
-    let files: Vec<&String> = table
-        .keys()
-        .map(|(f, _)| f)
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let _ = writeln!(
-        out,
-        "Function: {function} in {}",
-        files.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
-    );
+    let files: std::collections::BTreeSet<&str> = table.keys().map(|(f, _)| f.as_str()).collect();
+    let files: Vec<&str> = files.into_iter().collect();
+    let _ = writeln!(out, "Function: {function} in {}", files.join(", "));
     let _ = writeln!(out, "Samples: {total} ({secs:.2} s of CPU, estimated from samples)");
     out.push('\n');
     let _ =
