@@ -3,6 +3,7 @@ use anyhow::Context as _;
 use prost::Message as _;
 
 const PROTOS: &[&str] = &[
+    "profiler/v1/calls.proto",
     "profiler/v1/common.proto",
     "profiler/v1/profile.proto",
     "profiler/v1/query.proto",

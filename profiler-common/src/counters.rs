@@ -1,7 +1,7 @@
 //! The `COUNTERS` per-CPU array: one slot per outcome of the sampling program.
 //!
 //! Nothing the kernel side drops goes uncounted: every early return of the perf-event program
-//! bumps exactly one of these slots.
+//! bumps exactly one of these slots, and so does every call the entry probe cannot count.
 
 /// Index into the `COUNTERS` per-CPU array.
 #[repr(u32)]
@@ -23,11 +23,13 @@ pub enum Counter {
     PythonReadError = 6,
     /// Python samples deeper than the recorded limit (marked truncated).
     PythonTruncated = 7,
+    /// Python calls not counted because the `PY_CALLS` table was full.
+    CallTableFull = 8,
 }
 
 impl Counter {
     /// Number of slots in the `COUNTERS` map.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 
     /// Every counter, in slot order.
     pub const ALL: [Counter; Self::COUNT as usize] = [
@@ -39,6 +41,7 @@ impl Counter {
         Counter::PythonNoThread,
         Counter::PythonReadError,
         Counter::PythonTruncated,
+        Counter::CallTableFull,
     ];
 
     /// Stable snake_case name, used in `Status` and metrics.
@@ -52,6 +55,7 @@ impl Counter {
             Counter::PythonNoThread => "python_thread_not_found",
             Counter::PythonReadError => "python_read_error",
             Counter::PythonTruncated => "python_truncated",
+            Counter::CallTableFull => "python_call_table_full",
         }
     }
 }

@@ -99,6 +99,19 @@ impl PyFrame {
     }
 }
 
+/// Key of the `PY_CALLS` table: calls of one code object in one process, counted by the
+/// probe on `_PyEval_EvalFrameDefault`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CallKey {
+    /// Process id.
+    pub tgid: u32,
+    /// Explicit padding.
+    pub _pad: u32,
+    /// Address of the code object.
+    pub code: u64,
+}
+
 /// Header flag: the Python stack has more frames than were recorded.
 pub const FLAG_PY_TRUNCATED: u32 = 1 << 4;
 /// Header flag: the process is a known Python process but the current thread's state was not
@@ -111,5 +124,10 @@ pub const FLAG_PY_READ_ERROR: u32 = 1 << 6;
 // SAFETY: repr(C), no padding, any bit pattern valid.
 unsafe impl aya::Pod for PyProcess {}
 
+#[cfg(feature = "user")]
+// SAFETY: repr(C), no padding, any bit pattern valid.
+unsafe impl aya::Pod for CallKey {}
+
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 56);
 const _: () = assert!(core::mem::size_of::<PyProcess>() == 64);
+const _: () = assert!(core::mem::size_of::<CallKey>() == 16);

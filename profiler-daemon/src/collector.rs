@@ -1,30 +1,35 @@
 //! The collector: drains the sample ring buffer on readiness (the kernel wakes it when the ring
 //! fills up) and on a short timer, attaches process facts and normalized addresses, and hands
-//! samples to the symbolizer without ever waiting on it.
+//! samples to the symbolizer without ever waiting on it. It also owns the Python call probe:
+//! it attaches it, reads its counts every second and enforces the call budget.
 
 use std::{
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
 use profiler_common::{python::PyProcess, sample::SampleRecord};
 use tokio::{
     io::unix::AsyncFd,
-    sync::mpsc::{self, error::TrySendError},
+    sync::{
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    loader::KernelCounters,
-    process::{ProcessTable, Runtime},
+    calls::{CallProbes, CallTracker, CallsError, CallsMode},
+    loader::{KernelCalls, KernelCounters},
+    process::{ProcessInfo, ProcessTable, Runtime},
     python::{Detection, Detector},
     stats::{DropReason, PipelineStats},
-    symbolize::RawStack,
+    symbolize::{RawCalls, RawStack, Work},
 };
 
 /// How often the ring buffer is drained without a wakeup from the kernel. The kernel only wakes
@@ -43,7 +48,7 @@ pub struct Collector {
     /// Label samples by thread id and name.
     pub by_thread: bool,
     /// Queue to the symbolizer thread.
-    pub output: mpsc::Sender<(u32, RawStack)>,
+    pub output: mpsc::Sender<Work>,
     /// Shared counters.
     pub stats: Arc<PipelineStats>,
     /// Processes tracked, for `Status`.
@@ -54,6 +59,26 @@ pub struct Collector {
     pub py_procs: Option<aya::maps::HashMap<MapData, u32, PyProcess>>,
     /// Per-process runtime descriptions, for `Status`.
     pub runtimes: Arc<Mutex<Vec<RuntimeStatus>>>,
+    /// Which processes have the call probe.
+    pub calls: CallTracker,
+    /// Attaches the call probe (the sampler; absent in tests without BPF).
+    pub probes: Option<Box<dyn CallProbes>>,
+    /// The kernel's call counts (absent in tests without BPF).
+    pub py_calls: Option<KernelCalls>,
+}
+
+/// A request to the collector.
+#[derive(Debug)]
+pub enum Command {
+    /// Turns call counting on or off for a process; answers with what was done.
+    SetCalls {
+        /// Process id.
+        pid: u32,
+        /// On or off.
+        enable: bool,
+        /// The answer.
+        reply: oneshot::Sender<Result<String, CallsError>>,
+    },
 }
 
 /// One line of `Status` about a process's runtime.
@@ -75,33 +100,12 @@ impl Collector {
             return;
         };
         let h = &record.header;
-        let process = self.processes.observe(h.tgid, h.tid, h.comm_bytes());
+        let pid = h.tgid;
+        let process = self.processes.observe(pid, h.tid, h.comm_bytes());
         if process.runtime.needs_detection() {
-            process.runtime = match self.detector.detect(h.tgid, &process.exe) {
-                Detection::NotPython => {
-                    // A pid seen again after an execve may still be registered.
-                    if let Some(map) = &mut self.py_procs {
-                        let _ = map.remove(&h.tgid);
-                    }
-                    Runtime::Native
-                }
-                Detection::Python(p) => {
-                    if let Some(map) = &mut self.py_procs {
-                        let entry = PyProcess { interp: p.interp, offsets: p.layout.kernel };
-                        if let Err(e) = map.insert(h.tgid, entry, 0) {
-                            warn!(pid = h.tgid, error = %e, "registering a Python process failed");
-                        }
-                    }
-                    info!(pid = h.tgid, comm = %process.comm, "{p}");
-                    Runtime::Python(p)
-                }
-                Detection::Unsupported(why) => {
-                    info!(pid = h.tgid, comm = %process.comm, "CPython, native stacks only: {why}");
-                    Runtime::Unsupported(why)
-                }
-                Detection::NotReady => Runtime::Pending(std::time::Instant::now()),
-            };
+            self.detect(pid);
         }
+        let Some(process) = self.processes.get_mut(pid) else { return };
         let python = match &process.runtime {
             Runtime::Python(p) => Some(p.clone()),
             _ => None,
@@ -116,10 +120,112 @@ impl Collector {
             python: python.map(|p| (p, record.python_stack().collect())),
             flags: h.flags,
         };
-        match self.output.try_send((h.tgid, raw)) {
+        match self.output.try_send(Work::Stack(pid, raw)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.record_drop(DropReason::SymbolizerQueueFull),
             Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Finds out what runs in process `pid` (tracked already), registers a Python process with
+    /// the kernel, and attaches the call probe when every process gets it.
+    fn detect(&mut self, pid: u32) {
+        let Some(process) = self.processes.get_mut(pid) else { return };
+        process.runtime = match self.detector.detect(pid, &process.exe) {
+            Detection::NotPython => {
+                // A pid seen again after an execve may still be registered.
+                if let Some(map) = &mut self.py_procs {
+                    let _ = map.remove(&pid);
+                }
+                if let Some(probes) = self.probes.as_deref_mut() {
+                    self.calls.forget(probes, pid);
+                }
+                Runtime::Native
+            }
+            Detection::Python(p) => {
+                if let Some(map) = &mut self.py_procs {
+                    let entry = PyProcess { interp: p.interp, offsets: p.layout.kernel };
+                    if let Err(e) = map.insert(pid, entry, 0) {
+                        warn!(pid, error = %e, "registering a Python process failed");
+                    }
+                }
+                info!(pid, comm = %process.comm, "{p}");
+                if self.calls.mode() == CallsMode::All
+                    && let Some(probes) = self.probes.as_deref_mut()
+                    && let Err(e) = self.calls.enable(probes, pid, &p)
+                {
+                    warn!(pid, error = %e, "Python calls are not counted");
+                }
+                Runtime::Python(p)
+            }
+            Detection::Unsupported(why) => {
+                info!(pid, comm = %process.comm, "CPython, native stacks only: {why}");
+                Runtime::Unsupported(why)
+            }
+            Detection::NotReady => Runtime::Pending(Instant::now()),
+        };
+    }
+
+    /// Turns call counting on or off for process `pid`.
+    fn set_calls(&mut self, pid: u32, enable: bool) -> Result<String, CallsError> {
+        let Some(probes) = self.probes.as_deref_mut() else {
+            return Err(CallsError::Attach { pid, reason: "the call probe is not loaded".into() });
+        };
+        if !enable {
+            return Ok(if self.calls.disable(probes, pid) {
+                format!("stopped counting the calls of process {pid}")
+            } else {
+                format!("the calls of process {pid} were not being counted")
+            });
+        }
+        // The process may not have been sampled yet (it may be idle).
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map_err(|_| CallsError::NoProcess(pid))?;
+        let process = self.processes.observe(pid, pid, comm.trim_end().as_bytes());
+        if process.runtime.needs_detection() {
+            self.detect(pid);
+        }
+        let Some(ProcessInfo { runtime, .. }) = self.processes.get_mut(pid) else {
+            return Err(CallsError::NoProcess(pid));
+        };
+        match runtime {
+            Runtime::Python(p) => {
+                let p = p.clone();
+                let probes = self.probes.as_deref_mut().ok_or(CallsError::NoProcess(pid))?;
+                self.calls.enable(probes, pid, &p)?;
+                Ok(format!("counting the calls of process {pid} ({p})"))
+            }
+            other => Err(CallsError::NotPython {
+                pid,
+                what: other.describe().unwrap_or_else(|| "a native process".to_owned()),
+            }),
+        }
+    }
+
+    /// Reads the kernel's call counts and sends the new ones on for naming.
+    fn poll_calls(&mut self, elapsed: Duration) {
+        let (Some(map), Some(probes)) = (&mut self.py_calls, self.probes.as_deref_mut()) else {
+            return;
+        };
+        let counts = map.read();
+        if counts.is_empty() {
+            return;
+        }
+        let poll = self.calls.poll(probes, counts, elapsed);
+        for key in &poll.stale {
+            map.remove(key);
+        }
+        for (pid, rate) in &poll.stopped {
+            warn!(pid, rate = *rate as u64, "Python call counting stopped: over the call budget");
+        }
+        for deltas in poll.deltas {
+            let Some(process) = self.processes.get_mut(deltas.pid) else { continue };
+            let Runtime::Python(python) = &process.runtime else { continue };
+            let raw =
+                RawCalls { python: python.clone(), labels: process.labels(0, b"", false), deltas };
+            if let Err(TrySendError::Full(_)) = self.output.try_send(Work::Calls(raw)) {
+                self.stats.record_drop(DropReason::SymbolizerQueueFull);
+            }
         }
     }
 
@@ -128,7 +234,10 @@ impl Collector {
             .processes
             .iter()
             .filter_map(|p| {
-                let description = p.runtime.describe()?;
+                let mut description = p.runtime.describe()?;
+                if let Some(calls) = self.calls.describe(p.pid) {
+                    description = format!("{description}; {calls}");
+                }
                 Some(RuntimeStatus { pid: p.pid, comm: p.comm.to_string(), description })
             })
             .collect();
@@ -141,6 +250,7 @@ impl Collector {
         mut self,
         ring: RingBuf<MapData>,
         counters: KernelCounters,
+        mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         // SAFETY: the RingBuf owns its map fd, which stays open and unchanged until the AsyncFd
@@ -151,9 +261,15 @@ impl Collector {
         let mut drain = tokio::time::interval(DRAIN_INTERVAL);
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u32;
+        let mut calls_read_at = Instant::now();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                Some(command) = commands.recv() => match command {
+                    Command::SetCalls { pid, enable, reply } => {
+                        let _ = reply.send(self.set_calls(pid, enable));
+                    }
+                },
                 guard = ring.readable_mut() => {
                     let mut guard = guard?;
                     let ring = guard.get_inner_mut();
@@ -174,12 +290,17 @@ impl Collector {
                             Err(e) => warn!(error = %e, "reading the kernel counters failed"),
                         }
                         self.processes_gauge.store(self.processes.len() as u64, Relaxed);
+                        self.poll_calls(calls_read_at.elapsed());
+                        calls_read_at = Instant::now();
                         self.publish_runtimes();
                     }
                     if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
                         for pid in self.processes.sweep() {
                             if let Some(map) = &mut self.py_procs {
                                 let _ = map.remove(&pid);
+                            }
+                            if let Some(probes) = self.probes.as_deref_mut() {
+                                self.calls.forget(probes, pid);
                             }
                         }
                     }
@@ -189,6 +310,8 @@ impl Collector {
         if let Ok(totals) = counters.read() {
             self.stats.set_kernel_counters(&totals);
         }
+        // The last counts, so that a short run keeps them.
+        self.poll_calls(calls_read_at.elapsed());
         Ok(())
     }
 }
@@ -198,7 +321,7 @@ mod tests {
     use super::*;
     use profiler_common::sample::SampleHeader;
 
-    fn collector(capacity: usize) -> (Collector, mpsc::Receiver<(u32, RawStack)>) {
+    fn collector(capacity: usize) -> (Collector, mpsc::Receiver<Work>) {
         let (output, rx) = mpsc::channel(capacity);
         let collector = Collector {
             processes: ProcessTable::new(8),
@@ -209,6 +332,9 @@ mod tests {
             detector: Detector::default(),
             py_procs: None,
             runtimes: Arc::default(),
+            calls: CallTracker::new(CallsMode::Off, 1),
+            probes: None,
+            py_calls: None,
         };
         (collector, rx)
     }
@@ -233,7 +359,7 @@ mod tests {
         let (mut c, mut rx) = collector(4);
         let pid = std::process::id();
         c.handle(&record(pid, pid + 1));
-        let (got_pid, raw) = rx.try_recv().unwrap();
+        let Work::Stack(got_pid, raw) = rx.try_recv().unwrap() else { panic!("not a stack") };
         assert_eq!(got_pid, pid);
         assert_eq!((raw.labels.pid, raw.labels.tid, &*raw.labels.thread), (pid, pid + 1, "worker"));
         assert_eq!(raw.kernel, [0xffff_ffff_8100_0000, 0xffff_ffff_8100_0010]);

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{Parser, ValueEnum};
 use thiserror::Error;
 
+use crate::calls::CallsMode;
+
 /// Default gRPC endpoint.
 pub const DEFAULT_SOCKET: &str = "/run/profiler/profiler.sock";
 
@@ -108,6 +110,16 @@ pub struct DaemonArgs {
     /// Do not label samples with thread ids and names (fewer distinct stacks).
     #[arg(long)]
     pub no_thread_labels: bool,
+
+    /// Count Python calls (cProfile's ncalls) with a probe on the interpreter's entry point:
+    /// `off` (enable per process with `profctl calls enable --pid N`) or `all`.
+    #[arg(long, value_enum, default_value_t = CallsMode::Off)]
+    pub python_calls: CallsMode,
+
+    /// Calls per second above which a process's call probe is detached (each call costs about
+    /// a microsecond in the kernel).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub python_calls_budget: u64,
 
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

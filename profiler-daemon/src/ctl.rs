@@ -39,6 +39,24 @@ pub enum Command {
     Status,
     /// Print or save the profile of a time range.
     Query(QueryArgs),
+    /// Count a Python process's calls (cProfile's ncalls) with the interpreter entry probe.
+    Calls {
+        /// Turn counting on or off.
+        #[arg(value_enum)]
+        action: CallsAction,
+        /// The CPython process.
+        #[arg(long)]
+        pid: u32,
+    },
+}
+
+/// `profctl calls` actions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CallsAction {
+    /// Attach the probe to the process.
+    Enable,
+    /// Detach it.
+    Disable,
 }
 
 /// Output formats of `query`.
@@ -143,6 +161,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let status =
                 client.status(v1::StatusRequest {}).await.context("Status failed")?.into_inner();
             print!("{}", render_status(&status));
+        }
+        Command::Calls { action, pid } => {
+            let request = v1::SetPythonCallsRequest { pid, enabled: action == CallsAction::Enable };
+            let response = client
+                .set_python_calls(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            println!("{}", response.into_inner().message);
         }
         Command::Query(args) => {
             let request = v1::QueryRequest {

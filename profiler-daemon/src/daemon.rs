@@ -19,6 +19,7 @@ use tracing::{Instrument as _, error, info, info_span};
 
 use crate::{
     aggregate::actor::{self, AggregatorConfig},
+    calls::CallTracker,
     collector::Collector,
     config::DaemonArgs,
     loader::{LoadError, Sampler, SamplerConfig},
@@ -75,6 +76,9 @@ pub async fn run(
     let ring = sampler.take_samples()?;
     let counters = sampler.take_counters()?;
     let py_procs = sampler.take_python_procs()?;
+    let py_calls = sampler.take_python_calls()?;
+    let cpus = u32::try_from(sampler.cpus().len()).unwrap_or(u32::MAX);
+    let program_id = sampler.program_id();
     let runtimes = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let stats = Arc::new(PipelineStats::default());
@@ -111,33 +115,38 @@ pub async fn run(
         detector: Detector::default(),
         py_procs: Some(py_procs),
         runtimes: runtimes.clone(),
+        calls: CallTracker::new(args.python_calls, args.python_calls_budget),
+        // The collector owns the sampler from here on; it detaches everything when it stops.
+        probes: Some(Box::new(sampler)),
+        py_calls: Some(py_calls),
     };
+    let (command_tx, command_rx) = mpsc::channel(16);
     let collector_shutdown = shutdown.child_token();
     let collector_task = tokio::spawn(
         collector
-            .run(ring, counters, collector_shutdown.clone())
+            .run(ring, counters, command_rx, collector_shutdown.clone())
             .instrument(info_span!("collector")),
     );
 
     let info = Arc::new(DaemonInfo {
         frequency: args.frequency,
-        cpus: u32::try_from(sampler.cpus().len()).unwrap_or(u32::MAX),
+        cpus,
         started: Instant::now(),
         window: args.window,
         max_stacks: args.max_stacks_per_window,
         stats,
         symbolizer: symbolizer_stats,
         processes,
-        program_id: sampler.program_id(),
+        program_id,
         runtimes,
     });
     info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
     ready();
-    let served = serve(listener, ProfilerService::new(aggregator, info), shutdown.clone()).await;
+    let service = ProfilerService::new(aggregator, info).with_collector(command_tx);
+    let served = serve(listener, service, shutdown.clone()).await;
 
-    // Stop sampling first, then drain the stages in pipeline order.
+    // Stop sampling first (the collector owns the sampler), then drain the stages in order.
     shutdown.cancel();
-    drop(sampler);
     match collector_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "the collector failed"),

@@ -3,18 +3,19 @@
 //! [`Sampler::load`] checks privileges and BTF first, so that the common failures get an
 //! actionable message rather than a raw errno. Dropping the [`Sampler`] detaches every program.
 
-use std::{io, path::Path};
+use std::{collections::HashMap, io, num::NonZeroU32, path::Path};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        PerfEvent, ProgramError,
+        PerfEvent, ProgramError, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
     util::online_cpus,
 };
-use profiler_common::counters::Counter;
+use profiler_common::{counters::Counter, python::CallKey};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -22,6 +23,8 @@ use tracing::{info, warn};
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+/// The entry probe that counts CPython calls.
+const CALL_PROBE: &str = "python_call";
 
 /// What the sampler needs to know before loading.
 #[derive(Clone, Copy, Debug)]
@@ -100,6 +103,8 @@ pub struct Sampler {
     ebpf: Ebpf,
     cpus: Vec<u32>,
     program_id: u32,
+    call_links: HashMap<u64, UProbeLinkId>,
+    next_call_link: u64,
     _stats: Option<std::os::fd::OwnedFd>,
 }
 
@@ -169,6 +174,12 @@ impl Sampler {
                 )
                 .map_err(|source| attach_error(config.frequency, cpu, source))?;
         }
+        let calls: &mut UProbe = ebpf
+            .program_mut(CALL_PROBE)
+            .ok_or(LoadError::Program(ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(LoadError::Program)?;
+        calls.load().map_err(|e| privileges_or(e, LoadError::Program))?;
         let stats = config
             .bpf_stats
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
@@ -178,7 +189,55 @@ impl Sampler {
                 None
             });
         info!(cpus = cpus.len(), frequency = config.frequency, "sampler attached");
-        Ok(Sampler { ebpf, cpus, program_id, _stats: stats })
+        Ok(Sampler {
+            ebpf,
+            cpus,
+            program_id,
+            call_links: HashMap::new(),
+            next_call_link: 0,
+            _stats: stats,
+        })
+    }
+
+    /// Attaches the call-counting probe at file offset `offset` of `target` (an interpreter
+    /// file as process `pid` sees it), for that process only. Returns a handle for
+    /// [`Sampler::detach_calls`].
+    pub fn attach_calls(&mut self, pid: u32, target: &Path, offset: u64) -> Result<u64, LoadError> {
+        let pid = NonZeroU32::new(pid).ok_or(LoadError::Program(ProgramError::NotAttached))?;
+        let program = self.call_probe()?;
+        let link = program
+            .attach(
+                UProbeAttachLocation::AbsoluteOffset(offset),
+                target,
+                UProbeScope::OneProcess(pid),
+            )
+            .map_err(|e| privileges_or(e, LoadError::Program))?;
+        self.next_call_link += 1;
+        self.call_links.insert(self.next_call_link, link);
+        Ok(self.next_call_link)
+    }
+
+    /// Detaches a probe attached by [`Sampler::attach_calls`].
+    pub fn detach_calls(&mut self, handle: u64) {
+        let Some(link) = self.call_links.remove(&handle) else { return };
+        if let Ok(program) = self.call_probe()
+            && let Err(e) = program.detach(link)
+        {
+            warn!(error = %e, "detaching the call probe failed");
+        }
+    }
+
+    fn call_probe(&mut self) -> Result<&mut UProbe, LoadError> {
+        self.ebpf
+            .program_mut(CALL_PROBE)
+            .ok_or(LoadError::Program(ProgramError::UnexpectedProgramType))?
+            .try_into()
+            .map_err(LoadError::Program)
+    }
+
+    /// Takes the kernel's call counts (once).
+    pub fn take_python_calls(&mut self) -> Result<KernelCalls, LoadError> {
+        self.take("PY_CALLS", PerCpuHashMap::try_from).map(KernelCalls)
     }
 
     /// Kernel id of the sampling program.
@@ -245,6 +304,27 @@ impl KernelCounters {
             totals[counter as usize] = self.0.get(&(counter as u32), 0)?.iter().sum();
         }
         Ok(totals)
+    }
+}
+
+/// The kernel side's `PY_CALLS` map: cumulative calls per (process, code object).
+pub struct KernelCalls(PerCpuHashMap<MapData, CallKey, u64>);
+
+impl std::fmt::Debug for KernelCalls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCalls")
+    }
+}
+
+impl KernelCalls {
+    /// Every key with its count summed over CPUs.
+    pub fn read(&self) -> Vec<(CallKey, u64)> {
+        self.0.iter().filter_map(Result::ok).map(|(key, cpus)| (key, cpus.iter().sum())).collect()
+    }
+
+    /// Deletes a key.
+    pub fn remove(&mut self, key: &CallKey) {
+        let _ = self.0.remove(key);
     }
 }
 

@@ -302,6 +302,11 @@ impl ProcessTable {
             .collect()
     }
 
+    /// Process `pid`, if tracked.
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut ProcessInfo> {
+        self.procs.get_mut(&pid)
+    }
+
     /// Every tracked process.
     pub fn iter(&self) -> impl Iterator<Item = &ProcessInfo> {
         self.procs.values()

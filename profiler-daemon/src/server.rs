@@ -18,13 +18,18 @@ use profiler_proto::v1::{
     profiler_server::{Profiler, ProfilerServer},
 };
 use thiserror::Error;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::{
+    net::{TcpListener, UnixListener},
+    sync::{mpsc, oneshot},
+};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
     aggregate::{AggregatorHandle, MergedProfile, actor::now_ns},
+    calls::CallsError,
+    collector,
     config::ListenAddr,
     export,
     selector::Selector,
@@ -68,12 +73,19 @@ impl DaemonInfo {
 pub struct ProfilerService {
     aggregator: AggregatorHandle,
     info: Arc<DaemonInfo>,
+    collector: Option<mpsc::Sender<collector::Command>>,
 }
 
 impl ProfilerService {
     /// A service answering from `aggregator`.
     pub fn new(aggregator: AggregatorHandle, info: Arc<DaemonInfo>) -> ProfilerService {
-        ProfilerService { aggregator, info }
+        ProfilerService { aggregator, info, collector: None }
+    }
+
+    /// Lets the service pass per-process settings to the collector.
+    pub fn with_collector(mut self, commands: mpsc::Sender<collector::Command>) -> Self {
+        self.collector = Some(commands);
+        self
     }
 
     /// The tonic service.
@@ -175,6 +187,35 @@ impl Profiler for ProfilerService {
                 })
                 .collect(),
         }))
+    }
+
+    async fn set_python_calls(
+        &self,
+        request: Request<v1::SetPythonCallsRequest>,
+    ) -> Result<Response<v1::SetPythonCallsResponse>, Status> {
+        let v1::SetPythonCallsRequest { pid, enabled } = request.into_inner();
+        let collector = self
+            .collector
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this server does not sample processes"))?;
+        let (reply, answer) = oneshot::channel();
+        let gone = || Status::unavailable("profilerd is shutting down");
+        collector
+            .send(collector::Command::SetCalls { pid, enable: enabled, reply })
+            .await
+            .map_err(|_| gone())?;
+        let message = answer.await.map_err(|_| gone())?.map_err(|e| calls_status(&e))?;
+        Ok(Response::new(v1::SetPythonCallsResponse { message }))
+    }
+}
+
+fn calls_status(e: &CallsError) -> Status {
+    match e {
+        CallsError::NoProcess(_) => Status::not_found(e.to_string()),
+        CallsError::NotPython { .. } | CallsError::NoEntryPoint(_) => {
+            Status::failed_precondition(e.to_string())
+        }
+        CallsError::Attach { .. } => Status::internal(e.to_string()),
     }
 }
 

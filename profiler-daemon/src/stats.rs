@@ -28,11 +28,13 @@ pub enum DropReason {
     PythonReadError,
     /// A Python stack was deeper than the recording limit (marked `[truncated]`).
     PythonTruncated,
+    /// A Python call was not counted: the kernel's call table was full.
+    CallTableFull,
 }
 
 impl DropReason {
     /// Every reason, in reporting order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::RingBufferFull,
         DropReason::KernelStackError,
         DropReason::UserStackError,
@@ -42,6 +44,7 @@ impl DropReason {
         DropReason::PythonThreadNotFound,
         DropReason::PythonReadError,
         DropReason::PythonTruncated,
+        DropReason::CallTableFull,
     ];
 
     /// Stable snake_case name used on the wire and in metrics.
@@ -56,6 +59,7 @@ impl DropReason {
             DropReason::PythonThreadNotFound => Counter::PythonNoThread.name(),
             DropReason::PythonReadError => Counter::PythonReadError.name(),
             DropReason::PythonTruncated => Counter::PythonTruncated.name(),
+            DropReason::CallTableFull => Counter::CallTableFull.name(),
         }
     }
 }
@@ -141,6 +145,7 @@ impl PipelineStats {
             (Counter::PythonNoThread, DropReason::PythonThreadNotFound),
             (Counter::PythonReadError, DropReason::PythonReadError),
             (Counter::PythonTruncated, DropReason::PythonTruncated),
+            (Counter::CallTableFull, DropReason::CallTableFull),
         ] {
             self.drops[reason as usize].store(totals[counter as usize], Relaxed);
         }

@@ -92,6 +92,7 @@ mod tests {
 
     fn window(start: i64, end: i64) -> Window {
         Window {
+            calls: Vec::new(),
             start_ns: start,
             end_ns: end,
             samples: 0,

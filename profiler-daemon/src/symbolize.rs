@@ -33,7 +33,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
-    aggregate::{Frame, FrameKind, Labels, Module, Stack, StackSample},
+    aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
+    calls::CallDeltas,
     process::{FileKey, MappedFile, UserAddr, readable_path},
     python::{PythonProcess, code::CodeCache},
 };
@@ -54,6 +55,26 @@ pub struct RawStack {
     pub python: Option<(Arc<PythonProcess>, Vec<PyFrame>)>,
     /// `FLAG_*` bits from the sample record.
     pub flags: u32,
+}
+
+/// Python call counts of one process, waiting for their functions' names.
+#[derive(Clone, Debug)]
+pub struct RawCalls {
+    /// The process's labels (without thread).
+    pub labels: Arc<Labels>,
+    /// The interpreter.
+    pub python: Arc<PythonProcess>,
+    /// Calls per code object address.
+    pub deltas: CallDeltas,
+}
+
+/// What the symbolizer thread is given.
+#[derive(Clone, Debug)]
+pub enum Work {
+    /// A sample of process `pid`.
+    Stack(u32, RawStack),
+    /// Call counts.
+    Calls(RawCalls),
 }
 
 /// Cache sizes and hit counts, shared with `Status`.
@@ -150,6 +171,19 @@ impl Resolver {
         self.stats.user_frames.store(self.user.len() as u64, Relaxed);
         self.stats.kernel_frames.store(self.kernel.len() as u64, Relaxed);
         frames.into()
+    }
+
+    /// The functions of counted calls. Counts of addresses that are no longer code objects
+    /// (freed since the call) are dropped rather than misnamed.
+    pub fn resolve_calls(&mut self, raw: &RawCalls) -> CallSample {
+        let pid = raw.deltas.pid;
+        let counts = raw
+            .deltas
+            .counts
+            .iter()
+            .filter_map(|&(code, n)| Some((self.codes.function(pid, &raw.python, code)?, n)))
+            .collect();
+        CallSample { labels: raw.labels.clone(), counts }
     }
 
     fn kernel_frames(&mut self, addrs: &[u64], out: &mut Vec<Arc<Frame>>) {
@@ -296,18 +330,24 @@ fn unknown_frame(addr: u64, module: Option<&Arc<Module>>, offset: u64) -> Frame 
 
 /// Starts the symbolizer thread. It ends when `input` closes or the aggregator is gone.
 pub fn spawn(
-    mut input: mpsc::Receiver<(u32, RawStack)>,
-    output: mpsc::Sender<StackSample>,
+    mut input: mpsc::Receiver<Work>,
+    output: mpsc::Sender<Resolved>,
     capacity: NonZeroUsize,
     stats: Arc<SymbolizerStats>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
         let mut resolver = Resolver::new(capacity, stats);
-        while let Some((pid, raw)) = input.blocking_recv() {
-            let stack = resolver.resolve(pid, &raw);
+        while let Some(work) = input.blocking_recv() {
+            let resolved = match work {
+                Work::Stack(pid, raw) => {
+                    let stack = resolver.resolve(pid, &raw);
+                    Resolved::Sample(StackSample { labels: raw.labels, stack })
+                }
+                Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
+            };
             // Blocking here only backs up the symbolizer's queue; the collector never waits
             // on it and counts what it cannot enqueue.
-            if output.blocking_send(StackSample { labels: raw.labels, stack }).is_err() {
+            if output.blocking_send(resolved).is_err() {
                 break;
             }
         }

@@ -10,7 +10,7 @@ use std::{
 use hyper_util::rt::TokioIo;
 use profiler_daemon::{
     aggregate::{
-        Frame, FrameKind, Labels, Module, StackSample,
+        Frame, FrameKind, Labels, Module, Resolved, StackSample,
         actor::{self, AggregatorConfig},
     },
     ctl,
@@ -91,7 +91,7 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
     };
     let (aggregator, _task) = actor::spawn(config, rx, stats.clone(), shutdown.clone());
     for s in samples() {
-        tx.send(s).await.unwrap();
+        tx.send(Resolved::Sample(s)).await.unwrap();
     }
     // Each status round trip lets the actor run; it drains the samples first (biased select).
     while stats.aggregated_total() < 15 {

@@ -336,3 +336,97 @@ fn python_cpu_shares_match_self_measured_truth() {
         }
     }
 }
+
+/// The row of `cb` in a pstats-style top table, as (ncalls, filename:lineno(function)).
+fn calls_row<'a>(top: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    top.lines().find(|l| l.ends_with(name)).map(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        (fields[0], fields[fields.len() - 1])
+    })
+}
+
+#[test]
+fn python_calls_through_map_are_counted_exactly() {
+    if !require_bpf("python_calls_through_map_are_counted_exactly") {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader, Write as _};
+    const N: u32 = 100_000;
+    let dir = scratch("python_calls");
+    // A budget this high never detaches: this test is about exact counts.
+    let daemon = Daemon::start(&dir, &["--python-calls-budget", "100000000"]);
+    let cb = format!("workload.py:{}(cb)", marked_line("cb"));
+    for python in interpreters() {
+        if !profiler_daemon::python::is_supported(3, minor_version(&python)) {
+            continue;
+        }
+        let mut child = Command::new(&python)
+            .arg(workload())
+            .args(["calls", &N.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        // The process is idle here and has never been sampled: enabling finds it anyway.
+        let enabled = daemon.ctl_ok(&["calls", "enable", "--pid", &pid]);
+        assert!(enabled.contains(&format!("counting the calls of process {pid} (CPython 3.")));
+        writeln!(stdin, "go").unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "done");
+        // Counts are read once a second.
+        std::thread::sleep(Duration::from_millis(2500));
+        let top = daemon.ctl_ok(&["query", "--pid", &pid, "--sort", "ncalls", "--since", "5m"]);
+        let (ncalls, _) = calls_row(&top, &cb)
+            .unwrap_or_else(|| panic!("{}: no row for {cb}:\n{top}", python.display()));
+        assert_eq!(ncalls, N.to_string(), "{}:\n{top}", python.display());
+        assert!(top.contains("* estimated: samples x"), "{top}");
+        let disabled = daemon.ctl_ok(&["calls", "disable", "--pid", &pid]);
+        assert!(disabled.contains("stopped counting"), "{disabled}");
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        eprintln!("{}: {ncalls} calls of cb counted", python.display());
+    }
+    // Clear refusals for what cannot be counted.
+    let mut native = Command::new("sleep").arg("30").spawn().unwrap();
+    let out = daemon.ctl(&["calls", "enable", "--pid", &native.id().to_string()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not a CPython process"), "{err}");
+    native.kill().unwrap();
+    native.wait().unwrap();
+    let out = daemon.ctl(&["calls", "enable", "--pid", "999999999"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no process 999999999 is running"), "{err}");
+}
+
+#[test]
+fn the_call_budget_detaches_a_busy_process_and_says_why() {
+    if !require_bpf("the_call_budget_detaches_a_busy_process_and_says_why") {
+        return;
+    }
+    let dir = scratch("python_call_budget");
+    let daemon = Daemon::start(&dir, &["--python-calls", "all", "--python-calls-budget", "2000"]);
+    let python = interpreters().remove(0);
+    let mut child = Command::new(&python).arg(workload()).args(["callbacks", "4"]).spawn().unwrap();
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(3000));
+    let status = daemon.ctl_ok(&["status"]);
+    assert!(child.wait().unwrap().success());
+    let line = status.lines().find(|l| l.contains(&format!("pid {pid} "))).unwrap_or_default();
+    assert!(
+        line.contains("call counting stopped") && line.contains("over the budget of 2000/s"),
+        "{}: {status}\n{}",
+        python.display(),
+        daemon.log()
+    );
+    // What was counted before the detach is kept.
+    let top = daemon.ctl_ok(&["query", "--pid", &pid.to_string(), "--sort", "ncalls"]);
+    let (ncalls, _) = calls_row(&top, "(sort_key)").expect("sort_key was counted");
+    assert!(ncalls.parse::<u64>().is_ok_and(|n| n > 2000), "{top}");
+}

@@ -2,7 +2,8 @@
 //!
 //! `sample_cpu` runs on every `cpu-clock` perf event (one event per online CPU) and writes one
 //! record per sample into the `SAMPLES` ring buffer: a [`SampleHeader`] followed by the raw
-//! kernel and user return addresses. Every outcome is counted in `COUNTERS`.
+//! kernel and user return addresses. Every outcome is counted in `COUNTERS`. `python_call`
+//! (in `calls`) counts CPython calls per code object when the daemon attaches it.
 #![no_std]
 #![no_main]
 
@@ -22,6 +23,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
+mod calls;
 mod python;
 
 use profiler_common::{
@@ -58,7 +60,7 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT
 const STACK_BYTES: u32 = (MAX_STACK_DEPTH * 8) as u32;
 
 #[inline(always)]
-fn bump(counter: Counter) {
+pub(crate) fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, and a perf-event program cannot preempt itself on one CPU.
         unsafe { *slot += 1 };

@@ -21,7 +21,7 @@ use profiler_common::{
 
 /// Python processes and their layouts, keyed by tgid; written by the daemon.
 #[map]
-static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(8192, 0);
+pub(crate) static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(8192, 0);
 
 /// Thread id -> its `PyThreadState`, found by a walk of the thread list and checked on use.
 #[map]
@@ -37,10 +37,10 @@ static FRAME_BUF: PerCpuArray<[u8; FRAME_CHUNK]> = PerCpuArray::with_max_entries
 static TASK_THREAD_POINTER: u64 = 0;
 
 const CFRAME: u32 = FrameModel::CFrame as u32;
-const CODE_MASK: u64 = (1 << 56) - 1;
+pub(crate) const CODE_MASK: u64 = (1 << 56) - 1;
 
 #[inline(always)]
-fn read_u64(addr: u64) -> Option<u64> {
+pub(crate) fn read_u64(addr: u64) -> Option<u64> {
     // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }

@@ -16,7 +16,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
-use super::{StackSample, Window, WindowBuilder};
+use super::{Resolved, Window, WindowBuilder};
 use crate::{
     stats::PipelineStats,
     store::{Retention, WindowStore},
@@ -106,7 +106,7 @@ pub fn now_ns() -> i64 {
 /// Starts the aggregator task. It runs until `shutdown` fires, then closes the open window.
 pub fn spawn(
     config: AggregatorConfig,
-    samples: mpsc::Receiver<StackSample>,
+    samples: mpsc::Receiver<Resolved>,
     stats: Arc<PipelineStats>,
     shutdown: CancellationToken,
 ) -> (AggregatorHandle, JoinHandle<()>) {
@@ -147,7 +147,7 @@ struct Actor {
 impl Actor {
     async fn run(
         mut self,
-        mut samples: mpsc::Receiver<StackSample>,
+        mut samples: mpsc::Receiver<Resolved>,
         mut commands: mpsc::Receiver<Command>,
         shutdown: CancellationToken,
     ) {
@@ -158,10 +158,13 @@ impl Actor {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(Instant::now() + wait) => self.rotate(close_at),
-                Some(sample) = samples.recv() => {
-                    self.stats.aggregated();
-                    self.open.add(sample, &self.stats);
-                }
+                Some(input) = samples.recv() => match input {
+                    Resolved::Sample(sample) => {
+                        self.stats.aggregated();
+                        self.open.add(sample, &self.stats);
+                    }
+                    Resolved::Calls(calls) => self.open.add_calls(calls),
+                },
                 Some(command) = commands.recv() => self.answer(command),
             }
         }

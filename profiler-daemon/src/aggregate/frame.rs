@@ -106,3 +106,21 @@ pub struct StackSample {
     /// The merged stack, leaf first.
     pub stack: Stack,
 }
+
+/// Python calls counted by the entry probe, for one process, since the previous report.
+#[derive(Clone, Debug)]
+pub struct CallSample {
+    /// The process's labels (without thread).
+    pub labels: Arc<Labels>,
+    /// Each function (a frame at its first line) and its new calls.
+    pub counts: Vec<(Arc<Frame>, u64)>,
+}
+
+/// What the aggregator counts.
+#[derive(Clone, Debug)]
+pub enum Resolved {
+    /// One CPU sample.
+    Sample(StackSample),
+    /// Call counts.
+    Calls(CallSample),
+}

@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, mem::size_of, sync::Arc};
 
-use super::frame::{Frame, Labels, Stack, StackSample};
+use super::frame::{CallSample, Frame, Labels, Stack, StackSample};
 use crate::{
     selector::Selector,
     stats::{DropReason, DropSnapshot, PipelineStats},
@@ -36,6 +36,19 @@ pub struct Window {
     pub drops: DropSnapshot,
     /// The distinct stacks.
     pub entries: Vec<WindowEntry>,
+    /// Python calls per (process, function), when the entry probe was on.
+    pub calls: Vec<CallEntry>,
+}
+
+/// Calls of one function in one process.
+#[derive(Clone, Debug)]
+pub struct CallEntry {
+    /// The process's labels.
+    pub labels: Arc<Labels>,
+    /// The function, as a frame at its first line.
+    pub function: Arc<Frame>,
+    /// Calls.
+    pub count: u64,
 }
 
 impl Window {
@@ -45,6 +58,7 @@ impl Window {
             .iter()
             .map(|e| size_of::<WindowEntry>() + e.stack.len() * size_of::<Arc<Frame>>())
             .sum::<usize>()
+            + self.calls.len() * size_of::<CallEntry>()
             + size_of::<Window>()
     }
 
@@ -62,6 +76,7 @@ pub struct WindowBuilder {
     samples: u64,
     drops_at_start: DropSnapshot,
     entries: HashMap<(Arc<Labels>, Stack), u64>,
+    calls: HashMap<(Arc<Labels>, Arc<Frame>), u64>,
     overflow: Stack,
 }
 
@@ -74,6 +89,7 @@ impl WindowBuilder {
             samples: 0,
             drops_at_start,
             entries: HashMap::new(),
+            calls: HashMap::new(),
             overflow: Arc::from([Arc::new(Frame::marker(OVERFLOW_FRAME))]),
         }
     }
@@ -111,6 +127,24 @@ impl WindowBuilder {
         *self.entries.entry((Arc::new(process), self.overflow.clone())).or_insert(0) += 1;
     }
 
+    /// Counts Python calls. They are bounded by the kernel's call table, not by `max_stacks`.
+    pub fn add_calls(&mut self, calls: CallSample) {
+        for (function, count) in calls.counts {
+            *self.calls.entry((calls.labels.clone(), function)).or_insert(0) += count;
+        }
+    }
+
+    fn call_entries(&self) -> Vec<CallEntry> {
+        self.calls
+            .iter()
+            .map(|((labels, function), &count)| CallEntry {
+                labels: labels.clone(),
+                function: function.clone(),
+                count,
+            })
+            .collect()
+    }
+
     /// A copy of the window as it is now, ending at `now_ns`.
     pub fn snapshot(&self, now_ns: i64, drops_now: &DropSnapshot) -> Window {
         Window {
@@ -127,12 +161,14 @@ impl WindowBuilder {
                     count,
                 })
                 .collect(),
+            calls: self.call_entries(),
         }
     }
 
     /// Closes the window at `end_ns`.
     pub fn close(self, end_ns: i64, drops_now: &DropSnapshot) -> Window {
         let drops = drops_now.since(&self.drops_at_start);
+        let calls = self.call_entries();
         Window {
             start_ns: self.start_ns,
             end_ns: end_ns.max(self.start_ns),
@@ -143,6 +179,7 @@ impl WindowBuilder {
                 .into_iter()
                 .map(|((labels, stack), count)| WindowEntry { labels, stack, count })
                 .collect(),
+            calls,
         }
     }
 }
@@ -162,6 +199,8 @@ pub struct MergedProfile {
     pub drops: DropSnapshot,
     /// Distinct (labels, stack) entries with their counts.
     pub entries: HashMap<(Arc<Labels>, Stack), u64>,
+    /// Python calls per (process, function).
+    pub calls: HashMap<(Arc<Labels>, Arc<Frame>), u64>,
 }
 
 impl MergedProfile {
@@ -183,6 +222,14 @@ impl MergedProfile {
                 merged.samples += entry.count;
                 *merged.entries.entry((entry.labels.clone(), entry.stack.clone())).or_insert(0) +=
                     entry.count;
+            }
+            for call in &window.calls {
+                if selector.matches(&call.labels) {
+                    *merged
+                        .calls
+                        .entry((call.labels.clone(), call.function.clone()))
+                        .or_insert(0) += call.count;
+                }
             }
         }
         if merged.windows == 0 {

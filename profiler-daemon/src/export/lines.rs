@@ -72,7 +72,13 @@ mod tests {
     use crate::export::view::{ViewFrame, ViewSample};
 
     fn py(function: &str, line: i64) -> ViewFrame {
-        ViewFrame { kind: ViewKind::Python, function: function.into(), file: "app.py".into(), line }
+        ViewFrame {
+            kind: ViewKind::Python,
+            function: function.into(),
+            file: "app.py".into(),
+            line,
+            start_line: 1,
+        }
     }
 
     #[test]
@@ -82,6 +88,7 @@ mod tests {
             function: "deflate".into(),
             file: "libz.so".into(),
             line: 0,
+            start_line: 0,
         };
         let sample = |frames: Vec<ViewFrame>, count| ViewSample { frames, count, labels: vec![] };
         let view = ProfileView {

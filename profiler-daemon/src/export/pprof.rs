@@ -125,6 +125,13 @@ pub fn build(merged: &MergedProfile, period_ns: i64) -> v1::Profile {
     let samples = v1::ValueType { r#type: b.string("cpu-samples"), unit: b.string("count") };
     let cpu = v1::ValueType { r#type: b.string("cpu"), unit: b.string("nanoseconds") };
     b.profile.sample_type = vec![samples, cpu];
+    // Call counts ride as a third sample type, on one-frame samples whose other values are 0,
+    // so that any pprof reader can show them.
+    let with_calls = !merged.calls.is_empty();
+    if with_calls {
+        let calls = v1::ValueType { r#type: b.string(CALLS_TYPE), unit: b.string("count") };
+        b.profile.sample_type.push(calls);
+    }
     b.profile.period_type = Some(cpu);
     b.profile.period = period_ns;
     b.profile.time_nanos = merged.start_ns;
@@ -138,14 +145,29 @@ pub fn build(merged: &MergedProfile, period_ns: i64) -> v1::Profile {
         let location_id = stack.iter().map(|f| b.location(f)).collect();
         let label = b.labels(labels);
         let count = i64::try_from(count).unwrap_or(i64::MAX);
-        b.profile.sample.push(v1::Sample {
-            location_id,
-            value: vec![count, count.saturating_mul(period_ns)],
-            label,
-        });
+        let mut value = vec![count, count.saturating_mul(period_ns)];
+        if with_calls {
+            value.push(0);
+        }
+        b.profile.sample.push(v1::Sample { location_id, value, label });
+    }
+    let mut calls: Vec<_> = merged.calls.iter().collect();
+    calls.sort_by(|a, b| {
+        b.1.cmp(a.1)
+            .then_with(|| a.0.0.cmp(&b.0.0))
+            .then_with(|| a.0.1.function.cmp(&b.0.1.function))
+    });
+    for ((labels, function), &count) in calls {
+        let location_id = vec![b.location(function)];
+        let label = b.labels(labels);
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        b.profile.sample.push(v1::Sample { location_id, value: vec![0, 0, count], label });
     }
     b.profile
 }
+
+/// The sample type under which Python call counts are stored.
+pub const CALLS_TYPE: &str = "calls";
 
 /// The profile as a gzip-compressed pprof file.
 pub fn encode_gzip(profile: &v1::Profile) -> Vec<u8> {

@@ -29,6 +29,8 @@ pub struct ViewFrame {
     pub file: String,
     /// Line number, or 0.
     pub line: i64,
+    /// First line of the function, or 0.
+    pub start_line: i64,
 }
 
 impl ViewFrame {
@@ -56,11 +58,24 @@ pub struct ViewSample {
     pub labels: Vec<(String, String)>,
 }
 
+/// Counted calls of one function.
+#[derive(Clone, Debug)]
+pub struct ViewCalls {
+    /// The function (at its first line).
+    pub frame: ViewFrame,
+    /// Calls.
+    pub count: u64,
+    /// Labels as `key -> value` text.
+    pub labels: Vec<(String, String)>,
+}
+
 /// The resolved profile.
 #[derive(Clone, Debug, Default)]
 pub struct ProfileView {
     /// The samples.
     pub samples: Vec<ViewSample>,
+    /// Python call counts, when the entry probe was on.
+    pub calls: Vec<ViewCalls>,
     /// Nanoseconds of CPU per sample.
     pub period_ns: i64,
     /// Start, in nanoseconds since the Unix epoch.
@@ -132,11 +147,20 @@ impl ProfileView {
                     function: string(f.name)?.to_owned(),
                     file: file.to_owned(),
                     line: line.line,
+                    start_line: f.start_line,
                 });
             }
             locations.insert(loc.id, frames);
         }
+        let calls_at = profile.sample_type.iter().position(|t| {
+            usize::try_from(t.r#type)
+                .ok()
+                .and_then(|i| profile.string_table.get(i))
+                .map(String::as_str)
+                == Some(super::pprof::CALLS_TYPE)
+        });
         let mut samples = Vec::with_capacity(profile.sample.len());
+        let mut calls = Vec::new();
         for s in &profile.sample {
             let mut frames = Vec::with_capacity(s.location_id.len());
             for id in s.location_id.iter().rev() {
@@ -151,10 +175,18 @@ impl ProfileView {
                 labels.push((string(l.key)?.to_owned(), value));
             }
             let count = s.value.first().copied().unwrap_or(0).max(0) as u64;
+            let called = calls_at.and_then(|i| s.value.get(i)).copied().unwrap_or(0).max(0) as u64;
+            if called > 0 {
+                if let Some(frame) = frames.last() {
+                    calls.push(ViewCalls { frame: frame.clone(), count: called, labels });
+                }
+                continue;
+            }
             samples.push(ViewSample { frames, count, labels });
         }
         Ok(ProfileView {
             samples,
+            calls,
             period_ns: profile.period,
             start_ns: profile.time_nanos,
             duration_ns: profile.duration_nanos,

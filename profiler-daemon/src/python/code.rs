@@ -112,6 +112,21 @@ impl CodeCache {
         Some(frame)
     }
 
+    /// The function of code object `code_addr` of process `pid`, as a frame at its first
+    /// line; `None` when it cannot be read or is not a code object.
+    pub fn function(&mut self, pid: u32, py: &PythonProcess, code_addr: u64) -> Option<Arc<Frame>> {
+        let info = self.code(pid, py, code_addr).ok()?;
+        Some(Arc::new(Frame {
+            kind: FrameKind::Python,
+            function: info.qualname.clone(),
+            module: None,
+            address: u64::from(info.first_line),
+            file: Some(info.filename.clone()),
+            line: info.first_line,
+            start_line: info.first_line,
+        }))
+    }
+
     fn code(
         &mut self,
         pid: u32,

@@ -58,6 +58,10 @@ pub struct PythonProcess {
     pub interp: u64,
     /// The file holding the interpreter (executable or libpython).
     pub interpreter_file: FileKey,
+    /// That file's path as the process maps it.
+    pub interpreter_path: PathBuf,
+    /// File offset of `_PyEval_EvalFrameDefault`, where the call probe goes.
+    pub eval_frame_offset: Option<u64>,
 }
 
 impl fmt::Display for PythonProcess {
@@ -154,6 +158,8 @@ struct Symbols {
     runtime: u64,
     code_type: Option<u64>,
     py_version: Option<u64>,
+    /// File offset of `_PyEval_EvalFrameDefault`.
+    eval_frame_offset: Option<u64>,
     first_load_vaddr: u64,
 }
 
@@ -163,16 +169,25 @@ fn read_symbols(path: &Path) -> Option<Symbols> {
     let mut runtime = None;
     let mut code_type = None;
     let mut py_version = None;
+    let mut eval_frame = None;
     for sym in file.dynamic_symbols().chain(file.symbols()) {
         match sym.name() {
             Ok("_PyRuntime") => runtime = Some(sym.address()),
             Ok("PyCode_Type") => code_type = Some(sym.address()),
             Ok("Py_Version") => py_version = Some(sym.address()),
+            Ok("_PyEval_EvalFrameDefault") => eval_frame = Some(sym.address()),
             _ => {}
         }
     }
+    let eval_frame_offset = eval_frame.and_then(|addr| {
+        file.segments().find_map(|seg| {
+            let (offset, size) = seg.file_range();
+            (addr >= seg.address() && addr < seg.address() + size)
+                .then(|| addr - seg.address() + offset)
+        })
+    });
     let first_load_vaddr = file.segments().map(|s| s.address()).min()? & !0xfff;
-    Some(Symbols { runtime: runtime?, code_type, py_version, first_load_vaddr })
+    Some(Symbols { runtime: runtime?, code_type, py_version, eval_frame_offset, first_load_vaddr })
 }
 
 /// `3.X` from a file name like `python3.11` or `libpython3.11.so.1.0`.
@@ -277,6 +292,8 @@ fn describe(
         code_type,
         interp,
         interpreter_file: candidate.key,
+        interpreter_path: candidate.path.clone(),
+        eval_frame_offset: symbols.eval_frame_offset,
     }))
 }
 

@@ -1,6 +1,7 @@
 """Python workload for the integration tests: known functions, call chains and lines.
 
     python workload.py MODE SECONDS
+    python workload.py calls N
 
 Lines marked with a `# LINE:name` comment are looked up by the tests, so the file can change
 without the tests hard-coding line numbers.
@@ -101,8 +102,35 @@ def accuracy(deadline):
     print(json.dumps(spent))
 
 
+def cb(x):  # LINE:cb
+    return x
+
+
+def counted_calls(n):
+    """Calls `cb` exactly n times from C (through map) once a line arrives on standard input,
+    then waits for another line (or EOF) before exiting, so that the counts can be read."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+    list(map(cb, range(n)))
+    print("done", flush=True)
+    sys.stdin.readline()
+
+
+def sort_key(x):
+    return -x
+
+
+def callbacks(deadline):
+    data = list(range(1000))
+    while time.time() < deadline:
+        sorted(data, key=sort_key)
+
+
 def main():
     mode, seconds = sys.argv[1], float(sys.argv[2])
+    if mode == "calls":
+        counted_calls(int(seconds))
+        return
     deadline = time.time() + seconds
     if mode == "hot":
         hot_outer(deadline)
@@ -125,6 +153,8 @@ def main():
         compress_loop(deadline)
     elif mode == "accuracy":
         accuracy(deadline)
+    elif mode == "callbacks":
+        callbacks(deadline)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
