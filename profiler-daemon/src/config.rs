@@ -73,11 +73,24 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "10s", value_parser = parse_window)]
     pub window: Duration,
 
-    /// How long closed windows are kept in memory.
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    /// Directory of the profile store.
+    #[arg(long, default_value = "/var/lib/profiler")]
+    pub data_dir: PathBuf,
+
+    /// How long closed windows are kept in the store.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
 
-    /// Memory bound for closed windows (for example 256MiB); the oldest go first.
+    /// Size bound of the store (for example 1GiB); the oldest windows go first.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    pub max_disk: u64,
+
+    /// Move a store that cannot be opened aside (renamed with a `.corrupt-TIME` suffix) and
+    /// start a new one, instead of refusing to start.
+    #[arg(long)]
+    pub repair: bool,
+
+    /// Memory bound for recent closed windows kept in memory (for example 256MiB).
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     pub max_memory: u64,
 
