@@ -5,7 +5,7 @@
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build run test lint unit
+.PHONY: setup build run test lint unit check-deploy
 
 setup:
 	./.ci/setup
@@ -20,10 +20,22 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
+# The deployment artifacts: systemd-analyze verify, Kubernetes schemas, install.
+check-deploy: setup
+	./.ci/check-deploy
+
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
-test: lint
+test: lint check-deploy
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
 	else \
 		$(CARGO) test; \
 	fi
+
+# Installs the release binaries, the systemd unit and the example config (deploy/install.sh).
+#   sudo make install                  into the system (creates the profiler user and group)
+#   make install DESTDIR=/tmp/stage    staged elsewhere; BIN_DIR=DIR installs other binaries
+PREFIX ?= /usr/local
+.PHONY: install
+install: build
+	$(if $(DESTDIR),,$(SUDO)) env DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN_DIR="$(BIN_DIR)" ./deploy/install.sh

@@ -131,7 +131,7 @@ impl Collector {
     /// the kernel, and attaches the call probe when every process gets it.
     fn detect(&mut self, pid: u32) {
         let Some(process) = self.processes.get_mut(pid) else { return };
-        process.runtime = match self.detector.detect(pid, &process.exe) {
+        let runtime = match self.detector.detect(pid, &process.exe) {
             Detection::NotPython => {
                 // A pid seen again after an execve may still be registered.
                 if let Some(map) = &mut self.py_procs {
@@ -164,6 +164,7 @@ impl Collector {
             }
             Detection::NotReady => Runtime::Pending(Instant::now()),
         };
+        process.set_runtime(runtime);
     }
 
     /// Turns call counting on or off for process `pid`.

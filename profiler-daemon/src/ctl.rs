@@ -48,6 +48,38 @@ pub enum Command {
         #[arg(long)]
         pid: u32,
     },
+    /// Draw the profile of a time range as an interactive SVG flame graph.
+    Flamegraph(FlamegraphArgs),
+    /// Compare two time ranges: the functions whose share changed most, and optionally a
+    /// differential flame graph.
+    Diff(DiffArgs),
+    /// A live view: each window as it closes, functions ranked by self and total share. Plain
+    /// tables, one per window, when the output is not a terminal.
+    Watch(WatchArgs),
+    /// The processes seen in a time range, with their runtime, samples and labels.
+    Targets(TargetsArgs),
+}
+
+/// Arguments of `watch`.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Which samples to show.
+    #[command(flatten)]
+    pub filter: SelectorArgs,
+    /// Rows per window.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+/// Arguments of `targets`.
+#[derive(Debug, clap::Args)]
+pub struct TargetsArgs {
+    /// The last DURATION (for example 10m, 1h, 24h).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub since: Duration,
+    /// Which processes to list.
+    #[command(flatten)]
+    pub filter: SelectorArgs,
 }
 
 /// `profctl calls` actions.
@@ -70,6 +102,10 @@ pub enum Format {
     Pprof,
     /// Samples per line of one Python function (`--function`), like line_profiler.
     Lines,
+    /// speedscope's JSON file format, one profile per process (open it in speedscope).
+    Speedscope,
+    /// An SVG flame graph (`profctl flamegraph` has more options).
+    Flamegraph,
 }
 
 /// Arguments of `query`.
@@ -93,7 +129,8 @@ pub struct QueryArgs {
     /// Only this executable path.
     #[arg(long)]
     pub exe: Option<String>,
-    /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe, cgroup).
+    /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe,
+    /// cgroup, container, pod_uid, runtime).
     #[arg(long, short = 's')]
     pub selector: Option<Selector>,
     /// Output format.
@@ -170,6 +207,27 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             println!("{}", response.into_inner().message);
         }
+        Command::Flamegraph(args) => flamegraph(&mut client, &args).await?,
+        Command::Diff(args) => diff(&mut client, &args).await?,
+        Command::Watch(args) => watch(&mut client, &args).await?,
+        Command::Targets(args) => {
+            let since = i64::try_from(args.since.as_nanos()).unwrap_or(i64::MAX);
+            let now = crate::aggregate::actor::now_ns();
+            let request = v1::QueryRequest {
+                range: Some(v1::TimeRange {
+                    start_unix_nanos: now.saturating_sub(since).max(1),
+                    end_unix_nanos: 0,
+                }),
+                filter: Some(args.filter.selector()?.to_proto()),
+            };
+            let response = client
+                .query(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("Query failed: {}", s.message()))?
+                .into_inner();
+            let view = ProfileView::new(&response.profile.unwrap_or_default())?;
+            print!("{}", export::live::render_targets(&view));
+        }
         Command::Query(args) => {
             let request = v1::QueryRequest {
                 range: Some(args.range(crate::aggregate::actor::now_ns())),
@@ -189,6 +247,20 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                     export::pprof::encode_gzip(&profile)
                 }
                 Format::Folded => export::folded::render(&ProfileView::new(&profile)?).into_bytes(),
+                Format::Speedscope => {
+                    let view = ProfileView::new(&profile)?;
+                    let title = range_title(&response.stats.unwrap_or_default());
+                    export::speedscope::render(&view, &title).into_bytes()
+                }
+                Format::Flamegraph => {
+                    let view = ProfileView::new(&profile)?;
+                    let title = range_title(&response.stats.unwrap_or_default());
+                    let options = export::flamegraph::FlamegraphOptions {
+                        title,
+                        ..export::flamegraph::FlamegraphOptions::default()
+                    };
+                    export::flamegraph::render(&view, &options)?
+                }
                 Format::Lines => {
                     let view = ProfileView::new(&profile)?;
                     let function = args.function.as_deref().unwrap_or_default();
@@ -209,6 +281,47 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                     std::io::stdout().write_all(&bytes).context("writing to standard output")?;
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `profctl watch`: prints each window until the daemon or the reader goes away.
+async fn watch(
+    client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
+    args: &WatchArgs,
+) -> anyhow::Result<()> {
+    let request = v1::WatchRequest { filter: Some(args.filter.selector()?.to_proto()) };
+    let mut stream = client
+        .watch(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("Watch failed: {}", s.message()))?
+        .into_inner();
+    let tty = std::io::stdout().is_terminal();
+    while let Some(message) =
+        stream.message().await.map_err(|s| anyhow::anyhow!("Watch failed: {}", s.message()))?
+    {
+        let view = ProfileView::new(&message.profile.unwrap_or_default())?;
+        let stats = message.stats.unwrap_or_default();
+        let missed = match message.missed_windows {
+            0 => String::new(),
+            n => format!(", {n} windows missed (this client fell behind)"),
+        };
+        let header = format!(
+            "{} .. {}: {} samples ({:.2} s of CPU){missed}",
+            format_time(stats.start_unix_nanos),
+            format_time(stats.end_unix_nanos),
+            stats.samples,
+            stats.samples as f64 * view.period_ns as f64 / 1e9,
+        );
+        let table = export::live::render_window(&view, &header, args.limit);
+        // On a terminal each window replaces the last; piped, the tables follow each other.
+        let text = if tty { format!("\x1b[2J\x1b[H{table}") } else { format!("{table}\n") };
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e).context("writing to standard output"),
         }
     }
     Ok(())
@@ -289,6 +402,19 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         s.cpu_seconds,
         100.0 * s.cpu_seconds / s.uptime_seconds.max(1) as f64
     );
+    if let Some(store) = &s.store {
+        let _ = writeln!(
+            out,
+            "store:       {} windows, {} KiB of records ({} KiB file), {} dropped by retention, \
+             {} not stored, in {}",
+            store.windows,
+            store.bytes / 1024,
+            store.file_bytes / 1024,
+            store.evicted,
+            store.unstored,
+            store.path
+        );
+    }
     for r in &s.runtimes {
         let _ = writeln!(out, "runtime:     pid {} ({}): {}", r.pid, r.comm, r.description);
     }
@@ -303,4 +429,345 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         let _ = writeln!(out, "kernel:      cost unknown (start profilerd with --bpf-stats)");
     }
     out
+}
+
+// `profctl flamegraph` and `profctl diff`.
+
+/// Which processes to profile: the filters of `flamegraph` and `diff`.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct SelectorArgs {
+    /// Only this process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only processes with this name.
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only this executable path.
+    #[arg(long)]
+    pub exe: Option<String>,
+    /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe,
+    /// cgroup, container, pod_uid, runtime).
+    #[arg(long, short = 's')]
+    pub selector: Option<Selector>,
+}
+
+impl SelectorArgs {
+    /// The selector built from `--pid`, `--comm`, `--exe` and `--selector`.
+    pub fn selector(&self) -> anyhow::Result<Selector> {
+        let mut selector = self.selector.clone().unwrap_or_default();
+        if let Some(pid) = self.pid {
+            selector.push(Matcher::new(LabelKey::Pid, &pid.to_string())?);
+        }
+        if let Some(comm) = &self.comm {
+            selector.push(Matcher::new(LabelKey::Comm, comm)?);
+        }
+        if let Some(exe) = &self.exe {
+            selector.push(Matcher::new(LabelKey::Exe, exe)?);
+        }
+        Ok(selector)
+    }
+}
+
+/// Arguments of `flamegraph`.
+#[derive(Debug, clap::Args)]
+pub struct FlamegraphArgs {
+    /// Query the last DURATION (for example 60s, 5m, 1h).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
+    pub since: Duration,
+    /// Start of the range (RFC 3339, for example 2026-01-02T15:04:05Z).
+    #[arg(long, requires = "to", value_parser = parse_time)]
+    pub from: Option<i64>,
+    /// End of the range (RFC 3339).
+    #[arg(long, requires = "from", value_parser = parse_time)]
+    pub to: Option<i64>,
+    /// Which processes.
+    #[command(flatten)]
+    pub select: SelectorArgs,
+    /// Draw an icicle graph: roots at the top, stacks growing down.
+    #[arg(long)]
+    pub icicle: bool,
+    /// Merge stacks from the leaf: the bottom row is where samples were taken, callers above.
+    #[arg(long)]
+    pub reverse: bool,
+    /// The graph's title (default: the time range).
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Write the SVG to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+impl FlamegraphArgs {
+    /// The range in nanoseconds since the epoch, relative to `now_ns` (as `query` reads it).
+    pub fn range(&self, now_ns: i64) -> v1::TimeRange {
+        match (self.from, self.to) {
+            (Some(start), Some(end)) => {
+                v1::TimeRange { start_unix_nanos: start, end_unix_nanos: end }
+            }
+            _ => {
+                let since = i64::try_from(self.since.as_nanos()).unwrap_or(i64::MAX);
+                v1::TimeRange {
+                    start_unix_nanos: now_ns.saturating_sub(since).max(1),
+                    end_unix_nanos: 0,
+                }
+            }
+        }
+    }
+}
+
+/// Arguments of `diff`.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// The range to compare against, FROM..TO. Each end is a time (RFC 3339) or a duration ago
+    /// (2h = two hours ago); an empty or `now` TO is now, an empty FROM the oldest data kept.
+    /// A lone DURATION is the last DURATION. Examples: 2h..1h, 30m, 2026-01-02T10:00:00Z..1h.
+    #[arg(long, value_name = "RANGE")]
+    pub base: TimeSpan,
+    /// The range to compare, in the same syntax, for example 1h.. (the last hour).
+    #[arg(long, value_name = "RANGE")]
+    pub head: TimeSpan,
+    /// Which processes (in both ranges).
+    #[command(flatten)]
+    pub select: SelectorArgs,
+    /// Order rows by the largest change of this share.
+    #[arg(long, value_enum, default_value_t = export::diff::DiffSort::SelfShare)]
+    pub sort: export::diff::DiffSort,
+    /// Rows of the table.
+    #[arg(long, default_value_t = 30)]
+    pub limit: usize,
+    /// Also draw a differential flame graph (red: grew, blue: shrank) into the -o file.
+    #[arg(long, requires = "output")]
+    pub flamegraph: bool,
+    /// The differential flame graph's file.
+    #[arg(long, short = 'o', requires = "flamegraph")]
+    pub output: Option<PathBuf>,
+    /// Draw the differential graph as an icicle graph.
+    #[arg(long)]
+    pub icicle: bool,
+    /// Merge the differential graph's stacks from the leaf.
+    #[arg(long)]
+    pub reverse: bool,
+}
+
+/// One end of a RANGE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimePoint {
+    /// The oldest data the daemon keeps (an empty FROM).
+    Oldest,
+    /// Now (an empty TO, or `now`).
+    Now,
+    /// This long before now.
+    Ago(Duration),
+    /// Nanoseconds since the Unix epoch.
+    At(i64),
+}
+
+impl TimePoint {
+    fn parse(s: &str) -> Result<TimePoint, String> {
+        if s == "now" {
+            return Ok(TimePoint::Now);
+        }
+        if let Ok(d) = humantime::parse_duration(s) {
+            return Ok(TimePoint::Ago(d));
+        }
+        if let Ok(t) = parse_time(s) {
+            return Ok(TimePoint::At(t));
+        }
+        Err(format!(
+            "{s:?} is neither a duration ago (like 90s, 2h, 1h30m) nor an RFC 3339 time (like \
+             2026-01-02T15:04:05Z)"
+        ))
+    }
+
+    /// Nanoseconds since the epoch at `now_ns`.
+    fn at(self, now_ns: i64) -> i64 {
+        match self {
+            TimePoint::Oldest => 1,
+            TimePoint::Now => now_ns,
+            TimePoint::Ago(d) => {
+                now_ns.saturating_sub(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+            }
+            TimePoint::At(t) => t,
+        }
+    }
+}
+
+/// A time range of `profctl diff`: `FROM..TO`, or a lone FROM up to now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimeSpan {
+    /// Start.
+    pub from: TimePoint,
+    /// End.
+    pub to: TimePoint,
+    /// As written, for messages.
+    pub text: String,
+}
+
+impl TimeSpan {
+    /// The range at `now_ns`, or why it is empty. An end at now is sent as 0 (open: the daemon
+    /// reads its own clock).
+    pub fn resolve(&self, now_ns: i64) -> Result<v1::TimeRange, String> {
+        let (start, end) = (self.from.at(now_ns), self.to.at(now_ns));
+        if start >= end {
+            return Err(format!(
+                "the range is empty: it starts at {} and ends at {}",
+                format_time(start),
+                format_time(end)
+            ));
+        }
+        let end = if self.to == TimePoint::Now { 0 } else { end };
+        Ok(v1::TimeRange { start_unix_nanos: start.max(1), end_unix_nanos: end })
+    }
+}
+
+impl std::str::FromStr for TimeSpan {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<TimeSpan, String> {
+        let text = s.to_owned();
+        let s = s.trim();
+        let (from, to) = match s.split_once("..") {
+            Some((from, to)) => {
+                let from = if from.trim().is_empty() {
+                    TimePoint::Oldest
+                } else {
+                    TimePoint::parse(from.trim())?
+                };
+                let to = if to.trim().is_empty() {
+                    TimePoint::Now
+                } else {
+                    TimePoint::parse(to.trim())?
+                };
+                (from, to)
+            }
+            None if s.is_empty() => {
+                return Err("expected FROM..TO, for example 2h..1h".to_owned());
+            }
+            None => (TimePoint::parse(s)?, TimePoint::Now),
+        };
+        if from == TimePoint::Now {
+            return Err(format!(
+                "{text:?} is empty: FROM must be before TO (FROM..TO, like 2h..1h)"
+            ));
+        }
+        let span = TimeSpan { from, to, text };
+        // Ends of the same kind compare without a clock; mixed ones are checked when resolved.
+        let ordered = match (from, to) {
+            (TimePoint::Ago(a), TimePoint::Ago(b)) => a > b,
+            (TimePoint::At(a), TimePoint::At(b)) => a < b,
+            _ => true,
+        };
+        if !ordered {
+            return Err(format!(
+                "{:?} starts after it ends: FROM must be before TO (2h..1h is from two hours ago \
+                 to one hour ago)",
+                span.text
+            ));
+        }
+        Ok(span)
+    }
+}
+
+/// `START to END` of a query's answer, as a title.
+fn range_title(stats: &v1::QueryStats) -> String {
+    format!(
+        "{} samples from {} to {}",
+        stats.samples,
+        format_time(stats.start_unix_nanos),
+        format_time(stats.end_unix_nanos)
+    )
+}
+
+/// Queries `range` for the processes of `selector`.
+async fn fetch(
+    client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
+    range: v1::TimeRange,
+    selector: &Selector,
+) -> anyhow::Result<(v1::Profile, v1::QueryStats)> {
+    let request = v1::QueryRequest { range: Some(range), filter: Some(selector.to_proto()) };
+    let response = client
+        .query(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("Query failed: {}", s.message()))?
+        .into_inner();
+    Ok((response.profile.unwrap_or_default(), response.stats.unwrap_or_default()))
+}
+
+fn write_output(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
+    match path {
+        Some(path) => {
+            std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+        }
+        None => std::io::stdout().write_all(bytes).context("writing to standard output"),
+    }
+}
+
+async fn flamegraph(
+    client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
+    args: &FlamegraphArgs,
+) -> anyhow::Result<()> {
+    let range = args.range(crate::aggregate::actor::now_ns());
+    let (profile, stats) = fetch(client, range, &args.select.selector()?).await?;
+    let options = export::flamegraph::FlamegraphOptions {
+        title: args.title.clone().unwrap_or_else(|| range_title(&stats)),
+        icicle: args.icicle,
+        reverse: args.reverse,
+    };
+    let svg = export::flamegraph::render(&ProfileView::new(&profile)?, &options)?;
+    write_output(args.output.as_deref(), &svg)
+}
+
+/// The output of `diff` for the answers to its two queries: the table, and the differential
+/// flame graph when `--flamegraph` asked for one.
+pub fn render_diff(
+    args: &DiffArgs,
+    base: (&v1::Profile, &v1::QueryStats),
+    head: (&v1::Profile, &v1::QueryStats),
+) -> anyhow::Result<(String, Option<Vec<u8>>)> {
+    let base_view = ProfileView::new(base.0)?;
+    let head_view = ProfileView::new(head.0)?;
+    for (flag, span, view) in
+        [("--base", &args.base, &base_view), ("--head", &args.head, &head_view)]
+    {
+        if view.total() == 0 {
+            bail!("{flag} {}: no samples in this range for this selector", span.text);
+        }
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "base ({}): {}", args.base.text, range_title(base.1));
+    let _ = writeln!(out, "head ({}): {}", args.head.text, range_title(head.1));
+    out.push_str(&export::diff::render(&base_view, &head_view, args.sort, args.limit));
+    let svg = if args.flamegraph {
+        let options = export::flamegraph::FlamegraphOptions {
+            title: format!(
+                "Differential flame graph: {} against {}",
+                args.head.text, args.base.text
+            ),
+            icicle: args.icicle,
+            reverse: args.reverse,
+        };
+        Some(export::diff::render_flamegraph(&base_view, &head_view, &options)?)
+    } else {
+        None
+    };
+    Ok((out, svg))
+}
+
+async fn diff(
+    client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
+    args: &DiffArgs,
+) -> anyhow::Result<()> {
+    let now = crate::aggregate::actor::now_ns();
+    let selector = args.select.selector()?;
+    let base_range =
+        args.base.resolve(now).map_err(|e| anyhow::anyhow!("--base {}: {e}", args.base.text))?;
+    let head_range =
+        args.head.resolve(now).map_err(|e| anyhow::anyhow!("--head {}: {e}", args.head.text))?;
+    let base = fetch(client, base_range, &selector).await?;
+    let head = fetch(client, head_range, &selector).await?;
+    let (table, svg) = render_diff(args, (&base.0, &base.1), (&head.0, &head.1))?;
+    if let Some(svg) = svg {
+        write_output(args.output.as_deref(), &svg)?;
+    }
+    std::io::stdout().write_all(table.as_bytes()).context("writing to standard output")
 }

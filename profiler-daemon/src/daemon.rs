@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! kernel ring buffer -> collector (task) -> symbolizer (thread) -> aggregator (task) <- server
+//!                                                                       |                  |
+//!                                                          store writer (thread) -> store <-
 //! ```
 //! Every arrow is a bounded channel; only the collector's send can lose a sample, and it counts
 //! what it loses.
@@ -27,7 +29,7 @@ use crate::{
     python::Detector,
     server::{DaemonInfo, ListenError, Listener, ProfilerService, serve},
     stats::PipelineStats,
-    store::Retention,
+    store::{self, DiskRetention, Retention, Store, StoreError},
     symbolize::{self, SymbolizerStats},
 };
 
@@ -35,6 +37,8 @@ use crate::{
 const SYMBOLIZER_QUEUE: usize = 4096;
 /// Samples queued between the symbolizer and the aggregator.
 const AGGREGATOR_QUEUE: usize = 4096;
+/// Closed windows kept in memory (besides the store), for fast queries of the recent past.
+const MEMORY_WINDOWS_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -42,6 +46,9 @@ pub enum DaemonError {
     /// The kernel programs could not be set up.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The gRPC endpoint could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -66,6 +73,13 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
+    crate::loader::require_privileges()?;
+    // The store next: a damaged or locked store should stop the daemon before it attaches.
+    let store = Arc::new(Store::open(
+        &args.data_dir,
+        DiskRetention { max_age: args.retention, max_bytes: args.max_disk },
+        args.repair,
+    )?);
     let mut sampler = Sampler::load(&SamplerConfig {
         frequency: args.frequency,
         include_idle: args.include_idle,
@@ -92,18 +106,21 @@ pub async fn run(
     let symbolizer = symbolize::spawn(raw_rx, sample_tx, capacity, symbolizer_stats.clone())
         .map_err(|source| DaemonError::Start { stage: "symbolizer thread", source })?;
 
+    let (writer, writer_thread) = store::writer::spawn(store.clone())
+        .map_err(|source| DaemonError::Start { stage: "store writer thread", source })?;
     let (aggregator, aggregator_task) = actor::spawn(
         AggregatorConfig {
             window: args.window,
             max_stacks: usize::try_from(args.max_stacks_per_window).unwrap_or(usize::MAX),
+            // Recent windows stay in memory too; the store has the rest.
             retention: Retention {
-                max_age: args.retention,
+                max_age: args.retention.min(MEMORY_WINDOWS_AGE),
                 max_bytes: usize::try_from(args.max_memory).unwrap_or(usize::MAX),
             },
         },
         sample_rx,
         stats.clone(),
-        shutdown.child_token(),
+        Some(writer),
     );
 
     let collector = Collector {
@@ -142,7 +159,8 @@ pub async fn run(
     });
     info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
     ready();
-    let service = ProfilerService::new(aggregator, info).with_collector(command_tx);
+    let service =
+        ProfilerService::new(aggregator, info).with_collector(command_tx).with_store(store);
     let served = serve(listener, service, shutdown.clone()).await;
 
     // Stop sampling first (the collector owns the sampler), then drain the stages in order.
@@ -153,7 +171,9 @@ pub async fn run(
         Err(e) => error!(error = %e, "the collector panicked"),
     }
     let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
+    // The aggregator stops once the symbolizer has; it hands the last window to the writer.
     let _ = aggregator_task.await;
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("profilerd stopped");
     served.map_err(DaemonError::from)
 }

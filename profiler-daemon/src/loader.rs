@@ -363,6 +363,11 @@ fn check_privileges(caps: u64) -> Result<(), LoadError> {
     }
 }
 
+/// Fails with the missing capabilities named, before anything else is set up.
+pub fn require_privileges() -> Result<(), LoadError> {
+    check_privileges(effective_capabilities())
+}
+
 /// Whether BPF privileges are present; used by tests to decide whether to skip.
 pub fn has_bpf_privileges() -> bool {
     check_privileges(effective_capabilities()).is_ok() && Path::new(BTF_PATH).exists()

@@ -102,6 +102,15 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    /// The runtime label of samples: `CPython 3.11.2` (or `CPython 3.9`), or empty.
+    pub fn label(&self) -> String {
+        match self {
+            Runtime::Python(p) => p.short_name(),
+            Runtime::Unsupported(_) => "CPython (native stacks only)".to_owned(),
+            _ => String::new(),
+        }
+    }
+
     /// Whether detection should run (again) now.
     pub fn needs_detection(&self) -> bool {
         match self {
@@ -137,6 +146,10 @@ pub struct ProcessInfo {
     pub cmdline: String,
     /// cgroup v2 path.
     pub cgroup: Arc<str>,
+    /// Container id from the cgroup path, or empty.
+    pub container: Arc<str>,
+    /// Kubernetes pod UID from the cgroup path, or empty.
+    pub pod_uid: Arc<str>,
     /// Build-id of the executable.
     pub exe_build_id: Option<Arc<str>>,
     /// What runs in the process, as far as the profiler can tell.
@@ -171,6 +184,12 @@ impl ProcessInfo {
         false
     }
 
+    /// Sets what runs in the process; labels made from now on carry it.
+    pub fn set_runtime(&mut self, runtime: Runtime) {
+        self.runtime = runtime;
+        self.threads.clear();
+    }
+
     /// The labels of thread `tid` named `thread_name`, grouped by thread or not.
     pub fn labels(&mut self, tid: u32, thread_name: &[u8], by_thread: bool) -> Arc<Labels> {
         let tid = if by_thread { tid } else { 0 };
@@ -189,6 +208,9 @@ impl ProcessInfo {
             thread: if by_thread { String::from_utf8_lossy(thread_name).into() } else { "".into() },
             exe: self.exe.clone(),
             cgroup: self.cgroup.clone(),
+            container: self.container.clone(),
+            pod_uid: self.pod_uid.clone(),
+            runtime: self.runtime.label().into(),
         });
         self.threads.insert(tid, labels.clone());
         labels
@@ -334,6 +356,9 @@ impl ProcessTable {
             }
             keep
         });
+        // A pid dropped after an `execve` is tracked again as the new program, which now owns
+        // the pid and everything registered under it.
+        forgotten.retain(|pid| !self.procs.contains_key(pid));
         // Files no process maps any more.
         self.files.retain(|_, f| Arc::strong_count(f) > 1);
         forgotten
@@ -357,6 +382,8 @@ fn read_process(
         exe: "".into(),
         cmdline: String::new(),
         cgroup: "".into(),
+        container: "".into(),
+        pod_uid: "".into(),
         exe_build_id: None,
         runtime: Runtime::Unknown,
         main_comm: Vec::new(),
@@ -390,6 +417,9 @@ fn read_process(
     }
     if let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
         info.cgroup = parse_cgroup_v2(&cgroup).into();
+        let (container, pod_uid) = container_ids(&info.cgroup);
+        info.container = container.into();
+        info.pod_uid = pod_uid.into();
     }
     match read_maps(pid, files) {
         Ok(maps) => info.maps = maps,
@@ -406,6 +436,32 @@ fn read_process(
     debug!(pid, comm = %info.comm, exe = %info.exe, cmdline = %info.cmdline, cgroup = %info.cgroup,
         build_id = info.exe_build_id.as_deref().unwrap_or(""), "new process");
     info
+}
+
+/// The container id and the Kubernetes pod UID in a cgroup path, each empty when absent.
+///
+/// Container runtimes name a container's cgroup after its 64-hex-digit id
+/// (`docker-<id>.scope`, `cri-containerd-<id>.scope`, `crio-<id>.scope`, or a bare `<id>`), and
+/// the kubelet puts it under a pod's cgroup, `pod<uid>` (systemd driver: `...-pod<uid with _>.slice`).
+pub fn container_ids(cgroup: &str) -> (String, String) {
+    let mut container = String::new();
+    let mut pod = String::new();
+    for part in cgroup.split('/') {
+        let stem =
+            part.strip_suffix(".scope").or_else(|| part.strip_suffix(".slice")).unwrap_or(part);
+        let id = stem.rsplit(['-', ':']).next().unwrap_or(stem);
+        if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            container = id.to_owned();
+        } else if let Some(uid) =
+            stem.strip_prefix("pod").or_else(|| stem.rsplit_once("-pod").map(|(_, uid)| uid))
+        {
+            let uid = uid.replace('_', "-");
+            if uid.len() == 36 && uid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+                pod = uid;
+            }
+        }
+    }
+    (container, pod)
 }
 
 /// The cgroup v2 path from the contents of `/proc/PID/cgroup` (the `0::` line).
@@ -476,6 +532,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn container_and_pod_ids_come_from_the_cgroup_path() {
+        let id = "4f1c0b8e2a9d4c7e8b1a2f3e4d5c6b7a8f9e0d1c2b3a4f5e6d7c8b9a0f1e2d3c";
+        let systemd = format!(
+            "/kubepods.slice/kubepods-burstable.slice/\
+             kubepods-burstable-pod0e5c7d2a_1b3f_4c8e_9a6d_2f4b8c1e7a3d.slice/cri-containerd-{id}.scope"
+        );
+        assert_eq!(
+            container_ids(&systemd),
+            (id.to_owned(), "0e5c7d2a-1b3f-4c8e-9a6d-2f4b8c1e7a3d".to_owned())
+        );
+        let cgroupfs = format!("/kubepods/besteffort/pod0e5c7d2a-1b3f-4c8e-9a6d-2f4b8c1e7a3d/{id}");
+        assert_eq!(container_ids(&cgroupfs).1, "0e5c7d2a-1b3f-4c8e-9a6d-2f4b8c1e7a3d");
+        assert_eq!(container_ids(&format!("/system.slice/docker-{id}.scope")).0, id);
+        assert_eq!(
+            container_ids("/user.slice/user-0.slice/session-1.scope"),
+            (String::new(), String::new())
+        );
+    }
+
+    #[test]
     fn cgroup_v2_line_is_picked() {
         let contents = "12:cpu:/legacy\n0::/system.slice/app.service\n";
         assert_eq!(parse_cgroup_v2(contents), "/system.slice/app.service");
@@ -516,6 +592,17 @@ mod tests {
         assert_eq!(&*renamed.thread, "renamed");
         let process_only = info.labels(7, b"worker", false);
         assert_eq!((process_only.tid, &*process_only.thread), (0, ""));
+    }
+
+    #[test]
+    fn a_pid_read_again_after_an_exec_is_not_reported_as_forgotten() {
+        let mut table = ProcessTable::new(16);
+        let pid = std::process::id();
+        table.observe(pid, pid, b"before-exec");
+        // The main thread's new name means an exec: the process is read again.
+        table.observe(pid, pid, b"after-exec");
+        assert_eq!(table.len(), 1);
+        assert!(!table.sweep().contains(&pid), "the live process keeps its registrations");
     }
 
     #[test]

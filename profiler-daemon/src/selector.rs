@@ -1,7 +1,9 @@
 //! Label selectors: which samples a query or a watch keeps.
 //!
 //! The text syntax is a comma-separated list of `key=value` terms, all of which must hold, for
-//! example `comm=python3,pid=4242`. Keys: `pid`, `tid`, `comm`, `thread`, `exe`, `cgroup`.
+//! example `comm=python3,pid=4242`. Keys: `pid`, `tid`, `comm`, `thread`, `exe`, `cgroup`,
+//! `container` and `runtime` (both match a prefix, so a short container id or `CPython 3.11`
+//! works), and `pod_uid`.
 
 use std::{fmt, str::FromStr};
 
@@ -25,17 +27,26 @@ pub enum LabelKey {
     Exe,
     /// cgroup path.
     Cgroup,
+    /// Container id (a prefix is enough).
+    Container,
+    /// Kubernetes pod UID.
+    PodUid,
+    /// Runtime, for example `CPython 3.11.2` (a prefix is enough).
+    Runtime,
 }
 
 impl LabelKey {
     /// Every key, in documentation order.
-    pub const ALL: [LabelKey; 6] = [
+    pub const ALL: [LabelKey; 9] = [
         LabelKey::Pid,
         LabelKey::Tid,
         LabelKey::Comm,
         LabelKey::Thread,
         LabelKey::Exe,
         LabelKey::Cgroup,
+        LabelKey::Container,
+        LabelKey::PodUid,
+        LabelKey::Runtime,
     ];
 
     /// The key as written in selectors and pprof labels.
@@ -47,6 +58,9 @@ impl LabelKey {
             LabelKey::Thread => "thread",
             LabelKey::Exe => "exe",
             LabelKey::Cgroup => "cgroup",
+            LabelKey::Container => "container",
+            LabelKey::PodUid => "pod_uid",
+            LabelKey::Runtime => "runtime",
         }
     }
 
@@ -73,7 +87,10 @@ pub enum SelectorError {
     #[error("selector term {0:?} is not of the form key=value (for example comm=python3)")]
     NotKeyValue(String),
     /// A key this profiler does not know.
-    #[error("unknown selector key {0:?}; known keys: pid, tid, comm, thread, exe, cgroup")]
+    #[error(
+        "unknown selector key {0:?}; known keys: pid, tid, comm, thread, exe, cgroup, container, \
+         pod_uid, runtime"
+    )]
     UnknownKey(String),
     /// A numeric key with a non-numeric value.
     #[error("selector key {key} needs a number, got {value:?}")]
@@ -115,6 +132,11 @@ impl Matcher {
             LabelKey::Thread => *labels.thread == *self.value,
             LabelKey::Exe => *labels.exe == *self.value,
             LabelKey::Cgroup => *labels.cgroup == *self.value,
+            LabelKey::Container => {
+                !self.value.is_empty() && labels.container.starts_with(&*self.value)
+            }
+            LabelKey::PodUid => *labels.pod_uid == *self.value,
+            LabelKey::Runtime => !self.value.is_empty() && labels.runtime.starts_with(&*self.value),
         }
     }
 }

@@ -20,20 +20,21 @@ use profiler_proto::v1::{
 use thiserror::Error;
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
 };
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    aggregate::{AggregatorHandle, MergedProfile, actor::now_ns},
+    aggregate::{AggregatorHandle, MergedProfile, Window, actor::now_ns},
     calls::CallsError,
     collector,
     config::ListenAddr,
     export,
     selector::Selector,
     stats::{DropSnapshot, PipelineStats},
+    store::{Store, StoreError},
     symbolize::SymbolizerStats,
 };
 
@@ -74,12 +75,19 @@ pub struct ProfilerService {
     aggregator: AggregatorHandle,
     info: Arc<DaemonInfo>,
     collector: Option<mpsc::Sender<collector::Command>>,
+    store: Option<Arc<Store>>,
 }
 
 impl ProfilerService {
     /// A service answering from `aggregator`.
     pub fn new(aggregator: AggregatorHandle, info: Arc<DaemonInfo>) -> ProfilerService {
-        ProfilerService { aggregator, info, collector: None }
+        ProfilerService { aggregator, info, collector: None, store: None }
+    }
+
+    /// Answers from the on-disk store too, for windows it has stored.
+    pub fn with_store(mut self, store: Arc<Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     /// Lets the service pass per-process settings to the collector.
@@ -115,29 +123,60 @@ impl Profiler for ProfilerService {
                 "empty time range: start {start} is not before end {end}"
             )));
         }
-        let windows = self
+        // Windows that start before the watermark are on disk; the rest are in memory only.
+        let watermark = self.store.as_ref().map(|s| s.persisted_until());
+        let mut windows = self
             .aggregator
             .windows(start, end)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        if let Some(w) = watermark {
+            windows.retain(|window| window.start_ns >= w);
+        }
         let period = self.info.period_ns();
-        // Merging many windows is CPU work; keep it off the async workers.
+        let store = self.store.clone();
+        // Merging many windows is CPU and disk work; keep it off the async workers.
         let response = tokio::task::spawn_blocking(move || {
-            let merged = MergedProfile::merge(windows.iter().map(|w| &**w), &selector);
-            v1::QueryResponse {
-                profile: Some(export::pprof::build(&merged, period)),
-                stats: Some(v1::QueryStats {
-                    windows: merged.windows,
-                    samples: merged.samples,
-                    start_unix_nanos: merged.start_ns,
-                    end_unix_nanos: merged.end_ns,
-                    drops: drop_counts(&merged.drops),
-                }),
+            let mut merged = match (&store, watermark) {
+                (Some(store), Some(w)) => store.merge(start, end.min(w), &selector)?,
+                _ => MergedProfile::default(),
+            };
+            for window in &windows {
+                merged.add(window, &selector);
             }
+            Ok::<_, StoreError>(v1::QueryResponse {
+                profile: Some(export::pprof::build(&merged, period)),
+                stats: Some(query_stats(&merged)),
+            })
         })
         .await
-        .map_err(|e| Status::internal(format!("query failed: {e}")))?;
+        .map_err(|e| Status::internal(format!("query failed: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(response))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let selector = Selector::from_proto(&request.into_inner().filter.unwrap_or_default())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let closed = self.aggregator.subscribe();
+        let period = self.info.period_ns();
+        // A small queue per client: while it is full, this client's task waits and the
+        // broadcast buffer fills; beyond that the client misses windows, and is told.
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(forward_windows(closed, tx, move |window| {
+            let merged = MergedProfile::merge([window], &selector);
+            v1::WatchResponse {
+                profile: Some(export::pprof::build(&merged, period)),
+                stats: Some(query_stats(&merged)),
+                missed_windows: 0,
+            }
+        }));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn status(
@@ -186,6 +225,18 @@ impl Profiler for ProfilerService {
                     description: r.description.clone(),
                 })
                 .collect(),
+            store: self.store.as_ref().map(|store| {
+                let s = store.status();
+                v1::StoreStatus {
+                    path: s.path.display().to_string(),
+                    bytes: s.bytes,
+                    file_bytes: s.file_bytes,
+                    windows: s.windows,
+                    evicted: s.evicted,
+                    dictionary: s.dictionary,
+                    unstored: aggregation.unstored,
+                }
+            }),
         }))
     }
 
@@ -206,6 +257,51 @@ impl Profiler for ProfilerService {
             .map_err(|_| gone())?;
         let message = answer.await.map_err(|_| gone())?.map_err(|e| calls_status(&e))?;
         Ok(Response::new(v1::SetPythonCallsResponse { message }))
+    }
+}
+
+/// Sends each closed window, as `build` renders it, to one watcher until it hangs up. While
+/// the watcher's queue is full this task waits and the broadcast buffer fills; beyond that the
+/// watcher misses windows, and the next message says how many.
+pub async fn forward_windows(
+    mut closed: broadcast::Receiver<Arc<Window>>,
+    tx: mpsc::Sender<Result<v1::WatchResponse, Status>>,
+    build: impl Fn(&Window) -> v1::WatchResponse + Send + Sync + 'static,
+) {
+    let build = Arc::new(build);
+    let mut missed = 0u64;
+    loop {
+        let window = match closed.recv().await {
+            Ok(window) => window,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                missed += n;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
+        let build = build.clone();
+        // Rendering is CPU work; keep it off the async workers.
+        let Ok(mut response) = tokio::task::spawn_blocking(move || build(&window)).await else {
+            break;
+        };
+        response.missed_windows = std::mem::take(&mut missed);
+        if tx.send(Ok(response)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// The stream `Watch` answers with.
+pub type WatchStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<v1::WatchResponse, Status>> + Send>>;
+
+fn query_stats(merged: &MergedProfile) -> v1::QueryStats {
+    v1::QueryStats {
+        windows: merged.windows,
+        samples: merged.samples,
+        start_unix_nanos: merged.start_ns,
+        end_unix_nanos: merged.end_ns,
+        drops: drop_counts(&merged.drops),
     }
 }
 
@@ -335,5 +431,47 @@ pub async fn serve(
                 )
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(start_ns: i64) -> Arc<Window> {
+        Arc::new(Window {
+            start_ns,
+            end_ns: start_ns + 1,
+            samples: 0,
+            drops: DropSnapshot::default(),
+            entries: Vec::new(),
+            calls: Vec::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_stuck_watcher_misses_windows_and_is_told_how_many() {
+        let (closed, rx) = broadcast::channel(4);
+        let (tx, mut out) = mpsc::channel(1);
+        let task = tokio::spawn(forward_windows(rx, tx, |w| v1::WatchResponse {
+            stats: Some(v1::QueryStats { start_unix_nanos: w.start_ns, ..Default::default() }),
+            ..Default::default()
+        }));
+        // The watcher reads nothing while 20 windows close: the sender never waits.
+        for i in 0..20 {
+            closed.send(window(i)).unwrap();
+            tokio::task::yield_now().await;
+        }
+        let mut got = Vec::new();
+        drop(closed);
+        while let Some(Ok(r)) = out.recv().await {
+            got.push((r.stats.unwrap().start_unix_nanos, r.missed_windows));
+        }
+        task.await.unwrap();
+        let delivered = got.len() as u64;
+        let missed: u64 = got.iter().map(|g| g.1).sum();
+        assert_eq!(delivered + missed, 20, "every window is delivered or counted: {got:?}");
+        assert!(missed > 0, "{got:?}");
+        assert_eq!(got.last().unwrap().0, 19, "the newest window arrives");
     }
 }

@@ -88,3 +88,57 @@ fn profilerd_without_privileges_names_the_capabilities() {
     );
     assert!(stderr.contains("Run it as root"), "{stderr}");
 }
+
+/// A config file for one test, in the temporary directory.
+fn config_file(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("profilerd-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("writing a config file");
+    path
+}
+
+/// The lines of a config that set something, comments and blank lines left out.
+fn settings(toml: &str) -> Vec<&str> {
+    toml.lines().filter(|line| !line.is_empty() && !line.starts_with('#')).collect()
+}
+
+#[test]
+fn profilerd_config_errors_name_the_key_and_line() {
+    let bin = env!("CARGO_BIN_EXE_profilerd");
+    let path = config_file("unknown-key", "frequency = 49\nfrecuency = 99\n");
+    let (ok, stderr) = run(bin, &["--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}:2:1: unknown key `frecuency`", path.display())),
+        "{stderr}"
+    );
+    let path = config_file("bad-value", "# store\nmax_disk = \"lots\"\n");
+    let (ok, stderr) = run(bin, &["--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}:2:12: bad value for `max_disk`", path.display())),
+        "{stderr}"
+    );
+    let (ok, stderr) = run(bin, &["--config", "/nonexistent/profilerd.toml"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot read config file /nonexistent/profilerd.toml"), "{stderr}");
+}
+
+#[test]
+fn profilerd_print_config_round_trips() {
+    let bin = env!("CARGO_BIN_EXE_profilerd");
+    let print = |path: &std::path::Path, flags: &[&str]| {
+        let out = Command::new(bin)
+            .args(["--config", path.to_str().unwrap(), "--print-config"])
+            .args(flags)
+            .output()
+            .expect("running profilerd");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    let path = config_file("print", "window = \"1m\"\npython_calls = \"all\"\nrepair = true\n");
+    let first = print(&path, &["--frequency", "49", "--metrics-listen", "off"]);
+    assert!(first.contains("\nfrequency = 49\n"), "{first}");
+    assert!(first.contains("# Set in the config file, line 1"), "{first}");
+    let again = print(&config_file("print-again", &first), &[]);
+    assert_eq!(settings(&again), settings(&first));
+}

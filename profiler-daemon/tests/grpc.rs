@@ -61,6 +61,7 @@ fn samples() -> Vec<StackSample> {
             thread: comm.into(),
             exe: "/opt/app/bin/app".into(),
             cgroup: "/app.slice".into(),
+            ..Labels::default()
         })
     };
     let (main, run) = (native("main", &app, 0x1100), native("run", &app, 0x1200));
@@ -89,10 +90,16 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
         max_stacks: 1000,
         retention: Retention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 },
     };
-    let (aggregator, _task) = actor::spawn(config, rx, stats.clone(), shutdown.clone());
+    let (aggregator, _task) = actor::spawn(config, rx, stats.clone(), None);
     for s in samples() {
         tx.send(Resolved::Sample(s)).await.unwrap();
     }
+    // The aggregator runs until its input closes; keep it open for the test's lifetime.
+    let input_open = shutdown.clone();
+    tokio::spawn(async move {
+        input_open.cancelled().await;
+        drop(tx);
+    });
     // Each status round trip lets the actor run; it drains the samples first (biased select).
     while stats.aggregated_total() < 15 {
         aggregator.status().await.unwrap();

@@ -9,18 +9,21 @@ use std::{
 };
 
 use tokio::{
-    sync::{mpsc, oneshot},
+    sync::{broadcast, mpsc, oneshot},
     task::JoinHandle,
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span};
 
 use super::{Resolved, Window, WindowBuilder};
 use crate::{
     stats::PipelineStats,
-    store::{Retention, WindowStore},
+    store::{Retention, WindowStore, writer::WriterHandle},
 };
+
+/// Closed windows buffered for each live watcher; a watcher further behind misses windows,
+/// and is told how many.
+pub const WATCH_BUFFER: usize = 8;
 
 /// How the aggregator cuts and keeps windows.
 #[derive(Clone, Copy, Debug)]
@@ -44,6 +47,8 @@ pub struct AggregatorStatus {
     pub bytes: usize,
     /// Windows dropped by retention.
     pub evicted: u64,
+    /// Closed windows that could not be handed to the store.
+    pub unstored: u64,
 }
 
 /// The aggregator stopped (the daemon is shutting down).
@@ -60,6 +65,7 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct AggregatorHandle {
     commands: mpsc::Sender<Command>,
+    closed: broadcast::Sender<Arc<Window>>,
 }
 
 impl std::fmt::Debug for Command {
@@ -88,6 +94,12 @@ impl AggregatorHandle {
         rx.await.map_err(|_| AggregatorGone)
     }
 
+    /// Every window closed from now on. A receiver that falls more than [`WATCH_BUFFER`]
+    /// windows behind gets `Lagged(n)` with the number it missed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Window>> {
+        self.closed.subscribe()
+    }
+
     /// Current sizes.
     pub async fn status(&self) -> Result<AggregatorStatus, AggregatorGone> {
         let (reply, rx) = oneshot::channel();
@@ -103,14 +115,16 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
-/// Starts the aggregator task. It runs until `shutdown` fires, then closes the open window.
+/// Starts the aggregator task. It runs until `samples` closes (the symbolizer stopped), then
+/// closes the open window and hands it to `writer`.
 pub fn spawn(
     config: AggregatorConfig,
     samples: mpsc::Receiver<Resolved>,
     stats: Arc<PipelineStats>,
-    shutdown: CancellationToken,
+    writer: Option<WriterHandle>,
 ) -> (AggregatorHandle, JoinHandle<()>) {
     let (commands, command_rx) = mpsc::channel(64);
+    let (closed, _) = broadcast::channel(WATCH_BUFFER);
     let actor = Actor {
         store: WindowStore::new(config.retention),
         open: WindowBuilder::new(
@@ -120,11 +134,12 @@ pub fn spawn(
         ),
         config,
         stats,
+        writer,
+        closed: closed.clone(),
     };
     // Task names need tokio_unstable; the span names the task in logs instead.
-    let task =
-        tokio::spawn(actor.run(samples, command_rx, shutdown).instrument(info_span!("aggregator")));
-    (AggregatorHandle { commands }, task)
+    let task = tokio::spawn(actor.run(samples, command_rx).instrument(info_span!("aggregator")));
+    (AggregatorHandle { commands, closed }, task)
 }
 
 fn window_len_ns(window: Duration) -> i64 {
@@ -142,6 +157,8 @@ struct Actor {
     store: WindowStore,
     open: WindowBuilder,
     stats: Arc<PipelineStats>,
+    writer: Option<WriterHandle>,
+    closed: broadcast::Sender<Arc<Window>>,
 }
 
 impl Actor {
@@ -149,21 +166,20 @@ impl Actor {
         mut self,
         mut samples: mpsc::Receiver<Resolved>,
         mut commands: mpsc::Receiver<Command>,
-        shutdown: CancellationToken,
     ) {
         loop {
             let close_at = self.open.start_ns() + window_len_ns(self.config.window);
             let wait = Duration::from_nanos(u64::try_from(close_at - now_ns()).unwrap_or(0));
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
                 () = tokio::time::sleep_until(Instant::now() + wait) => self.rotate(close_at),
-                Some(input) = samples.recv() => match input {
-                    Resolved::Sample(sample) => {
+                input = samples.recv() => match input {
+                    Some(Resolved::Sample(sample)) => {
                         self.stats.aggregated();
                         self.open.add(sample, &self.stats);
                     }
-                    Resolved::Calls(calls) => self.open.add_calls(calls),
+                    Some(Resolved::Calls(calls)) => self.open.add_calls(calls),
+                    None => break,
                 },
                 Some(command) = commands.recv() => self.answer(command),
             }
@@ -177,8 +193,13 @@ impl Actor {
     fn rotate(&mut self, end_ns: i64) {
         let drops = self.stats.drops();
         let next = WindowBuilder::new(end_ns, self.config.max_stacks, drops.clone());
-        let closed = std::mem::replace(&mut self.open, next).close(end_ns, &drops);
+        let closed = Arc::new(std::mem::replace(&mut self.open, next).close(end_ns, &drops));
         debug!(samples = closed.samples, stacks = closed.entries.len(), "window closed");
+        if let Some(writer) = &self.writer {
+            writer.write(closed.clone());
+        }
+        // No watcher is not an error.
+        let _ = self.closed.send(closed.clone());
         self.store.push(closed, end_ns);
     }
 
@@ -199,6 +220,10 @@ impl Actor {
                     open_stacks: self.open.len(),
                     bytes: self.store.bytes(),
                     evicted: self.store.evicted(),
+                    unstored: self
+                        .writer
+                        .as_ref()
+                        .map_or(0, |w| w.lost.load(std::sync::atomic::Ordering::Relaxed)),
                 });
             }
         }

@@ -86,6 +86,13 @@ pub struct Labels {
     pub exe: Arc<str>,
     /// cgroup v2 path.
     pub cgroup: Arc<str>,
+    /// Container id, from the cgroup path, or empty.
+    pub container: Arc<str>,
+    /// Kubernetes pod UID, from the cgroup path, or empty.
+    pub pod_uid: Arc<str>,
+    /// The runtime found in the process, for example `CPython 3.11.2`, or empty for native
+    /// code.
+    pub runtime: Arc<str>,
 }
 
 impl fmt::Display for Labels {

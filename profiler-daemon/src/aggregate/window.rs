@@ -209,33 +209,36 @@ impl MergedProfile {
         windows: impl IntoIterator<Item = &'a Window>,
         selector: &Selector,
     ) -> MergedProfile {
-        let mut merged = MergedProfile { start_ns: i64::MAX, ..MergedProfile::default() };
+        let mut merged = MergedProfile::default();
         for window in windows {
-            merged.windows += 1;
-            merged.start_ns = merged.start_ns.min(window.start_ns);
-            merged.end_ns = merged.end_ns.max(window.end_ns);
-            merged.drops.add(&window.drops);
-            for entry in &window.entries {
-                if !selector.matches(&entry.labels) {
-                    continue;
-                }
-                merged.samples += entry.count;
-                *merged.entries.entry((entry.labels.clone(), entry.stack.clone())).or_insert(0) +=
-                    entry.count;
-            }
-            for call in &window.calls {
-                if selector.matches(&call.labels) {
-                    *merged
-                        .calls
-                        .entry((call.labels.clone(), call.function.clone()))
-                        .or_insert(0) += call.count;
-                }
-            }
-        }
-        if merged.windows == 0 {
-            merged.start_ns = 0;
+            merged.add(window, selector);
         }
         merged
+    }
+
+    /// Adds one window, keeping the samples that `selector` matches.
+    pub fn add(&mut self, window: &Window, selector: &Selector) {
+        if self.windows == 0 {
+            (self.start_ns, self.end_ns) = (window.start_ns, window.end_ns);
+        }
+        self.windows += 1;
+        self.start_ns = self.start_ns.min(window.start_ns);
+        self.end_ns = self.end_ns.max(window.end_ns);
+        self.drops.add(&window.drops);
+        for entry in &window.entries {
+            if !selector.matches(&entry.labels) {
+                continue;
+            }
+            self.samples += entry.count;
+            *self.entries.entry((entry.labels.clone(), entry.stack.clone())).or_insert(0) +=
+                entry.count;
+        }
+        for call in &window.calls {
+            if selector.matches(&call.labels) {
+                *self.calls.entry((call.labels.clone(), call.function.clone())).or_insert(0) +=
+                    call.count;
+            }
+        }
     }
 }
 

@@ -4,9 +4,13 @@
 //! ([`pprof`]); every other format is rendered from that message on the client side, through
 //! the resolved stacks of a [`view::ProfileView`].
 
+pub mod diff;
+pub mod flamegraph;
 pub mod folded;
 pub mod lines;
+pub mod live;
 pub mod pprof;
+pub mod speedscope;
 pub mod top;
 pub mod view;
 

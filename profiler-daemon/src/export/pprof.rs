@@ -103,6 +103,9 @@ impl Builder {
             ("thread", &labels.thread),
             ("exe", &labels.exe),
             ("cgroup", &labels.cgroup),
+            ("container", &labels.container),
+            ("pod_uid", &labels.pod_uid),
+            ("runtime", &labels.runtime),
         ] {
             if !value.is_empty() {
                 let key = self.string(key);

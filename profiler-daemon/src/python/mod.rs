@@ -64,6 +64,16 @@ pub struct PythonProcess {
     pub eval_frame_offset: Option<u64>,
 }
 
+impl PythonProcess {
+    /// `CPython 3.11.2`, or `CPython 3.9` when the micro version is unknown.
+    pub fn short_name(&self) -> String {
+        match self.version {
+            (a, b, UNKNOWN_MICRO) => format!("CPython {a}.{b}"),
+            (a, b, c) => format!("CPython {a}.{b}.{c}"),
+        }
+    }
+}
+
 impl fmt::Display for PythonProcess {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (a, b, c) = self.version;

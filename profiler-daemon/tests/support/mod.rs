@@ -64,9 +64,12 @@ impl Daemon {
         let socket = dir.join("profiler.sock");
         let endpoint = format!("unix://{}", socket.display());
         let log = dir.join("profilerd.log");
+        let data = dir.join("data");
+        let data_args = ["--data-dir", data.to_str().unwrap()];
         let child = Command::new(env!("CARGO_BIN_EXE_profilerd"))
             .args(["--listen", &endpoint])
             .args(if extra.contains(&"--window") { &[][..] } else { &["--window", "1s"][..] })
+            .args(if extra.contains(&"--data-dir") { &[][..] } else { &data_args[..] })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -111,6 +114,12 @@ impl Daemon {
             self.log()
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops the daemon with SIGTERM and returns whether it exited cleanly.

@@ -1,4 +1,4 @@
-//! Retention of closed windows.
+//! Recent closed windows in memory.
 //!
 //! Windows are kept in memory, oldest first, and dropped by age and by total size. Every window
 //! dropped is counted.
@@ -32,10 +32,10 @@ impl WindowStore {
     }
 
     /// Adds a closed window and applies retention as of `now_ns`.
-    pub fn push(&mut self, window: Window, now_ns: i64) {
+    pub fn push(&mut self, window: Arc<Window>, now_ns: i64) {
         let bytes = window.approx_bytes();
         self.bytes += bytes;
-        self.windows.push_back((Arc::new(window), bytes));
+        self.windows.push_back((window, bytes));
         self.expire(now_ns);
     }
 
@@ -108,7 +108,7 @@ mod tests {
             max_bytes: usize::MAX,
         });
         for start in (0..50).step_by(10) {
-            store.push(window(start, start + 10), start + 10);
+            store.push(Arc::new(window(start, start + 10)), start + 10);
         }
         // now = 50, keep windows ending after 25: [20,30) [30,40) [40,50)
         assert_eq!(store.len(), 3);
@@ -123,7 +123,7 @@ mod tests {
         let mut store =
             WindowStore::new(Retention { max_age: Duration::from_secs(3600), max_bytes: 2 * one });
         for start in 0..5 {
-            store.push(window(start, start + 1), start + 1);
+            store.push(Arc::new(window(start, start + 1)), start + 1);
         }
         assert_eq!(store.len(), 2);
         assert!(store.bytes() <= 2 * one);

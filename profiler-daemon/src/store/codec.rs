@@ -1,0 +1,428 @@
+//! The store's records and the dictionaries that deduplicate frames, stacks and labels.
+//!
+//! Records are protobuf messages (prost), so that fields can be added without breaking stored
+//! data. A window refers to labels, stacks and frames by id; each distinct one is stored once,
+//! whichever window first needed it.
+
+use std::{collections::HashMap, sync::Arc};
+
+use prost::Message;
+
+use crate::{
+    aggregate::{Frame, FrameKind, Labels, Module, Stack},
+    stats::DropSnapshot,
+};
+
+/// A frame as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct FrameRecord {
+    /// 0 kernel, 1 native, 2 Python, 3 marker.
+    #[prost(uint32, tag = "1")]
+    pub kind: u32,
+    /// Function name.
+    #[prost(string, tag = "2")]
+    pub function: String,
+    /// Module path, empty without a module.
+    #[prost(string, tag = "3")]
+    pub module: String,
+    /// Build-id of the module.
+    #[prost(string, optional, tag = "4")]
+    pub build_id: Option<String>,
+    /// File offset or kernel address.
+    #[prost(uint64, tag = "5")]
+    pub address: u64,
+    /// Source file.
+    #[prost(string, optional, tag = "6")]
+    pub file: Option<String>,
+    /// Line.
+    #[prost(uint32, tag = "7")]
+    pub line: u32,
+    /// First line of the function.
+    #[prost(uint32, tag = "8")]
+    pub start_line: u32,
+}
+
+/// A stack as stored: frame ids, leaf first.
+#[derive(Clone, PartialEq, Message)]
+pub struct StackRecord {
+    /// Frame ids.
+    #[prost(uint64, repeated, tag = "1")]
+    pub frames: Vec<u64>,
+}
+
+/// Labels as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct LabelsRecord {
+    /// Process id.
+    #[prost(uint32, tag = "1")]
+    pub pid: u32,
+    /// Thread id.
+    #[prost(uint32, tag = "2")]
+    pub tid: u32,
+    /// Process name.
+    #[prost(string, tag = "3")]
+    pub comm: String,
+    /// Thread name.
+    #[prost(string, tag = "4")]
+    pub thread: String,
+    /// Executable.
+    #[prost(string, tag = "5")]
+    pub exe: String,
+    /// cgroup path.
+    #[prost(string, tag = "6")]
+    pub cgroup: String,
+    /// Container id.
+    #[prost(string, tag = "7")]
+    pub container: String,
+    /// Pod UID.
+    #[prost(string, tag = "8")]
+    pub pod_uid: String,
+    /// Runtime.
+    #[prost(string, tag = "9")]
+    pub runtime: String,
+}
+
+/// A window, or a rollup of several, as stored.
+#[derive(Clone, PartialEq, Message)]
+pub struct WindowRecord {
+    /// Start, nanoseconds since the epoch.
+    #[prost(int64, tag = "1")]
+    pub start_ns: i64,
+    /// End.
+    #[prost(int64, tag = "2")]
+    pub end_ns: i64,
+    /// Samples.
+    #[prost(uint64, tag = "3")]
+    pub samples: u64,
+    /// Drops per reason, indexed like `DropReason::ALL`.
+    #[prost(uint64, repeated, tag = "4")]
+    pub drops: Vec<u64>,
+    /// (labels id, stack id, count) triples.
+    #[prost(uint64, repeated, tag = "5")]
+    pub entries: Vec<u64>,
+    /// (labels id, frame id, calls) triples.
+    #[prost(uint64, repeated, tag = "6")]
+    pub calls: Vec<u64>,
+    /// Windows merged into this record.
+    #[prost(uint64, tag = "7")]
+    pub windows: u64,
+}
+
+impl WindowRecord {
+    /// Adds `other` into this record.
+    pub fn merge(&mut self, other: &WindowRecord) {
+        if self.windows == 0 {
+            self.start_ns = other.start_ns;
+        }
+        self.start_ns = self.start_ns.min(other.start_ns);
+        self.end_ns = self.end_ns.max(other.end_ns);
+        self.samples += other.samples;
+        self.windows += other.windows;
+        if self.drops.len() < other.drops.len() {
+            self.drops.resize(other.drops.len(), 0);
+        }
+        for (slot, d) in self.drops.iter_mut().zip(&other.drops) {
+            *slot += d;
+        }
+        self.entries = merge_triples(&self.entries, &other.entries);
+        self.calls = merge_triples(&self.calls, &other.calls);
+    }
+
+    /// The drops as a snapshot.
+    pub fn drop_snapshot(&self) -> DropSnapshot {
+        let mut out = DropSnapshot::default();
+        for (slot, d) in out.0.iter_mut().zip(&self.drops) {
+            *slot = *d;
+        }
+        out
+    }
+}
+
+/// Sums `(a, b, count)` triples with equal `(a, b)`, in a stable order.
+fn merge_triples(x: &[u64], y: &[u64]) -> Vec<u64> {
+    let mut sums: HashMap<(u64, u64), u64> = HashMap::with_capacity((x.len() + y.len()) / 3);
+    let mut order = Vec::new();
+    for t in x.chunks_exact(3).chain(y.chunks_exact(3)) {
+        let slot = sums.entry((t[0], t[1])).or_insert_with(|| {
+            order.push((t[0], t[1]));
+            0
+        });
+        *slot += t[2];
+    }
+    let mut out = Vec::with_capacity(order.len() * 3);
+    for key in order {
+        out.extend([key.0, key.1, sums[&key]]);
+    }
+    out
+}
+
+/// Interned frames, stacks and labels, both ways. New entries are queued for writing.
+#[derive(Debug, Default)]
+pub struct Dictionary {
+    frames: HashMap<Arc<Frame>, u64>,
+    frame_by_id: HashMap<u64, Arc<Frame>>,
+    stacks: HashMap<Stack, u64>,
+    stack_by_id: HashMap<u64, Stack>,
+    labels: HashMap<Arc<Labels>, u64>,
+    labels_by_id: HashMap<u64, Arc<Labels>>,
+    modules: HashMap<(String, Option<String>), Arc<Module>>,
+    next_id: u64,
+    /// Frames, stacks and labels not yet written: (table, id, bytes).
+    pub pending: Vec<(Table, u64, Vec<u8>)>,
+}
+
+/// Which dictionary table a pending record belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// Frames.
+    Frames,
+    /// Stacks.
+    Stacks,
+    /// Labels.
+    Labels,
+}
+
+fn kind_code(kind: FrameKind) -> u32 {
+    match kind {
+        FrameKind::Kernel => 0,
+        FrameKind::Native => 1,
+        FrameKind::Python => 2,
+        FrameKind::Marker => 3,
+    }
+}
+
+fn kind_of(code: u32) -> FrameKind {
+    match code {
+        0 => FrameKind::Kernel,
+        1 => FrameKind::Native,
+        2 => FrameKind::Python,
+        _ => FrameKind::Marker,
+    }
+}
+
+/// A stored record that does not decode or refers to a missing id.
+#[derive(Debug, thiserror::Error)]
+#[error("damaged record: {0}")]
+pub struct Damaged(pub String);
+
+impl Dictionary {
+    /// Ids handed out so far start above every id loaded.
+    fn bump(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id + 1);
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id = self.next_id.max(1);
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Loads a stored frame.
+    pub fn load_frame(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
+        let r = FrameRecord::decode(bytes).map_err(|e| Damaged(format!("frame {id}: {e}")))?;
+        let module = (!r.module.is_empty()).then(|| {
+            self.modules
+                .entry((r.module.clone(), r.build_id.clone()))
+                .or_insert_with(|| {
+                    Arc::new(Module {
+                        path: r.module.as_str().into(),
+                        build_id: r.build_id.as_deref().map(Into::into),
+                    })
+                })
+                .clone()
+        });
+        let frame = Arc::new(Frame {
+            kind: kind_of(r.kind),
+            function: r.function.into(),
+            module,
+            address: r.address,
+            file: r.file.map(Into::into),
+            line: r.line,
+            start_line: r.start_line,
+        });
+        self.frames.insert(frame.clone(), id);
+        self.frame_by_id.insert(id, frame);
+        self.bump(id);
+        Ok(())
+    }
+
+    /// Loads a stored stack (its frames must be loaded).
+    pub fn load_stack(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
+        let r = StackRecord::decode(bytes).map_err(|e| Damaged(format!("stack {id}: {e}")))?;
+        let frames: Option<Vec<Arc<Frame>>> =
+            r.frames.iter().map(|f| self.frame_by_id.get(f).cloned()).collect();
+        let stack: Stack =
+            frames.ok_or_else(|| Damaged(format!("stack {id} refers to a missing frame")))?.into();
+        self.stacks.insert(stack.clone(), id);
+        self.stack_by_id.insert(id, stack);
+        self.bump(id);
+        Ok(())
+    }
+
+    /// Loads stored labels.
+    pub fn load_labels(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
+        let r = LabelsRecord::decode(bytes).map_err(|e| Damaged(format!("labels {id}: {e}")))?;
+        let labels = Arc::new(Labels {
+            pid: r.pid,
+            tid: r.tid,
+            comm: r.comm.into(),
+            thread: r.thread.into(),
+            exe: r.exe.into(),
+            cgroup: r.cgroup.into(),
+            container: r.container.into(),
+            pod_uid: r.pod_uid.into(),
+            runtime: r.runtime.into(),
+        });
+        self.labels.insert(labels.clone(), id);
+        self.labels_by_id.insert(id, labels);
+        self.bump(id);
+        Ok(())
+    }
+
+    /// The id of `frame`, interning it.
+    pub fn frame_id(&mut self, frame: &Arc<Frame>) -> u64 {
+        if let Some(&id) = self.frames.get(frame) {
+            return id;
+        }
+        let id = self.fresh_id();
+        let record = FrameRecord {
+            kind: kind_code(frame.kind),
+            function: frame.function.to_string(),
+            module: frame.module.as_ref().map(|m| m.path.to_string()).unwrap_or_default(),
+            build_id: frame.module.as_ref().and_then(|m| m.build_id.as_deref().map(Into::into)),
+            address: frame.address,
+            file: frame.file.as_deref().map(Into::into),
+            line: frame.line,
+            start_line: frame.start_line,
+        };
+        self.pending.push((Table::Frames, id, record.encode_to_vec()));
+        self.frames.insert(frame.clone(), id);
+        self.frame_by_id.insert(id, frame.clone());
+        id
+    }
+
+    /// The id of `stack`, interning it and its frames.
+    pub fn stack_id(&mut self, stack: &Stack) -> u64 {
+        if let Some(&id) = self.stacks.get(stack) {
+            return id;
+        }
+        let frames = stack.iter().map(|f| self.frame_id(f)).collect();
+        let id = self.fresh_id();
+        self.pending.push((Table::Stacks, id, StackRecord { frames }.encode_to_vec()));
+        self.stacks.insert(stack.clone(), id);
+        self.stack_by_id.insert(id, stack.clone());
+        id
+    }
+
+    /// The id of `labels`, interning them.
+    pub fn labels_id(&mut self, labels: &Arc<Labels>) -> u64 {
+        if let Some(&id) = self.labels.get(labels) {
+            return id;
+        }
+        let id = self.fresh_id();
+        let l = labels;
+        let record = LabelsRecord {
+            pid: l.pid,
+            tid: l.tid,
+            comm: l.comm.to_string(),
+            thread: l.thread.to_string(),
+            exe: l.exe.to_string(),
+            cgroup: l.cgroup.to_string(),
+            container: l.container.to_string(),
+            pod_uid: l.pod_uid.to_string(),
+            runtime: l.runtime.to_string(),
+        };
+        self.pending.push((Table::Labels, id, record.encode_to_vec()));
+        self.labels.insert(labels.clone(), id);
+        self.labels_by_id.insert(id, labels.clone());
+        id
+    }
+
+    /// The frame with id `id`.
+    pub fn frame(&self, id: u64) -> Option<&Arc<Frame>> {
+        self.frame_by_id.get(&id)
+    }
+
+    /// The stack with id `id`.
+    pub fn stack(&self, id: u64) -> Option<&Stack> {
+        self.stack_by_id.get(&id)
+    }
+
+    /// The labels with id `id`.
+    pub fn labels(&self, id: u64) -> Option<&Arc<Labels>> {
+        self.labels_by_id.get(&id)
+    }
+
+    /// Every labels id with its labels.
+    pub fn all_labels(&self) -> impl Iterator<Item = (u64, &Arc<Labels>)> {
+        self.labels_by_id.iter().map(|(&id, l)| (id, l))
+    }
+
+    /// Distinct frames, stacks and labels held.
+    pub fn len(&self) -> usize {
+        self.frame_by_id.len() + self.stack_by_id.len() + self.labels_by_id.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triples_merge_by_their_first_two_values() {
+        assert_eq!(
+            merge_triples(&[1, 2, 3, 4, 5, 6], &[4, 5, 1, 7, 8, 9]),
+            [1, 2, 3, 4, 5, 7, 7, 8, 9]
+        );
+    }
+
+    #[test]
+    fn interned_records_load_back_equal() {
+        let module =
+            Arc::new(Module { path: "/usr/lib/libz.so.1".into(), build_id: Some("ab".into()) });
+        let frame = Arc::new(Frame {
+            kind: FrameKind::Native,
+            function: "deflate".into(),
+            module: Some(module),
+            address: 0x1234,
+            file: None,
+            line: 0,
+            start_line: 0,
+        });
+        let py = Arc::new(Frame {
+            kind: FrameKind::Python,
+            file: Some("app.py".into()),
+            line: 7,
+            start_line: 3,
+            ..Frame::marker("handler")
+        });
+        let stack: Stack = vec![frame.clone(), py.clone()].into();
+        let labels = Arc::new(Labels {
+            pid: 9,
+            comm: "app".into(),
+            runtime: "CPython 3.12.1".into(),
+            ..Labels::default()
+        });
+        let mut d = Dictionary::default();
+        let (s, l) = (d.stack_id(&stack), d.labels_id(&labels));
+        assert_eq!(d.stack_id(&stack), s, "interned once");
+        let mut loaded = Dictionary::default();
+        for (table, id, bytes) in std::mem::take(&mut d.pending) {
+            match table {
+                Table::Frames => loaded.load_frame(id, &bytes).unwrap(),
+                Table::Stacks => loaded.load_stack(id, &bytes).unwrap(),
+                Table::Labels => loaded.load_labels(id, &bytes).unwrap(),
+            }
+        }
+        assert_eq!(loaded.stack(s), Some(&stack));
+        assert_eq!(loaded.labels(l), Some(&labels));
+        assert!(loaded.stack_id(&stack) == s && loaded.pending.is_empty());
+        assert!(loaded.labels_id(&Arc::new(Labels::default())) > l, "new ids do not collide");
+    }
+}

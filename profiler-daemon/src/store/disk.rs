@@ -1,0 +1,717 @@
+//! The on-disk profile store: closed windows in a redb database under `--data-dir`.
+//!
+//! redb gives ACID transactions with a crash-safe commit, checksummed pages and concurrent
+//! readers, in pure Rust: each closed window is one transaction, so a `kill -9` loses at most
+//! the window that was open. Windows refer to deduplicated frames, stacks and labels
+//! ([`super::codec`]), and every window is also merged into its minute and hour rollups in the
+//! same transaction, so that a range query reads at most a few dozen records ([`super::plan`]).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use prost::Message as _;
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase as _, ReadableTable as _,
+    ReadableTableMetadata as _, TableDefinition,
+};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::{
+    codec::{Damaged, Dictionary, Table, WindowRecord},
+    plan::{self, LEVELS_NS, Piece},
+};
+use crate::{
+    aggregate::{MergedProfile, Window},
+    selector::Selector,
+};
+
+const WINDOWS: TableDefinition<i64, &[u8]> = TableDefinition::new("windows");
+const ROLLUPS: TableDefinition<(u8, i64), &[u8]> = TableDefinition::new("rollups");
+const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
+const STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("stacks");
+const LABELS: TableDefinition<u64, &[u8]> = TableDefinition::new("labels");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Version of the record layout; a store written by a newer layout is refused.
+const SCHEMA_VERSION: u64 = 1;
+/// The database file in the data directory.
+pub const FILE_NAME: &str = "profiles.redb";
+
+/// What the store keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct DiskRetention {
+    /// Windows that started longer ago than this are dropped.
+    pub max_age: Duration,
+    /// Once the records take more than this many bytes, the oldest hours are dropped.
+    pub max_bytes: u64,
+}
+
+/// Why the store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source} (choose another with --data-dir)")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Another process has the store open.
+    #[error(
+        "the profile store {0} is in use by another process (another profilerd?); stop it or \
+         choose another --data-dir"
+    )]
+    InUse(PathBuf),
+    /// The file is damaged.
+    #[error(
+        "the profile store {path} is damaged ({reason}). Start profilerd with --repair to move \
+         it aside (it is kept as {path}.corrupt-<time>) and start an empty store, or move it \
+         away yourself"
+    )]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file was written by a newer profilerd.
+    #[error(
+        "the profile store {path} has layout {found}; this profilerd reads up to {SCHEMA_VERSION}"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: u64,
+    },
+    /// Any other database error.
+    #[error("profile store {path}: {source}")]
+    Db {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<redb::Error>,
+    },
+}
+
+/// Sizes and counters for `Status`.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStatus {
+    /// The database file.
+    pub path: PathBuf,
+    /// Bytes of stored records (the file is somewhat larger).
+    pub bytes: u64,
+    /// The file's size.
+    pub file_bytes: u64,
+    /// Windows stored.
+    pub windows: u64,
+    /// Windows dropped by retention since start.
+    pub evicted: u64,
+    /// Distinct frames, stacks and labels stored.
+    pub dictionary: u64,
+    /// End of the newest stored window.
+    pub persisted_until_ns: i64,
+}
+
+/// The store. Shared by the writer thread and the query handlers.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    retention: DiskRetention,
+    dict: Mutex<Dictionary>,
+    bytes: AtomicU64,
+    windows: AtomicU64,
+    evicted: AtomicU64,
+    persisted_until: AtomicI64,
+    durable: std::sync::atomic::AtomicBool,
+}
+
+impl Store {
+    /// Whether each append waits for the disk (the default). Bulk loads, such as the
+    /// benchmarks' day of windows, can turn it off; a crash may then lose recent windows.
+    pub fn set_durable(&self, durable: bool) {
+        self.durable.store(durable, Relaxed);
+    }
+
+    /// Opens (or creates) the store in `dir`. With `repair`, a store that cannot be read is
+    /// renamed aside and a new one is created.
+    pub fn open(dir: &Path, retention: DiskRetention, repair: bool) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| StoreError::Dir { path: dir.to_owned(), source })?;
+        let path = dir.join(FILE_NAME);
+        match Store::open_file(&path, retention) {
+            Err(StoreError::Damaged { reason, .. }) if repair => {
+                let aside = PathBuf::from(format!(
+                    "{}.corrupt-{}",
+                    path.display(),
+                    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                ));
+                std::fs::rename(&path, &aside)
+                    .map_err(|source| StoreError::Dir { path: path.clone(), source })?;
+                warn!(moved_to = %aside.display(), %reason, "the profile store was damaged; starting a new one");
+                Store::open_file(&path, retention)
+            }
+            other => other,
+        }
+    }
+
+    fn open_file(path: &Path, retention: DiskRetention) -> Result<Store, StoreError> {
+        let db_err = |e: redb::Error| classify(path, e);
+        let db = Database::create(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
+            e => db_err(e.into()),
+        })?;
+        let store = Store {
+            db,
+            path: path.to_owned(),
+            retention,
+            dict: Mutex::new(Dictionary::default()),
+            bytes: AtomicU64::new(0),
+            windows: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            persisted_until: AtomicI64::new(0),
+            durable: std::sync::atomic::AtomicBool::new(true),
+        };
+        store.load().map_err(|e| match e {
+            LoadError::Db(e) => db_err(e),
+            LoadError::Damaged(d) => StoreError::Damaged { path: path.to_owned(), reason: d.0 },
+            LoadError::Version(found) => StoreError::Version { path: path.to_owned(), found },
+        })?;
+        info!(
+            path = %path.display(),
+            windows = store.windows.load(Relaxed),
+            bytes = store.bytes.load(Relaxed),
+            "profile store opened"
+        );
+        Ok(store)
+    }
+
+    /// Creates the tables, checks the layout version and loads the dictionaries.
+    fn load(&self) -> Result<(), LoadError> {
+        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        {
+            let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
+            let version = meta.get("schema").map_err(redb::Error::from)?.map(|v| v.value());
+            match version {
+                Some(v) if v > SCHEMA_VERSION => return Err(LoadError::Version(v)),
+                Some(_) => {}
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION).map_err(redb::Error::from)?;
+                }
+            }
+            txn.open_table(ROLLUPS).map_err(redb::Error::from)?;
+            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut bytes = 0u64;
+            for (def, table) in
+                [(FRAMES, Table::Frames), (STACKS, Table::Stacks), (LABELS, Table::Labels)]
+            {
+                let t = txn.open_table(def).map_err(redb::Error::from)?;
+                for row in t.iter().map_err(redb::Error::from)? {
+                    let (k, v) = row.map_err(redb::Error::from)?;
+                    let (id, value) = (k.value(), v.value());
+                    bytes += value.len() as u64 + 8;
+                    match table {
+                        Table::Frames => dict.load_frame(id, value)?,
+                        Table::Stacks => dict.load_stack(id, value)?,
+                        Table::Labels => dict.load_labels(id, value)?,
+                    }
+                }
+            }
+            let windows = txn.open_table(WINDOWS).map_err(redb::Error::from)?;
+            for row in windows.iter().map_err(redb::Error::from)? {
+                let (_, v) = row.map_err(redb::Error::from)?;
+                bytes += v.value().len() as u64 + 8;
+            }
+            self.windows.store(windows.len().map_err(redb::Error::from)?, Relaxed);
+            if let Some(last) = windows.last().map_err(redb::Error::from)? {
+                let record = WindowRecord::decode(last.1.value())
+                    .map_err(|e| Damaged(format!("window {}: {e}", last.0.value())))?;
+                self.persisted_until.store(record.end_ns, Relaxed);
+            }
+            let rollups = txn.open_table(ROLLUPS).map_err(redb::Error::from)?;
+            for row in rollups.iter().map_err(redb::Error::from)? {
+                let (_, v) = row.map_err(redb::Error::from)?;
+                bytes += v.value().len() as u64 + 9;
+            }
+            self.bytes.store(bytes, Relaxed);
+        }
+        txn.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    /// End of the newest stored window: every window that starts before it is stored.
+    pub fn persisted_until(&self) -> i64 {
+        self.persisted_until.load(Relaxed)
+    }
+
+    /// Stores a closed window, merges it into its rollups and applies retention as of `now_ns`,
+    /// in one transaction.
+    pub fn append(&self, window: &Window, now_ns: i64) -> Result<(), StoreError> {
+        self.append_inner(window, now_ns).map_err(|e| classify(&self.path, e))?;
+        self.persisted_until.store(window.end_ns, Relaxed);
+        Ok(())
+    }
+
+    fn append_inner(&self, window: &Window, now_ns: i64) -> Result<(), redb::Error> {
+        let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut record = WindowRecord {
+            start_ns: window.start_ns,
+            end_ns: window.end_ns,
+            samples: window.samples,
+            drops: window.drops.0.to_vec(),
+            entries: Vec::with_capacity(window.entries.len() * 3),
+            calls: Vec::with_capacity(window.calls.len() * 3),
+            windows: 1,
+        };
+        for e in &window.entries {
+            record.entries.extend([dict.labels_id(&e.labels), dict.stack_id(&e.stack), e.count]);
+        }
+        for c in &window.calls {
+            record.calls.extend([dict.labels_id(&c.labels), dict.frame_id(&c.function), c.count]);
+        }
+        let pending = std::mem::take(&mut dict.pending);
+        drop(dict);
+        let mut txn = self.db.begin_write()?;
+        if !self.durable.load(Relaxed) {
+            txn.set_durability(Durability::None)?;
+        }
+        let mut added = 0i64;
+        {
+            for (table, id, bytes) in &pending {
+                let def = match table {
+                    Table::Frames => FRAMES,
+                    Table::Stacks => STACKS,
+                    Table::Labels => LABELS,
+                };
+                txn.open_table(def)?.insert(id, bytes.as_slice())?;
+                added += bytes.len() as i64 + 8;
+            }
+            let encoded = record.encode_to_vec();
+            let mut windows = txn.open_table(WINDOWS)?;
+            let replaced =
+                windows.insert(window.start_ns, encoded.as_slice())?.map(|old| old.value().len());
+            added += encoded.len() as i64 + 8 - replaced.map_or(0, |l| l as i64 + 8);
+            if replaced.is_none() {
+                self.windows.fetch_add(1, Relaxed);
+            }
+            let mut rollups = txn.open_table(ROLLUPS)?;
+            for level in 0..LEVELS_NS.len() {
+                let key = (level as u8, plan::bucket(level, window.start_ns));
+                let (mut merged, old_len) = match rollups.get(key)? {
+                    Some(v) => {
+                        let old = v.value();
+                        (WindowRecord::decode(old).unwrap_or_default(), old.len() as i64 + 9)
+                    }
+                    None => (WindowRecord::default(), 0),
+                };
+                merged.merge(&record);
+                let bytes = merged.encode_to_vec();
+                rollups.insert(key, bytes.as_slice())?;
+                added += bytes.len() as i64 + 9 - old_len;
+            }
+        }
+        self.add_bytes(added);
+        self.expire(&txn, now_ns)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn add_bytes(&self, delta: i64) {
+        if delta >= 0 {
+            self.bytes.fetch_add(delta as u64, Relaxed);
+        } else {
+            let _ = self
+                .bytes
+                .fetch_update(Relaxed, Relaxed, |b| Some(b.saturating_sub(delta.unsigned_abs())));
+        }
+    }
+
+    /// Drops windows older than the retention age, then whole oldest hours while the records
+    /// are over the size bound. Rollups go with their last window.
+    fn expire(&self, txn: &redb::WriteTransaction, now_ns: i64) -> Result<(), redb::Error> {
+        let max_age = i64::try_from(self.retention.max_age.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now_ns.saturating_sub(max_age);
+        self.drop_before(txn, cutoff)?;
+        while self.bytes.load(Relaxed) > self.retention.max_bytes {
+            let oldest = txn.open_table(WINDOWS)?.first()?.map(|(k, _)| k.value());
+            let Some(oldest) = oldest else { break };
+            let hour_end = plan::bucket(0, oldest) + LEVELS_NS[0];
+            if self.drop_before(txn, hour_end)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes windows that start before `cutoff` and the rollups that end by it; returns the
+    /// windows deleted.
+    fn drop_before(&self, txn: &redb::WriteTransaction, cutoff: i64) -> Result<u64, redb::Error> {
+        let mut windows = txn.open_table(WINDOWS)?;
+        let mut freed = 0u64;
+        let mut dropped = 0u64;
+        for row in windows.extract_from_if(..cutoff, |_, _| true)? {
+            let (_, v) = row?;
+            freed += v.value().len() as u64 + 8;
+            dropped += 1;
+        }
+        let mut rollups = txn.open_table(ROLLUPS)?;
+        for (level, len) in LEVELS_NS.iter().enumerate() {
+            let from = (level as u8, i64::MIN);
+            let to = (level as u8, cutoff.saturating_sub(*len).saturating_add(1));
+            for row in rollups.extract_from_if(from..to, |_, _| true)? {
+                let (_, v) = row?;
+                freed += v.value().len() as u64 + 9;
+            }
+        }
+        if dropped > 0 {
+            self.windows.fetch_sub(dropped.min(self.windows.load(Relaxed)), Relaxed);
+            self.evicted.fetch_add(dropped, Relaxed);
+        }
+        self.add_bytes(-(freed as i64));
+        Ok(dropped)
+    }
+
+    /// Merges the stored windows that overlap `[start_ns, end_ns)` and match `selector`.
+    pub fn merge(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        selector: &Selector,
+    ) -> Result<MergedProfile, StoreError> {
+        self.merge_inner(start_ns, end_ns, selector).map_err(|e| classify(&self.path, e))
+    }
+
+    fn merge_inner(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        selector: &Selector,
+    ) -> Result<MergedProfile, redb::Error> {
+        let mut acc = Accumulator::default();
+        if start_ns >= end_ns {
+            return Ok(
+                acc.finish(&self.dict.lock().unwrap_or_else(PoisonError::into_inner), selector)
+            );
+        }
+        let txn = self.db.begin_read()?;
+        let windows = txn.open_table(WINDOWS)?;
+        let rollups = txn.open_table(ROLLUPS)?;
+        // Only the stored span is planned over, so that open-ended ranges stay cheap.
+        let (Some(first), Some(last)) = (windows.first()?, windows.last()?) else {
+            return Ok(
+                acc.finish(&self.dict.lock().unwrap_or_else(PoisonError::into_inner), selector)
+            );
+        };
+        let start_ns = start_ns.max(first.0.value());
+        let end_ns = end_ns.min(last.0.value().saturating_add(1));
+        drop((first, last));
+        // A window that started before the range but reaches into it.
+        if let Some(row) = windows.range(..start_ns)?.next_back() {
+            let (_, v) = row?;
+            if let Ok(r) = WindowRecord::decode(v.value())
+                && r.end_ns > start_ns
+            {
+                acc.add(&r);
+            }
+        }
+        for piece in plan::plan(start_ns, end_ns) {
+            match piece {
+                Piece::Rollup { level, start } => {
+                    if let Some(v) = rollups.get((level as u8, start))? {
+                        acc.add_bytes(v.value());
+                    }
+                }
+                Piece::Raw { start, end } => {
+                    for row in windows.range(start..end)? {
+                        acc.add_bytes(row?.1.value());
+                    }
+                }
+            }
+        }
+        let dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(acc.finish(&dict, selector))
+    }
+
+    /// Sizes and counters.
+    pub fn status(&self) -> StoreStatus {
+        StoreStatus {
+            path: self.path.clone(),
+            bytes: self.bytes.load(Relaxed),
+            file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            windows: self.windows.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            dictionary: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            persisted_until_ns: self.persisted_until(),
+        }
+    }
+}
+
+enum LoadError {
+    Db(redb::Error),
+    Damaged(Damaged),
+    Version(u64),
+}
+
+impl From<redb::Error> for LoadError {
+    fn from(e: redb::Error) -> Self {
+        LoadError::Db(e)
+    }
+}
+
+impl From<Damaged> for LoadError {
+    fn from(e: Damaged) -> Self {
+        LoadError::Damaged(e)
+    }
+}
+
+/// Corruption becomes [`StoreError::Damaged`], with its recovery path; the rest stays a
+/// database error.
+fn classify(path: &Path, e: redb::Error) -> StoreError {
+    match e {
+        redb::Error::Corrupted(reason) => StoreError::Damaged { path: path.to_owned(), reason },
+        redb::Error::Io(io)
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+            ) =>
+        {
+            StoreError::Damaged { path: path.to_owned(), reason: io.to_string() }
+        }
+        redb::Error::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
+        e => StoreError::Db { path: path.to_owned(), source: Box::new(e) },
+    }
+}
+
+/// Sums of stored records by id, resolved once at the end.
+#[derive(Default)]
+struct Accumulator {
+    start_ns: Option<i64>,
+    end_ns: i64,
+    windows: u64,
+    drops: crate::stats::DropSnapshot,
+    entries: HashMap<(u64, u64), u64>,
+    calls: HashMap<(u64, u64), u64>,
+    damaged: u64,
+}
+
+impl Accumulator {
+    fn add_bytes(&mut self, bytes: &[u8]) {
+        match WindowRecord::decode(bytes) {
+            Ok(r) => self.add(&r),
+            Err(_) => self.damaged += 1,
+        }
+    }
+
+    fn add(&mut self, r: &WindowRecord) {
+        self.start_ns = Some(self.start_ns.map_or(r.start_ns, |s| s.min(r.start_ns)));
+        self.end_ns = self.end_ns.max(r.end_ns);
+        self.windows += r.windows;
+        self.drops.add(&r.drop_snapshot());
+        for t in r.entries.chunks_exact(3) {
+            *self.entries.entry((t[0], t[1])).or_insert(0) += t[2];
+        }
+        for t in r.calls.chunks_exact(3) {
+            *self.calls.entry((t[0], t[1])).or_insert(0) += t[2];
+        }
+    }
+
+    fn finish(self, dict: &Dictionary, selector: &Selector) -> MergedProfile {
+        let mut matches: HashMap<u64, bool> = HashMap::new();
+        let mut keep = |id: u64| {
+            *matches
+                .entry(id)
+                .or_insert_with(|| dict.labels(id).is_some_and(|l| selector.matches(l)))
+        };
+        let mut merged = MergedProfile {
+            start_ns: self.start_ns.unwrap_or(0),
+            end_ns: self.end_ns,
+            windows: self.windows,
+            drops: self.drops,
+            ..MergedProfile::default()
+        };
+        let mut damaged = self.damaged;
+        for ((labels, stack), count) in self.entries {
+            if !keep(labels) {
+                continue;
+            }
+            match (dict.labels(labels), dict.stack(stack)) {
+                (Some(l), Some(s)) => {
+                    merged.samples += count;
+                    *merged.entries.entry((l.clone(), s.clone())).or_insert(0) += count;
+                }
+                _ => damaged += 1,
+            }
+        }
+        for ((labels, frame), count) in self.calls {
+            if !keep(labels) {
+                continue;
+            }
+            if let (Some(l), Some(f)) = (dict.labels(labels), dict.frame(frame)) {
+                *merged.calls.entry((l.clone(), f.clone())).or_insert(0) += count;
+            }
+        }
+        if damaged > 0 {
+            warn!(damaged, "stored records that could not be read were skipped");
+        }
+        merged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::aggregate::{Frame, Labels, window::WindowEntry};
+
+    const S: i64 = 1_000_000_000;
+
+    fn entry(pid: u32, function: &str, count: u64) -> WindowEntry {
+        let labels = Arc::new(Labels { pid, comm: "app".into(), ..Labels::default() });
+        let frame = Arc::new(Frame {
+            kind: crate::aggregate::FrameKind::Native,
+            ..Frame::marker(function)
+        });
+        WindowEntry { labels, stack: vec![frame].into(), count }
+    }
+
+    /// A 10 s window starting at `start`.
+    fn window_of(start: i64, entries: Vec<WindowEntry>) -> Window {
+        Window {
+            start_ns: start,
+            end_ns: start + 10 * S,
+            samples: entries.iter().map(|e| e.count).sum(),
+            drops: crate::stats::DropSnapshot::default(),
+            entries,
+            calls: Vec::new(),
+        }
+    }
+
+    fn window(start: i64, pid: u32, function: &str, count: u64) -> Window {
+        window_of(start, vec![entry(pid, function, count)])
+    }
+
+    fn retention() -> DiskRetention {
+        DiskRetention { max_age: Duration::from_secs(48 * 3600), max_bytes: 1 << 30 }
+    }
+
+    fn counts(m: &MergedProfile) -> Vec<(String, u64)> {
+        let mut v: Vec<_> =
+            m.entries.iter().map(|((_, s), c)| (s[0].function.to_string(), *c)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn windows_survive_a_reopen_and_merge_through_rollups() {
+        let dir = tempdir("reopen");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        {
+            let store = Store::open(&dir, retention(), false).unwrap();
+            // Two hours of windows, 10 s each: 720 windows of 2 stacks.
+            for i in 0..720 {
+                let w =
+                    window_of(base + i * 10 * S, vec![entry(1, "steady", 3), entry(2, "other", 1)]);
+                store.append(&w, base + 7200 * S).unwrap();
+            }
+        }
+        let store = Store::open(&dir, retention(), false).unwrap();
+        let status = store.status();
+        assert_eq!(status.windows, 720);
+        assert_eq!(status.dictionary, 4 + 2, "2 frames + 2 stacks + 2 labels, stored once");
+        let all = store.merge(base, base + 7200 * S, &Selector::default()).unwrap();
+        assert_eq!(counts(&all), [("other".into(), 720), ("steady".into(), 2160)]);
+        assert_eq!(all.windows, 720);
+        // An unaligned range: raw edges plus minute rollups.
+        let part = store.merge(base + 95 * S, base + 3695 * S, &Selector::default()).unwrap();
+        // Windows starting in [95 s, 3695 s), plus the one that started at 90 s.
+        assert_eq!(counts(&part)[1], ("steady".into(), 3 * 361));
+        let only = store.merge(base, base + 7200 * S, &"pid=2".parse().unwrap()).unwrap();
+        assert_eq!(counts(&only), [("other".into(), 720)]);
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_first_and_counts_them() {
+        let dir = tempdir("retention");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let store = Store::open(
+            &dir,
+            DiskRetention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 },
+            false,
+        )
+        .unwrap();
+        for i in 0..720 {
+            store.append(&window(base + i * 10 * S, 1, "f", 1), base + (i + 1) * 10 * S).unwrap();
+        }
+        let status = store.status();
+        assert_eq!(status.windows, 360, "one hour kept");
+        assert_eq!(status.evicted, 360);
+        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(all.samples, 360);
+    }
+
+    #[test]
+    fn a_size_bound_drops_whole_oldest_hours() {
+        let dir = tempdir("size");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let store = Store::open(
+            &dir,
+            DiskRetention { max_age: Duration::from_secs(1 << 30), max_bytes: 40_000 },
+            false,
+        )
+        .unwrap();
+        for i in 0..1080 {
+            store.append(&window(base + i * 10 * S, 1, "f", 1), base).unwrap();
+        }
+        let status = store.status();
+        assert!(status.bytes <= 40_000, "{status:?}");
+        assert!(status.evicted > 0 && status.evicted.is_multiple_of(360), "{status:?}");
+        let kept = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(kept.samples, status.windows);
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_with_a_way_out_and_repaired_on_request() {
+        let dir = tempdir("damaged");
+        {
+            let store = Store::open(&dir, retention(), false).unwrap();
+            for i in 0..50 {
+                store.append(&window(i * 10 * S, 1, "f", 1), 0).unwrap();
+            }
+        }
+        let path = dir.join(FILE_NAME);
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(len / 2).unwrap();
+        drop(file);
+        let err = Store::open(&dir, retention(), false).unwrap_err().to_string();
+        assert!(err.contains("is damaged") && err.contains("--repair"), "{err}");
+        let store = Store::open(&dir, retention(), true).unwrap();
+        assert_eq!(store.status().windows, 0);
+        let aside: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged file is kept");
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("profiler-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+}
