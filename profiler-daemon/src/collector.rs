@@ -284,6 +284,7 @@ impl Collector {
                     while let Some(record) = ring.next() {
                         self.handle(&record);
                     }
+                    self.stats.drained();
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(COUNTERS_EVERY_TICKS) {
                         match counters.read() {

@@ -23,9 +23,27 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(name = "profctl", version, about)]
 pub struct Cli {
-    /// The daemon's endpoint: unix:///PATH, http://HOST:PORT or tcp://HOST:PORT.
+    /// The daemon's endpoint: unix:///PATH, http://HOST:PORT (plain text), https://HOST:PORT
+    /// (TLS, with --ca) or tcp://HOST:PORT (TLS when --ca is given, plain text otherwise).
     #[arg(long, global = true, env = "PROFCTL_ENDPOINT", default_value = concat!("unix://", "/run/profiler/profiler.sock"))]
     pub endpoint: String,
+
+    /// CA certificate (PEM) that signed the daemon's certificate; makes a tcp:// endpoint TLS.
+    #[arg(long, global = true, env = "PROFCTL_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for a daemon that requires one (--tls-client-ca); needs --key.
+    #[arg(long, global = true, env = "PROFCTL_CERT", value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert.
+    #[arg(long, global = true, env = "PROFCTL_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+
+    /// Name to check the daemon's certificate against, when it differs from the endpoint's
+    /// host (for example an IP address endpoint and a certificate for a DNS name).
+    #[arg(long, global = true, env = "PROFCTL_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
 
     /// What to do.
     #[command(subcommand)]
@@ -192,7 +210,13 @@ impl QueryArgs {
 
 /// Runs profctl.
 pub async fn main(cli: Cli) -> anyhow::Result<()> {
-    let mut client = client::connect(&cli.endpoint).await?;
+    let tls = client::TlsOptions {
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+        server_name: cli.tls_server_name.clone(),
+    };
+    let mut client = client::connect_with(&cli.endpoint, &tls).await?;
     match cli.command {
         Command::Status => {
             let status =

@@ -1,4 +1,5 @@
-//! Wiring: starts the sampler, the pipeline stages and the gRPC server, and stops them in order.
+//! Wiring: starts the sampler, the pipeline stages, the gRPC server and the metrics endpoint,
+//! and stops them in order.
 //!
 //! ```text
 //! kernel ring buffer -> collector (task) -> symbolizer (thread) -> aggregator (task) <- server
@@ -23,11 +24,12 @@ use crate::{
     aggregate::actor::{self, AggregatorConfig},
     calls::CallTracker,
     collector::Collector,
-    config::DaemonArgs,
+    config::{DaemonArgs, MetricsListen},
     loader::{LoadError, Sampler, SamplerConfig},
+    metrics,
     process::ProcessTable,
     python::Detector,
-    server::{DaemonInfo, ListenError, Listener, ProfilerService, serve},
+    server::{DaemonInfo, GrpcEndpoint, ListenError, Listener, ProfilerService, serve},
     stats::PipelineStats,
     store::{self, DiskRetention, Retention, Store, StoreError},
     symbolize::{self, SymbolizerStats},
@@ -52,6 +54,9 @@ pub enum DaemonError {
     /// The gRPC endpoint could not be set up.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The metrics endpoint could not be set up.
+    #[error(transparent)]
+    Metrics(#[from] metrics::BindError),
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -67,12 +72,15 @@ pub enum DaemonError {
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `ready` is called once the programs are
-/// attached and the endpoint is listening.
+/// attached and the gRPC and metrics endpoints are listening.
 pub async fn run(
     args: DaemonArgs,
     shutdown: CancellationToken,
     ready: impl FnOnce(),
 ) -> Result<(), DaemonError> {
+    // The gRPC endpoint's options first: a bad certificate file or a refused plain-text address
+    // is a configuration error, reported before anything is loaded.
+    let endpoint = GrpcEndpoint::from_args(&args)?;
     crate::loader::require_privileges()?;
     // The store next: a damaged or locked store should stop the daemon before it attaches.
     let store = Arc::new(Store::open(
@@ -86,7 +94,11 @@ pub async fn run(
         bpf_stats: args.bpf_stats,
         ring_buffer_bytes: args.ring_buffer_size,
     })?;
-    let listener = Listener::bind(&args.listen).await?;
+    let listener = Listener::bind(&endpoint).await?;
+    let metrics_listener = match args.metrics_listen {
+        MetricsListen::Off => None,
+        MetricsListen::Tcp(addr) => Some(metrics::bind(addr).await?),
+    };
     let ring = sampler.take_samples()?;
     let counters = sampler.take_counters()?;
     let py_procs = sampler.take_python_procs()?;
@@ -157,14 +169,34 @@ pub async fn run(
         program_id,
         runtimes,
     });
-    info!(listen = %args.listen, frequency = args.frequency, window = ?args.window, "profilerd ready");
+    let service = ProfilerService::new(aggregator.clone(), info.clone())
+        .with_collector(command_tx)
+        .with_store(store.clone());
+    // The bound address, which differs from the option for port 0.
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let metrics_task = metrics_listener.map(|listener| {
+        let sources =
+            metrics::Sources { info, aggregator, store: Some(store), grpc: service.grpc_stats() };
+        tokio::spawn(
+            metrics::serve(listener, sources, shutdown.clone()).instrument(info_span!("metrics")),
+        )
+    });
+    info!(
+        listen = %args.listen,
+        tls = endpoint.security(),
+        metrics = %metrics_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        frequency = args.frequency,
+        window = ?args.window,
+        "profilerd ready"
+    );
     ready();
-    let service =
-        ProfilerService::new(aggregator, info).with_collector(command_tx).with_store(store);
     let served = serve(listener, service, shutdown.clone()).await;
 
     // Stop sampling first (the collector owns the sampler), then drain the stages in order.
     shutdown.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     match collector_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "the collector failed"),

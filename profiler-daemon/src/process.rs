@@ -527,6 +527,20 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// Whether the unit tests run under qemu-user, where `.ci/cross-aarch64` sets
+/// `PROFILER_UNDER_QEMU=1`; if so, prints why `test` is skipped. There the kernel runs qemu, not
+/// the test binary: `/proc/<own pid>` describes qemu's executable and mappings (qemu rewrites
+/// only some of its own `/proc` paths), `process_vm_readv` is not emulated, and the kernel is
+/// the host's, of another architecture.
+#[cfg(test)]
+pub(crate) fn skip_under_qemu_user(test: &str, reason: &str) -> bool {
+    let under_qemu = std::env::var_os("PROFILER_UNDER_QEMU").is_some_and(|v| v == "1");
+    if under_qemu {
+        eprintln!("skipped under qemu-user: {test}: {reason}");
+    }
+    under_qemu
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -560,6 +574,12 @@ mod tests {
 
     #[test]
     fn own_process_normalizes_to_its_executable() {
+        if skip_under_qemu_user(
+            "own_process_normalizes_to_its_executable",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
         let pid = std::process::id();
         let mut table = ProcessTable::new(16);
         let info = table.observe(pid, pid, b"test");
@@ -609,6 +629,13 @@ mod tests {
     fn exited_processes_keep_their_facts_until_the_grace_period_ends() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id();
+        // spawn may return before the child has called exec: glibc's posix_spawn relies on
+        // vfork for that, and qemu-user runs vfork as a plain fork. Wait until it is sleep.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "sleep\n" {
+            assert!(Instant::now() < deadline, "the child never became sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let mut table = ProcessTable::new(16);
         assert_eq!(&*table.observe(pid, 0, b"sleep").comm, "sleep");
         child.kill().unwrap();

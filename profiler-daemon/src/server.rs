@@ -4,6 +4,7 @@
 
 use std::{
     io,
+    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::{
@@ -24,18 +25,20 @@ use tokio::{
 };
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, transport::ServerTlsConfig};
+use tracing::warn;
 
 use crate::{
     aggregate::{AggregatorHandle, MergedProfile, Window, actor::now_ns},
     calls::CallsError,
     collector,
-    config::ListenAddr,
+    config::{DaemonArgs, ListenAddr},
     export,
     selector::Selector,
     stats::{DropSnapshot, PipelineStats},
     store::{Store, StoreError},
     symbolize::SymbolizerStats,
+    tls::{self, PemFile, TlsError},
 };
 
 /// Facts and counters that `Status` reports.
@@ -69,6 +72,85 @@ impl DaemonInfo {
     }
 }
 
+/// A gRPC method, as counted in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrpcMethod {
+    /// `Query`.
+    Query,
+    /// `Watch` (counted when the stream opens).
+    Watch,
+    /// `Status`.
+    Status,
+    /// `SetPythonCalls`.
+    SetPythonCalls,
+}
+
+impl GrpcMethod {
+    /// Every method, in reporting order.
+    pub const ALL: [GrpcMethod; 4] =
+        [GrpcMethod::Query, GrpcMethod::Watch, GrpcMethod::Status, GrpcMethod::SetPythonCalls];
+
+    /// The method's name in the proto service.
+    pub const fn name(self) -> &'static str {
+        match self {
+            GrpcMethod::Query => "Query",
+            GrpcMethod::Watch => "Watch",
+            GrpcMethod::Status => "Status",
+            GrpcMethod::SetPythonCalls => "SetPythonCalls",
+        }
+    }
+}
+
+/// Requests and failed requests per gRPC method since start, for metrics.
+#[derive(Debug, Default)]
+pub struct GrpcStats {
+    requests: [AtomicU64; GrpcMethod::ALL.len()],
+    errors: [AtomicU64; GrpcMethod::ALL.len()],
+}
+
+impl GrpcStats {
+    /// Counts a request. It counts as an error too unless it ends with [`Call::ok`], so every
+    /// `?` in a handler is counted, and so is a request the client gave up on (`CANCELLED`).
+    fn call(&self, method: GrpcMethod) -> Call<'_> {
+        self.requests[method as usize].fetch_add(1, Relaxed);
+        Call { stats: self, method, ok: false }
+    }
+
+    /// Requests of `method` since start.
+    pub fn requests(&self, method: GrpcMethod) -> u64 {
+        self.requests[method as usize].load(Relaxed)
+    }
+
+    /// Requests of `method` that did not succeed, since start.
+    pub fn errors(&self, method: GrpcMethod) -> u64 {
+        self.errors[method as usize].load(Relaxed)
+    }
+}
+
+/// One request in progress; see [`GrpcStats::call`].
+#[must_use = "a call dropped without `ok` counts as an error"]
+struct Call<'a> {
+    stats: &'a GrpcStats,
+    method: GrpcMethod,
+    ok: bool,
+}
+
+impl Call<'_> {
+    /// Ends the request successfully with `response`.
+    fn ok<T>(mut self, response: T) -> Result<Response<T>, Status> {
+        self.ok = true;
+        Ok(Response::new(response))
+    }
+}
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        if !self.ok {
+            self.stats.errors[self.method as usize].fetch_add(1, Relaxed);
+        }
+    }
+}
+
 /// Implements `profiler.v1.Profiler`.
 #[derive(Clone, Debug)]
 pub struct ProfilerService {
@@ -76,12 +158,18 @@ pub struct ProfilerService {
     info: Arc<DaemonInfo>,
     collector: Option<mpsc::Sender<collector::Command>>,
     store: Option<Arc<Store>>,
+    grpc: Arc<GrpcStats>,
 }
 
 impl ProfilerService {
     /// A service answering from `aggregator`.
     pub fn new(aggregator: AggregatorHandle, info: Arc<DaemonInfo>) -> ProfilerService {
-        ProfilerService { aggregator, info, collector: None, store: None }
+        ProfilerService { aggregator, info, collector: None, store: None, grpc: Arc::default() }
+    }
+
+    /// The request counters of this service (shared by its clones), for metrics.
+    pub fn grpc_stats(&self) -> Arc<GrpcStats> {
+        self.grpc.clone()
     }
 
     /// Answers from the on-disk store too, for windows it has stored.
@@ -112,6 +200,7 @@ impl Profiler for ProfilerService {
         &self,
         request: Request<v1::QueryRequest>,
     ) -> Result<Response<v1::QueryResponse>, Status> {
+        let call = self.grpc.call(GrpcMethod::Query);
         let request = request.into_inner();
         let selector = Selector::from_proto(&request.filter.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -152,7 +241,7 @@ impl Profiler for ProfilerService {
         .await
         .map_err(|e| Status::internal(format!("query failed: {e}")))?
         .map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(response))
+        call.ok(response)
     }
 
     type WatchStream = WatchStream;
@@ -161,6 +250,7 @@ impl Profiler for ProfilerService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let call = self.grpc.call(GrpcMethod::Watch);
         let selector = Selector::from_proto(&request.into_inner().filter.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let closed = self.aggregator.subscribe();
@@ -176,19 +266,20 @@ impl Profiler for ProfilerService {
                 missed_windows: 0,
             }
         }));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        call.ok(Box::pin(ReceiverStream::new(rx)))
     }
 
     async fn status(
         &self,
         _: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusResponse>, Status> {
+        let call = self.grpc.call(GrpcMethod::Status);
         let aggregation =
             self.aggregator.status().await.map_err(|e| Status::unavailable(e.to_string()))?;
         let info = &self.info;
         let sym = &info.symbolizer;
         let cost = crate::loader::kernel_cost(info.program_id).unwrap_or_default();
-        Ok(Response::new(v1::StatusResponse {
+        call.ok(v1::StatusResponse {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             frequency_hz: u32::try_from(info.frequency).unwrap_or(u32::MAX),
             cpus: info.cpus,
@@ -237,13 +328,14 @@ impl Profiler for ProfilerService {
                     unstored: aggregation.unstored,
                 }
             }),
-        }))
+        })
     }
 
     async fn set_python_calls(
         &self,
         request: Request<v1::SetPythonCallsRequest>,
     ) -> Result<Response<v1::SetPythonCallsResponse>, Status> {
+        let call = self.grpc.call(GrpcMethod::SetPythonCalls);
         let v1::SetPythonCallsRequest { pid, enabled } = request.into_inner();
         let collector = self
             .collector
@@ -256,7 +348,7 @@ impl Profiler for ProfilerService {
             .await
             .map_err(|_| gone())?;
         let message = answer.await.map_err(|_| gone())?.map_err(|e| calls_status(&e))?;
-        Ok(Response::new(v1::SetPythonCallsResponse { message }))
+        call.ok(v1::SetPythonCallsResponse { message })
     }
 }
 
@@ -349,6 +441,128 @@ pub enum ListenError {
         #[source]
         source: io::Error,
     },
+    /// A certificate or key file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Only half of a certificate and key pair was given.
+    #[error("{0}")]
+    TlsIncomplete(&'static str),
+    /// Plain text on a non-loopback address without `--insecure`.
+    #[error(
+        "refusing to serve gRPC in plain text on tcp://{0}, which is not a loopback address: \
+         profiles (with command lines and paths) would cross the network unencrypted. Give a \
+         certificate with --tls-cert and --tls-key (and --tls-client-ca to require client \
+         certificates), listen on 127.0.0.1 or a unix:// socket, or pass --insecure to serve \
+         plain text anyway"
+    )]
+    PlaintextRefused(SocketAddr),
+}
+
+/// Why plain-text gRPC is allowed on a TCP address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plaintext {
+    /// The address is a loopback one: only this machine can connect.
+    Loopback,
+    /// The address is reachable from the network, and `--insecure` accepts that.
+    Insecure,
+}
+
+/// The rule for gRPC without TLS on `addr`: fine on loopback, refused elsewhere unless
+/// `insecure`. The unspecified addresses (`0.0.0.0`, `::`) count as the network.
+pub fn plaintext_allowed(addr: SocketAddr, insecure: bool) -> Result<Plaintext, ListenError> {
+    if addr.ip().to_canonical().is_loopback() {
+        Ok(Plaintext::Loopback)
+    } else if insecure {
+        Ok(Plaintext::Insecure)
+    } else {
+        Err(ListenError::PlaintextRefused(addr))
+    }
+}
+
+/// The gRPC endpoint the options ask for, checked: where to listen and the TLS to serve.
+#[derive(Clone, Debug)]
+pub struct GrpcEndpoint {
+    /// Where to listen.
+    pub addr: ListenAddr,
+    /// TLS for a TCP address (`--tls-cert`, `--tls-key`, `--tls-client-ca`).
+    pub tls: Option<ServerTlsConfig>,
+    /// Whether clients must present a certificate.
+    pub mutual: bool,
+}
+
+impl GrpcEndpoint {
+    /// Reads and checks the certificate files and applies [`plaintext_allowed`], warning when
+    /// `--insecure` lets plain text onto the network. A Unix socket needs no TLS (its file mode
+    /// decides who connects), so the TLS options are ignored there, with a warning.
+    pub fn from_args(args: &DaemonArgs) -> Result<GrpcEndpoint, ListenError> {
+        let files = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) if args.tls_client_ca.is_some() => {
+                return Err(ListenError::TlsIncomplete(
+                    "--tls-client-ca needs --tls-cert and --tls-key",
+                ));
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ListenError::TlsIncomplete("--tls-cert needs --tls-key"));
+            }
+            (None, Some(_)) => {
+                return Err(ListenError::TlsIncomplete("--tls-key needs --tls-cert"));
+            }
+        };
+        let addr = args.listen.clone();
+        let sock = match &addr {
+            ListenAddr::Unix(_) => {
+                if files.is_some() || args.insecure {
+                    warn!(
+                        listen = %addr,
+                        "--tls-cert, --tls-key, --tls-client-ca and --insecure apply to tcp:// \
+                         only; ignored for a unix socket"
+                    );
+                }
+                return Ok(GrpcEndpoint { addr, tls: None, mutual: false });
+            }
+            ListenAddr::Tcp(sock) => *sock,
+        };
+        let Some((cert, key)) = files else {
+            if plaintext_allowed(sock, args.insecure)? == Plaintext::Insecure {
+                warn!(
+                    listen = %addr,
+                    "serving gRPC WITHOUT TLS on a network address (--insecure): profiles, with \
+                     command lines and paths, cross the network in clear text, and anyone who \
+                     reaches the port can read them and change settings"
+                );
+            }
+            return Ok(GrpcEndpoint { addr, tls: None, mutual: false });
+        };
+        if args.insecure {
+            warn!(listen = %addr, "--insecure has no effect: TLS is configured");
+        }
+        if args.tls_client_ca.is_none() && !sock.ip().to_canonical().is_loopback() {
+            warn!(
+                listen = %addr,
+                "TLS without client certificates: any client that reaches the port can read \
+                 profiles and change settings; require certificates with --tls-client-ca"
+            );
+        }
+        let client_ca =
+            args.tls_client_ca.as_deref().map(|path| PemFile { option: "--tls-client-ca", path });
+        let tls = tls::server_config(
+            PemFile { option: "--tls-cert", path: cert },
+            PemFile { option: "--tls-key", path: key },
+            client_ca,
+        )?;
+        Ok(GrpcEndpoint { addr, tls: Some(tls), mutual: client_ca.is_some() })
+    }
+
+    /// How clients are authenticated, for the log: `off`, `tls` or `mutual-tls`.
+    pub fn security(&self) -> &'static str {
+        match (&self.tls, self.mutual) {
+            (None, _) => "off",
+            (Some(_), false) => "tls",
+            (Some(_), true) => "mutual-tls",
+        }
+    }
 }
 
 /// A bound listener.
@@ -356,8 +570,8 @@ pub enum ListenError {
 pub enum Listener {
     /// A Unix socket, removed again on drop.
     Unix(UnixListener, SocketFile),
-    /// A TCP socket.
-    Tcp(TcpListener),
+    /// A TCP socket, with its TLS unless plain text is allowed.
+    Tcp(TcpListener, Option<ServerTlsConfig>),
 }
 
 /// Removes the socket file when dropped.
@@ -371,9 +585,10 @@ impl Drop for SocketFile {
 }
 
 impl Listener {
-    /// Binds `addr`. A stale Unix socket (nobody answers on it) is replaced; a live one is an
-    /// error. A new Unix socket gets mode 0660.
-    pub async fn bind(addr: &ListenAddr) -> Result<Listener, ListenError> {
+    /// Binds `endpoint`. A stale Unix socket (nobody answers on it) is replaced; a live one is
+    /// an error. A new Unix socket gets mode 0660.
+    pub async fn bind(endpoint: &GrpcEndpoint) -> Result<Listener, ListenError> {
+        let addr = &endpoint.addr;
         let bind_err = |source| ListenError::Bind { addr: addr.to_string(), source };
         match addr {
             ListenAddr::Unix(path) => {
@@ -392,9 +607,10 @@ impl Listener {
                     .map_err(bind_err)?;
                 Ok(Listener::Unix(listener, file))
             }
-            ListenAddr::Tcp(sock) => {
-                Ok(Listener::Tcp(TcpListener::bind(sock).await.map_err(bind_err)?))
-            }
+            ListenAddr::Tcp(sock) => Ok(Listener::Tcp(
+                TcpListener::bind(sock).await.map_err(bind_err)?,
+                endpoint.tls.clone(),
+            )),
         }
     }
 
@@ -402,7 +618,15 @@ impl Listener {
     pub fn path(&self) -> Option<&Path> {
         match self {
             Listener::Unix(_, file) => Some(&file.0),
-            Listener::Tcp(_) => None,
+            Listener::Tcp(..) => None,
+        }
+    }
+
+    /// The bound address, for a TCP listener (it differs from the option for port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Unix(..) => None,
+            Listener::Tcp(listener, _) => listener.local_addr().ok(),
         }
     }
 }
@@ -413,18 +637,23 @@ pub async fn serve(
     service: ProfilerService,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let router = tonic::transport::Server::builder().add_service(service.into_server());
+    let mut server = tonic::transport::Server::builder();
     match listener {
         Listener::Unix(listener, _file) => {
-            router
+            server
+                .add_service(service.into_server())
                 .serve_with_incoming_shutdown(
                     UnixListenerStream::new(listener),
                     shutdown.cancelled(),
                 )
                 .await
         }
-        Listener::Tcp(listener) => {
-            router
+        Listener::Tcp(listener, tls) => {
+            if let Some(tls) = tls {
+                server = server.tls_config(tls)?;
+            }
+            server
+                .add_service(service.into_server())
                 .serve_with_incoming_shutdown(
                     TcpListenerStream::new(listener),
                     shutdown.cancelled(),
@@ -447,6 +676,18 @@ mod tests {
             entries: Vec::new(),
             calls: Vec::new(),
         })
+    }
+
+    #[test]
+    fn a_call_counts_as_an_error_unless_it_succeeds() {
+        let stats = GrpcStats::default();
+        let _ = stats.call(GrpcMethod::Status).ok(());
+        drop(stats.call(GrpcMethod::Status));
+        let _ = stats.call(GrpcMethod::Query);
+        let got = |m| (stats.requests(m), stats.errors(m));
+        assert_eq!(got(GrpcMethod::Status), (2, 1));
+        assert_eq!(got(GrpcMethod::Query), (1, 1));
+        assert_eq!(got(GrpcMethod::Watch), (0, 0));
     }
 
     #[tokio::test]

@@ -3,7 +3,13 @@
 //! Every stage that can lose a sample bumps one of these; `Status`, the query header and the
 //! window records all read from here, so a drop is never silent.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::{
+    sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
 
 use profiler_common::counters::Counter;
 
@@ -74,6 +80,15 @@ pub struct PipelineStats {
     /// Samples that reached the aggregator.
     aggregated: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// When the collector last drained the ring buffer: [`monotonic_ms`] plus one, zero before
+    /// the first drain. A monotonic clock, so that a wall clock step cannot fail a health check.
+    last_drain: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts the first time it is read.
+fn monotonic_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A point-in-time copy of the drop counters, indexable by reason.
@@ -122,6 +137,17 @@ impl PipelineStats {
     /// Samples that reached the aggregator since start.
     pub fn aggregated_total(&self) -> u64 {
         self.aggregated.load(Relaxed)
+    }
+
+    /// Notes that the collector drained the ring buffer just now (the health check reads it).
+    pub fn drained(&self) {
+        self.last_drain.store(monotonic_ms().saturating_add(1), Relaxed);
+    }
+
+    /// How long ago the collector last drained the ring buffer; `None` before the first drain.
+    pub fn since_drain(&self) -> Option<Duration> {
+        let at = self.last_drain.load(Relaxed).checked_sub(1)?;
+        Some(Duration::from_millis(monotonic_ms().saturating_sub(at)))
     }
 
     /// Sample records the kernel produced since start.
@@ -192,5 +218,13 @@ mod tests {
             stats.drops()
         };
         assert_eq!(later.since(&drops).total(), 1);
+    }
+
+    #[test]
+    fn the_last_drain_is_unknown_until_the_first() {
+        let stats = PipelineStats::default();
+        assert_eq!(stats.since_drain(), None);
+        stats.drained();
+        assert!(stats.since_drain().unwrap() < Duration::from_secs(5));
     }
 }

@@ -358,7 +358,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::ProcessTable;
+    use crate::process::{ProcessTable, skip_under_qemu_user};
 
     #[inline(never)]
     fn a_named_function_for_the_symbolizer() -> u64 {
@@ -372,6 +372,12 @@ mod tests {
 
     #[test]
     fn own_functions_resolve_by_file_offset_and_are_cached() {
+        if skip_under_qemu_user(
+            "own_functions_resolve_by_file_offset_and_are_cached",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
         let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
@@ -404,6 +410,12 @@ mod tests {
 
     #[test]
     fn unresolvable_offsets_are_unknown_not_wrong() {
+        if skip_under_qemu_user(
+            "unresolvable_offsets_are_unknown_not_wrong",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
         let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);

@@ -683,3 +683,70 @@ fn speedscope_app_opens_the_file_and_lists_its_frames() {
     // Weights are read as nanoseconds: 100 samples of 10 ms are one second at the root.
     assert!(dom.contains("1.00s (100%)"), "total time of <module>; DOM in {}", dir.display());
 }
+
+/// The Python interpreter with `protobuf` and `grpcio-tools` that `.ci/setup` installs.
+fn protobuf_python() -> Option<PathBuf> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/pyproto-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {} is missing (.ci/setup installs it)",
+        python.display()
+    );
+    eprintln!("skipped: no {} (run .ci/setup)", python.display());
+    None
+}
+
+#[test]
+fn pprof_decodes_with_an_independent_protobuf_implementation() {
+    let Some(python) = protobuf_python() else { return };
+    let mut merged =
+        MergedProfile { start_ns: 1, end_ns: 2, windows: 1, ..MergedProfile::default() };
+    let app = labels(4242, "python3");
+    let build_id =
+        Arc::new(Module { path: "/usr/lib/libz.so.1".into(), build_id: Some("0badc0de".into()) });
+    let deflate =
+        Arc::new(Frame { module: Some(build_id), ..(*native("deflate", "", 0x30)).clone() });
+    // Leaf first, as the aggregator keeps stacks.
+    let stack: Vec<Arc<Frame>> = vec![deflate, py("compress", 12, 10), py("<module>", 3, 1)];
+    merged.entries.insert((app.clone(), stack.into()), 7);
+    merged.calls.insert((app, py("compress", 10, 10)), 1234);
+    merged.samples = 7;
+    let profile = export::pprof::build(&merged, PERIOD_NS);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pprof_python");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("cpu.pb.gz");
+    std::fs::write(&file, export::pprof::encode_gzip(&profile)).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let out = Command::new(python)
+        .arg(data.join("check_pprof.py"))
+        .arg(&file)
+        .arg(&data)
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        json["sample_types"],
+        serde_json::json!([["cpu-samples", "count"], ["cpu", "nanoseconds"], ["calls", "count"]])
+    );
+    assert_eq!(json["period"], PERIOD_NS);
+    assert_eq!(json["totals"], serde_json::json!([7, 7 * PERIOD_NS, 1234]));
+    let stack = json["samples"].as_array().unwrap().iter().find(|s| s["values"][0] == 7).unwrap();
+    let frames = stack["frames"].as_array().unwrap();
+    assert_eq!(frames[0]["function"], "deflate");
+    assert_eq!(frames[0]["build_id"], "0badc0de", "mappings carry build-ids");
+    assert_eq!((&frames[1]["function"], &frames[1]["file"]), (&"compress".into(), &APP_PY.into()));
+    assert_eq!(
+        (&frames[1]["line"], &frames[1]["start_line"]),
+        (&12.into(), &10.into()),
+        "Python lines"
+    );
+    assert_eq!(stack["labels"]["pid"], 4242);
+    assert_eq!(stack["labels"]["comm"], "python3");
+}

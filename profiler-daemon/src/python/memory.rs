@@ -46,9 +46,13 @@ pub fn u32_at(bytes: &[u8], offset: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::skip_under_qemu_user;
 
     #[test]
     fn reads_own_memory() {
+        if skip_under_qemu_user("reads_own_memory", "qemu-user does not emulate process_vm_readv") {
+            return;
+        }
         let value: u64 = 0x1122_3344_5566_7788;
         let got = read_u64(std::process::id(), &raw const value as u64).unwrap();
         assert_eq!(got, value);

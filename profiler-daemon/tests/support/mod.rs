@@ -70,6 +70,12 @@ impl Daemon {
             .args(["--listen", &endpoint])
             .args(if extra.contains(&"--window") { &[][..] } else { &["--window", "1s"][..] })
             .args(if extra.contains(&"--data-dir") { &[][..] } else { &data_args[..] })
+            // Daemons of parallel tests would all want the default metrics port.
+            .args(if extra.contains(&"--metrics-listen") {
+                &[][..]
+            } else {
+                &["--metrics-listen", "off"][..]
+            })
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
