@@ -39,3 +39,9 @@ PREFIX ?= /usr/local
 .PHONY: install
 install: build
 	$(if $(DESTDIR),,$(SUDO)) env DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" BIN_DIR="$(BIN_DIR)" ./deploy/install.sh
+
+# Cross-compiles profilerd and profctl for aarch64 and runs the unit tests under qemu-user
+# (.ci/cross-aarch64); builds into target/aarch64-build.
+.PHONY: cross-aarch64
+cross-aarch64: setup
+	./.ci/cross-aarch64

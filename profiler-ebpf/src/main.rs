@@ -23,6 +23,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::PerfEventContext,
 };
+mod arch;
 mod calls;
 mod python;
 

@@ -19,6 +19,8 @@ use profiler_common::{
     sample::DATA_WORDS,
 };
 
+use crate::arch::PTHREAD_BELOW_TP;
+
 /// Python processes and their layouts, keyed by tgid; written by the daemon.
 #[map]
 pub(crate) static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(8192, 0);
@@ -31,8 +33,8 @@ static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0)
 #[map]
 static FRAME_BUF: PerCpuArray<[u8; FRAME_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
 
-/// Offset of the user thread pointer (`thread.fsbase` on x86_64) in `task_struct`, from the
-/// kernel's BTF; 0 when unknown. Set by the loader.
+/// Offset of the user thread pointer (`thread.fsbase` on x86_64, `thread.uw.tp_value` on
+/// aarch64) in `task_struct`, from the kernel's BTF; 0 when unknown. Set by the loader.
 #[unsafe(no_mangle)]
 static TASK_THREAD_POINTER: u64 = 0;
 
@@ -54,12 +56,13 @@ fn field_u64(chunk: &[u8; FRAME_CHUNK], offset: u32) -> u64 {
     u64::from_ne_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
-/// The value the thread list is matched against: the kernel thread id, or the thread pointer
-/// (`pthread_self()`) for interpreters that only store a `pthread_t`.
+/// The value the thread list is matched against, and how far below it a match may lie: the
+/// kernel thread id exactly, or the thread pointer for interpreters that only store a
+/// `pthread_t` (`pthread_self()`, which lies up to `PTHREAD_BELOW_TP` below it).
 #[inline(always)]
-fn thread_key(offsets: &PyOffsets, tid: u32) -> Option<u64> {
+fn thread_key(offsets: &PyOffsets, tid: u32) -> Option<(u64, u64)> {
     if offsets.match_pthread == 0 {
-        return Some(u64::from(tid));
+        return Some((u64::from(tid), 0));
     }
     // SAFETY: a read of a global the loader may rewrite before load.
     let at = unsafe { core::ptr::read_volatile(&TASK_THREAD_POINTER) };
@@ -69,7 +72,15 @@ fn thread_key(offsets: &PyOffsets, tid: u32) -> Option<u64> {
     // SAFETY: helper without memory arguments; the task pointer is only read through
     // bpf_probe_read_kernel, which fails instead of faulting.
     let task = unsafe { bpf_get_current_task() };
-    unsafe { bpf_probe_read_kernel((task + at) as *const u64) }.ok()
+    let pointer = unsafe { bpf_probe_read_kernel((task + at) as *const u64) }.ok()?;
+    Some((pointer, PTHREAD_BELOW_TP))
+}
+
+/// Whether a thread state's id is the sampled thread's. An id above the key wraps around to a
+/// large distance, so one comparison does.
+#[inline(always)]
+fn is_sampled_thread((key, below): (u64, u64), id: Option<u64>) -> bool {
+    id.is_some_and(|id| key.wrapping_sub(id) <= below)
 }
 
 fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
@@ -78,7 +89,7 @@ fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
     let id_at = u64::from(offsets.tstate_thread_id);
     // SAFETY: map lookups return valid pointers or None.
     if let Some(&cached) = unsafe { PY_THREADS.get(&tid) } {
-        if read_u64(cached + id_at) == Some(key) {
+        if is_sampled_thread(key, read_u64(cached + id_at)) {
             return Some(cached);
         }
     }
@@ -87,7 +98,7 @@ fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
         if tstate == 0 {
             return None;
         }
-        if read_u64(tstate + id_at) == Some(key) {
+        if is_sampled_thread(key, read_u64(tstate + id_at)) {
             let _ = PY_THREADS.insert(&tid, &tstate, 0);
             return Some(tstate);
         }
