@@ -129,28 +129,12 @@ pub enum Format {
 /// Arguments of `query`.
 #[derive(Debug, clap::Args)]
 pub struct QueryArgs {
-    /// Query the last DURATION (for example 60s, 5m, 1h).
-    #[arg(long, default_value = "60s", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
-    pub since: Duration,
-    /// Start of the range (RFC 3339, for example 2026-01-02T15:04:05Z).
-    #[arg(long, requires = "to", value_parser = parse_time)]
-    pub from: Option<i64>,
-    /// End of the range (RFC 3339).
-    #[arg(long, requires = "from", value_parser = parse_time)]
-    pub to: Option<i64>,
-    /// Only this process id.
-    #[arg(long)]
-    pub pid: Option<u32>,
-    /// Only processes with this name.
-    #[arg(long)]
-    pub comm: Option<String>,
-    /// Only this executable path.
-    #[arg(long)]
-    pub exe: Option<String>,
-    /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe,
-    /// cgroup, container, pod_uid, runtime).
-    #[arg(long, short = 's')]
-    pub selector: Option<Selector>,
+    /// The time range.
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Which samples.
+    #[command(flatten)]
+    pub select: SelectorArgs,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Top)]
     pub format: Format,
@@ -175,37 +159,36 @@ fn parse_time(s: &str) -> Result<i64, String> {
     i64::try_from(d.as_nanos()).map_err(|_| "time too far in the future".to_owned())
 }
 
-impl QueryArgs {
-    /// The selector built from `--pid`, `--comm`, `--exe` and `--selector`.
-    pub fn selector(&self) -> anyhow::Result<Selector> {
-        let mut selector = self.selector.clone().unwrap_or_default();
-        if let Some(pid) = self.pid {
-            selector.push(Matcher::new(LabelKey::Pid, &pid.to_string())?);
-        }
-        if let Some(comm) = &self.comm {
-            selector.push(Matcher::new(LabelKey::Comm, comm)?);
-        }
-        if let Some(exe) = &self.exe {
-            selector.push(Matcher::new(LabelKey::Exe, exe)?);
-        }
-        Ok(selector)
-    }
+/// The time range of `query` and `flamegraph`: the last `--since`, or `--from`/`--to`.
+#[derive(Debug, clap::Args)]
+pub struct RangeArgs {
+    /// Query the last DURATION (for example 60s, 5m, 1h).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
+    pub since: Duration,
+    /// Start of the range (RFC 3339, for example 2026-01-02T15:04:05Z).
+    #[arg(long, requires = "to", value_parser = parse_time)]
+    pub from: Option<i64>,
+    /// End of the range (RFC 3339).
+    #[arg(long, requires = "from", value_parser = parse_time)]
+    pub to: Option<i64>,
+}
 
+impl RangeArgs {
     /// The range in nanoseconds since the epoch, relative to `now_ns`.
     pub fn range(&self, now_ns: i64) -> v1::TimeRange {
         match (self.from, self.to) {
             (Some(start), Some(end)) => {
                 v1::TimeRange { start_unix_nanos: start, end_unix_nanos: end }
             }
-            _ => {
-                let since = i64::try_from(self.since.as_nanos()).unwrap_or(i64::MAX);
-                v1::TimeRange {
-                    start_unix_nanos: now_ns.saturating_sub(since).max(1),
-                    end_unix_nanos: 0,
-                }
-            }
+            _ => last(self.since, now_ns),
         }
     }
+}
+
+/// The open-ended range of the last `since` before `now_ns`.
+fn last(since: Duration, now_ns: i64) -> v1::TimeRange {
+    let since = i64::try_from(since.as_nanos()).unwrap_or(i64::MAX);
+    v1::TimeRange { start_unix_nanos: now_ns.saturating_sub(since).max(1), end_unix_nanos: 0 }
 }
 
 /// Runs profctl.
@@ -235,34 +218,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(args) => diff(&mut client, &args).await?,
         Command::Watch(args) => watch(&mut client, &args).await?,
         Command::Targets(args) => {
-            let since = i64::try_from(args.since.as_nanos()).unwrap_or(i64::MAX);
-            let now = crate::aggregate::actor::now_ns();
-            let request = v1::QueryRequest {
-                range: Some(v1::TimeRange {
-                    start_unix_nanos: now.saturating_sub(since).max(1),
-                    end_unix_nanos: 0,
-                }),
-                filter: Some(args.filter.selector()?.to_proto()),
-            };
-            let response = client
-                .query(request)
-                .await
-                .map_err(|s| anyhow::anyhow!("Query failed: {}", s.message()))?
-                .into_inner();
-            let view = ProfileView::new(&response.profile.unwrap_or_default())?;
-            print!("{}", export::live::render_targets(&view));
+            let range = last(args.since, crate::aggregate::actor::now_ns());
+            let (profile, _) = fetch(&mut client, range, &args.filter.selector()?).await?;
+            print!("{}", export::live::render_targets(&ProfileView::new(&profile)?));
         }
         Command::Query(args) => {
-            let request = v1::QueryRequest {
-                range: Some(args.range(crate::aggregate::actor::now_ns())),
-                filter: Some(args.selector()?.to_proto()),
-            };
-            let response = client
-                .query(request)
-                .await
-                .map_err(|s| anyhow::anyhow!("Query failed: {}", s.message()))?;
-            let response = response.into_inner();
-            let profile = response.profile.unwrap_or_default();
+            let range = args.range.range(crate::aggregate::actor::now_ns());
+            let (profile, stats) = fetch(&mut client, range, &args.select.selector()?).await?;
             let bytes = match args.format {
                 Format::Pprof => {
                     if args.output.is_none() && std::io::stdout().is_terminal() {
@@ -273,12 +235,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 Format::Folded => export::folded::render(&ProfileView::new(&profile)?).into_bytes(),
                 Format::Speedscope => {
                     let view = ProfileView::new(&profile)?;
-                    let title = range_title(&response.stats.unwrap_or_default());
+                    let title = range_title(&stats);
                     export::speedscope::render(&view, &title).into_bytes()
                 }
                 Format::Flamegraph => {
                     let view = ProfileView::new(&profile)?;
-                    let title = range_title(&response.stats.unwrap_or_default());
+                    let title = range_title(&stats);
                     let options = export::flamegraph::FlamegraphOptions {
                         title,
                         ..export::flamegraph::FlamegraphOptions::default()
@@ -292,19 +254,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 }
                 Format::Top => {
                     let view = ProfileView::new(&profile)?;
-                    let mut out =
-                        render_header(&response.stats.unwrap_or_default(), view.period_ns);
+                    let mut out = render_header(&stats, view.period_ns);
                     out.push_str(&export::top::render(&view, args.sort, args.limit));
                     out.into_bytes()
                 }
             };
-            match &args.output {
-                Some(path) => std::fs::write(path, bytes)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => {
-                    std::io::stdout().write_all(&bytes).context("writing to standard output")?;
-                }
-            }
+            write_output(args.output.as_deref(), &bytes)?;
         }
     }
     Ok(())
@@ -495,15 +450,9 @@ impl SelectorArgs {
 /// Arguments of `flamegraph`.
 #[derive(Debug, clap::Args)]
 pub struct FlamegraphArgs {
-    /// Query the last DURATION (for example 60s, 5m, 1h).
-    #[arg(long, default_value = "60s", value_parser = parse_duration, conflicts_with_all = ["from", "to"])]
-    pub since: Duration,
-    /// Start of the range (RFC 3339, for example 2026-01-02T15:04:05Z).
-    #[arg(long, requires = "to", value_parser = parse_time)]
-    pub from: Option<i64>,
-    /// End of the range (RFC 3339).
-    #[arg(long, requires = "from", value_parser = parse_time)]
-    pub to: Option<i64>,
+    /// The time range.
+    #[command(flatten)]
+    pub range: RangeArgs,
     /// Which processes.
     #[command(flatten)]
     pub select: SelectorArgs,
@@ -519,24 +468,6 @@ pub struct FlamegraphArgs {
     /// Write the SVG to this file instead of standard output.
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
-}
-
-impl FlamegraphArgs {
-    /// The range in nanoseconds since the epoch, relative to `now_ns` (as `query` reads it).
-    pub fn range(&self, now_ns: i64) -> v1::TimeRange {
-        match (self.from, self.to) {
-            (Some(start), Some(end)) => {
-                v1::TimeRange { start_unix_nanos: start, end_unix_nanos: end }
-            }
-            _ => {
-                let since = i64::try_from(self.since.as_nanos()).unwrap_or(i64::MAX);
-                v1::TimeRange {
-                    start_unix_nanos: now_ns.saturating_sub(since).max(1),
-                    end_unix_nanos: 0,
-                }
-            }
-        }
-    }
 }
 
 /// Arguments of `diff`.
@@ -730,7 +661,7 @@ async fn flamegraph(
     client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
     args: &FlamegraphArgs,
 ) -> anyhow::Result<()> {
-    let range = args.range(crate::aggregate::actor::now_ns());
+    let range = args.range.range(crate::aggregate::actor::now_ns());
     let (profile, stats) = fetch(client, range, &args.select.selector()?).await?;
     let options = export::flamegraph::FlamegraphOptions {
         title: args.title.clone().unwrap_or_else(|| range_title(&stats)),

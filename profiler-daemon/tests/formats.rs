@@ -524,7 +524,7 @@ fn profctl_accepts_the_new_formats_and_the_flamegraph_command() {
     assert!(args.icicle && args.reverse);
     assert_eq!(args.output.as_deref(), Some(Path::new("out.svg")));
     assert_eq!(args.select.selector().unwrap().to_proto().matchers.len(), 1);
-    let range = args.range(1_000_000_000_000);
+    let range = args.range.range(1_000_000_000_000);
     assert_eq!((range.start_unix_nanos, range.end_unix_nanos), (700_000_000_000, 0));
 }
 
