@@ -430,3 +430,28 @@ fn the_call_budget_detaches_a_busy_process_and_says_why() {
     let (ncalls, _) = calls_row(&top, "(sort_key)").expect("sort_key was counted");
     assert!(ncalls.parse::<u64>().is_ok_and(|n| n > 2000), "{top}");
 }
+
+/// A launcher linked against libpython is recognized as one, so that a sample taken while the
+/// dynamic loader maps libpython does not mark the process as unsupported.
+#[test]
+fn shared_libpython_launchers_are_recognized() {
+    let mut shared = 0;
+    for python in interpreters() {
+        let Some(prefix) = python.parent().and_then(Path::parent) else { continue };
+        let has_libpython = std::fs::read_dir(prefix.join("lib")).is_ok_and(|entries| {
+            entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libpython3."))
+        });
+        let linked = Command::new("ldd")
+            .arg(&python)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libpython3."));
+        assert_eq!(
+            profiler_daemon::python::needs_libpython(&python),
+            has_libpython && linked,
+            "{}",
+            python.display()
+        );
+        shared += usize::from(linked);
+    }
+    eprintln!("{shared} shared-libpython launchers checked");
+}

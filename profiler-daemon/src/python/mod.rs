@@ -235,22 +235,58 @@ fn detect(
     exe: &str,
     mut symbols_of: impl FnMut(&Candidate) -> Option<Symbols>,
 ) -> Detection {
-    let exe_name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let looks_like_python = exe_name.starts_with("python");
-    for candidate in candidates(pid, exe) {
-        let Some(symbols) = symbols_of(&candidate) else { continue };
+    let candidates = candidates(pid, exe);
+    for candidate in &candidates {
+        let Some(symbols) = symbols_of(candidate) else { continue };
         let bias = candidate.base.wrapping_sub(symbols.first_load_vaddr);
-        return match describe(pid, &candidate, &symbols, bias) {
+        return match describe(pid, candidate, &symbols, bias) {
             Ok(Some(p)) => Detection::Python(Arc::new(p)),
             Ok(None) => Detection::NotReady,
             Err(reason) => Detection::Unsupported(reason),
         };
     }
-    if looks_like_python {
-        Detection::Unsupported(format!("{exe}: no _PyRuntime symbol found"))
-    } else {
-        Detection::NotPython
+    let libpython_mapped = candidates.iter().any(|c| c.linkage == Linkage::Shared);
+    without_symbols(exe, libpython_mapped, || {
+        readable_path(pid, Path::new(exe)).is_some_and(|p| needs_libpython(&p))
+    })
+}
+
+/// What a process is when no file it maps holds `_PyRuntime`. A launcher linked against
+/// libpython, sampled while the dynamic loader is still mapping libraries, is not ready yet:
+/// calling it unsupported would cost it its Python frames for good.
+fn without_symbols(
+    exe: &str,
+    libpython_mapped: bool,
+    launcher_needs_libpython: impl FnOnce() -> bool,
+) -> Detection {
+    let exe_name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if !exe_name.starts_with("python") {
+        return Detection::NotPython;
     }
+    if !libpython_mapped && launcher_needs_libpython() {
+        return Detection::NotReady;
+    }
+    Detection::Unsupported(format!("{exe}: no _PyRuntime symbol found"))
+}
+
+/// Whether the 64-bit ELF file at `path` lists a `libpython3.X` among the libraries it needs.
+pub fn needs_libpython(path: &Path) -> bool {
+    use object::{
+        Endianness,
+        elf::{DT_NEEDED, FileHeader64},
+        read::elf::{Dyn as _, FileHeader as _},
+    };
+    let Ok(data) = std::fs::read(path) else { return false };
+    let data = &*data;
+    let Ok(header) = FileHeader64::<Endianness>::parse(data) else { return false };
+    let Ok(endian) = header.endian() else { return false };
+    let Ok(sections) = header.sections(endian, data) else { return false };
+    let Ok(Some((dynamic, strings_index))) = sections.dynamic(endian, data) else { return false };
+    let Ok(strings) = sections.strings(endian, data, strings_index) else { return false };
+    dynamic.iter().any(|d| {
+        d.tag32(endian) == Some(DT_NEEDED)
+            && d.string(endian, strings).is_ok_and(|name| name.starts_with(b"libpython3."))
+    })
 }
 
 fn describe(
@@ -310,6 +346,23 @@ fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_launcher_whose_libpython_is_not_mapped_yet_is_looked_at_again() {
+        let exe = "/opt/python/bin/python3.13";
+        assert!(matches!(without_symbols(exe, false, || true), Detection::NotReady));
+        // Mapped, yet without the symbol: that interpreter cannot be walked.
+        assert!(matches!(without_symbols(exe, true, || true), Detection::Unsupported(_)));
+        assert!(matches!(without_symbols(exe, false, || false), Detection::Unsupported(_)));
+        assert!(matches!(without_symbols("/usr/bin/bash", false, || true), Detection::NotPython));
+    }
+
+    #[test]
+    fn a_program_without_libpython_does_not_need_it() {
+        let own = std::env::current_exe().unwrap();
+        assert!(!needs_libpython(&own));
+        assert!(!needs_libpython(Path::new("/nonexistent/python3.13")));
+    }
 
     #[test]
     fn versions_from_file_names() {
