@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::{
     calls::{CallProbes, CallTracker, CallsError, CallsMode},
     loader::{KernelCalls, KernelCounters},
+    pods::PodNames,
     process::{ProcessInfo, ProcessTable, Runtime},
     python::{Detection, Detector},
     stats::{DropReason, PipelineStats},
@@ -65,6 +66,8 @@ pub struct Collector {
     pub probes: Option<Box<dyn CallProbes>>,
     /// The kernel's call counts (absent in tests without BPF).
     pub py_calls: Option<KernelCalls>,
+    /// Pod names from the Kubernetes API (absent outside a cluster).
+    pub pods: Option<PodNames>,
 }
 
 /// A request to the collector.
@@ -106,6 +109,13 @@ impl Collector {
             self.detect(pid);
         }
         let Some(process) = self.processes.get_mut(pid) else { return };
+        if let Some(names) = &self.pods
+            && process.awaits_pod_name(names.generation())
+            && !process.name_pod(&names.directory())
+        {
+            // A pod that started after the last listing.
+            names.request_refresh();
+        }
         let python = match &process.runtime {
             Runtime::Python(p) => Some(p.clone()),
             _ => None,
@@ -337,6 +347,7 @@ mod tests {
             calls: CallTracker::new(CallsMode::Off, 1),
             probes: None,
             py_calls: None,
+            pods: None,
         };
         (collector, rx)
     }

@@ -21,7 +21,7 @@ use clap::{
 use thiserror::Error;
 use toml::de::{DeTable, DeValue};
 
-use crate::calls::CallsMode;
+use crate::{calls::CallsMode, pods::KubernetesMode};
 
 /// The config file read when `--config` is not given (only if it exists).
 pub const DEFAULT_CONFIG: &str = "/etc/profiler/profilerd.toml";
@@ -212,6 +212,15 @@ pub struct DaemonArgs {
     /// a microsecond in the kernel).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub python_calls_budget: u64,
+
+    /// Name pods, namespaces and containers through the Kubernetes API (the daemon lists the
+    /// pods on its own node): `auto` (when running in a cluster), `on` or `off`.
+    #[arg(long, value_enum, default_value_t = KubernetesMode::Auto)]
+    pub kubernetes: KubernetesMode,
+
+    /// This node's name, whose pods are listed (default: the NODE_NAME environment variable).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
 
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -934,7 +943,13 @@ mod tests {
         let uncommented: String = want
             .lines()
             .filter_map(|l| l.strip_prefix("# "))
-            .filter(|l| l.contains(" = ") && !l.contains("\"PATH\""))
+            // Options without a default show their value name ("PATH", "NAME") instead.
+            .filter(|l| {
+                l.split_once(" = ").is_some_and(|(_, v)| {
+                    let v = v.trim_matches('"');
+                    !(v.len() > 1 && v.bytes().all(|b| b.is_ascii_uppercase()))
+                })
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let defaults = merged(&[], &uncommented).unwrap();

@@ -394,6 +394,17 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             store.path
         );
     }
+    if let Some(k) = &s.kubernetes {
+        let _ = write!(
+            out,
+            "kubernetes:  node {}, {} pods, {} listings, {} failed",
+            k.node, k.pods, k.listings, k.errors
+        );
+        if !k.last_error.is_empty() {
+            let _ = write!(out, "; last: {}", k.last_error);
+        }
+        out.push('\n');
+    }
     for r in &s.runtimes {
         let _ = writeln!(out, "runtime:     pid {} ({}): {}", r.pid, r.comm, r.description);
     }
@@ -424,14 +435,21 @@ pub struct SelectorArgs {
     /// Only this executable path.
     #[arg(long)]
     pub exe: Option<String>,
+    /// Only this Kubernetes pod (by name; combine with --namespace).
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Only pods in this Kubernetes namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe,
-    /// cgroup, container, pod_uid, runtime).
+    /// cgroup, container, container_name, pod_uid, pod, namespace, runtime).
     #[arg(long, short = 's')]
     pub selector: Option<Selector>,
 }
 
 impl SelectorArgs {
-    /// The selector built from `--pid`, `--comm`, `--exe` and `--selector`.
+    /// The selector built from `--pid`, `--comm`, `--exe`, `--pod`, `--namespace` and
+    /// `--selector`.
     pub fn selector(&self) -> anyhow::Result<Selector> {
         let mut selector = self.selector.clone().unwrap_or_default();
         if let Some(pid) = self.pid {
@@ -442,6 +460,12 @@ impl SelectorArgs {
         }
         if let Some(exe) = &self.exe {
             selector.push(Matcher::new(LabelKey::Exe, exe)?);
+        }
+        if let Some(pod) = &self.pod {
+            selector.push(Matcher::new(LabelKey::Pod, pod)?);
+        }
+        if let Some(namespace) = &self.namespace {
+            selector.push(Matcher::new(LabelKey::Namespace, namespace)?);
         }
         Ok(selector)
     }

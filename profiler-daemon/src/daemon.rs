@@ -26,7 +26,7 @@ use crate::{
     collector::Collector,
     config::{DaemonArgs, MetricsListen},
     loader::{LoadError, Sampler, SamplerConfig},
-    metrics,
+    metrics, pods,
     process::ProcessTable,
     python::Detector,
     server::{DaemonInfo, GrpcEndpoint, ListenError, Listener, ProfilerService, serve},
@@ -60,6 +60,9 @@ pub enum DaemonError {
     /// The gRPC server failed.
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// `--kubernetes on`, but the Kubernetes API cannot be used.
+    #[error("--kubernetes on: {0}")]
+    Pods(#[from] crate::pods::PodsError),
     /// A pipeline stage could not start.
     #[error("starting the {stage} failed: {source}")]
     Start {
@@ -81,6 +84,7 @@ pub async fn run(
     // The gRPC endpoint's options first: a bad certificate file or a refused plain-text address
     // is a configuration error, reported before anything is loaded.
     let endpoint = GrpcEndpoint::from_args(&args)?;
+    let pods = pods::configure(args.kubernetes, args.node_name.clone()).await?;
     crate::loader::require_privileges()?;
     // The store next: a damaged or locked store should stop the daemon before it attaches.
     let store = Arc::new(Store::open(
@@ -99,6 +103,7 @@ pub async fn run(
         MetricsListen::Off => None,
         MetricsListen::Tcp(addr) => Some(metrics::bind(addr).await?),
     };
+    let pods = pods.map(|lister| pods::spawn(lister, pods::REFRESH_INTERVAL, shutdown.clone()));
     let ring = sampler.take_samples()?;
     let counters = sampler.take_counters()?;
     let py_procs = sampler.take_python_procs()?;
@@ -148,6 +153,7 @@ pub async fn run(
         // The collector owns the sampler from here on; it detaches everything when it stops.
         probes: Some(Box::new(sampler)),
         py_calls: Some(py_calls),
+        pods: pods.as_ref().map(|(names, _)| names.clone()),
     };
     let (command_tx, command_rx) = mpsc::channel(16);
     let collector_shutdown = shutdown.child_token();
@@ -168,6 +174,7 @@ pub async fn run(
         processes,
         program_id,
         runtimes,
+        pods: pods.as_ref().map(|(names, _)| names.clone()),
     });
     let service = ProfilerService::new(aggregator.clone(), info.clone())
         .with_collector(command_tx)
@@ -195,6 +202,9 @@ pub async fn run(
     // Stop sampling first (the collector owns the sampler), then drain the stages in order.
     shutdown.cancel();
     if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    if let Some((_, task)) = pods {
         let _ = task.await;
     }
     match collector_task.await {

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod export;
 pub mod loader;
 pub mod metrics;
+pub mod pods;
 pub mod process;
 pub mod python;
 pub mod selector;

@@ -273,6 +273,23 @@ pub async fn render(sources: &Sources) -> String {
         python.sample(&[("version", version)], *count);
     }
 
+    if let Some(pods) = &info.pods {
+        let h = pods.health();
+        out.single(
+            "profilerd_kubernetes_pods",
+            Kind::Gauge,
+            "Pods on this node in the last listing from the Kubernetes API.",
+            h.pods,
+        );
+        out.family(
+            "profilerd_kubernetes_listings_total",
+            Kind::Counter,
+            "Listings of this node's pods, by result.",
+        )
+        .sample(&[("result", "ok")], h.listings)
+        .sample(&[("result", "error")], h.errors);
+    }
+
     let sym = &info.symbolizer;
     out.single(
         "profilerd_symbol_cache_hits_total",
@@ -568,6 +585,7 @@ mod tests {
             processes: Arc::new(AtomicU64::new(7)),
             program_id: 0,
             runtimes: Arc::new(Mutex::new(runtimes)),
+            pods: None,
         });
         (Sources { info, aggregator, store, grpc: Arc::default() }, tx)
     }

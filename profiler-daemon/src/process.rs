@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::{
     aggregate::{Labels, Module},
+    pods::PodDirectory,
     python::PythonProcess,
 };
 
@@ -131,6 +132,17 @@ impl Runtime {
     }
 }
 
+/// A process's pod and container, as the Kubernetes API names them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNaming {
+    /// Pod name.
+    pub pod: Arc<str>,
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Container name, when the container id was listed.
+    pub container: Option<Arc<str>>,
+}
+
 /// What is known about one process.
 #[derive(Debug)]
 pub struct ProcessInfo {
@@ -150,6 +162,11 @@ pub struct ProcessInfo {
     pub container: Arc<str>,
     /// Kubernetes pod UID from the cgroup path, or empty.
     pub pod_uid: Arc<str>,
+    /// The pod's name and namespace and the container's name, once the Kubernetes API named
+    /// them.
+    pub pod: Option<PodNaming>,
+    /// The pod directory listing last searched for this pod (0: none yet).
+    pods_searched: u64,
     /// Build-id of the executable.
     pub exe_build_id: Option<Arc<str>>,
     /// What runs in the process, as far as the profiler can tell.
@@ -184,6 +201,31 @@ impl ProcessInfo {
         false
     }
 
+    /// Whether the process is in a pod that the Kubernetes API has not named yet, and the pod
+    /// directory has a listing this process has not been looked up in.
+    pub fn awaits_pod_name(&self, directory_generation: u64) -> bool {
+        let unnamed = match &self.pod {
+            None => true,
+            // A container that had not started when its pod was listed.
+            Some(pod) => pod.container.is_none() && !self.container.is_empty(),
+        };
+        unnamed && !self.pod_uid.is_empty() && self.pods_searched < directory_generation
+    }
+
+    /// Looks the process's pod up in `directory`; labels made from now on carry its names.
+    /// Returns false when the pod is not listed (yet).
+    pub fn name_pod(&mut self, directory: &PodDirectory) -> bool {
+        self.pods_searched = directory.generation();
+        let Some(pod) = directory.get(&self.pod_uid) else { return false };
+        self.pod = Some(PodNaming {
+            pod: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            container: pod.container_name(&self.container).cloned(),
+        });
+        self.threads.clear();
+        true
+    }
+
     /// Sets what runs in the process; labels made from now on carry it.
     pub fn set_runtime(&mut self, runtime: Runtime) {
         self.runtime = runtime;
@@ -210,6 +252,13 @@ impl ProcessInfo {
             cgroup: self.cgroup.clone(),
             container: self.container.clone(),
             pod_uid: self.pod_uid.clone(),
+            pod: self.pod.as_ref().map_or_else(|| "".into(), |p| p.pod.clone()),
+            namespace: self.pod.as_ref().map_or_else(|| "".into(), |p| p.namespace.clone()),
+            container_name: self
+                .pod
+                .as_ref()
+                .and_then(|p| p.container.clone())
+                .unwrap_or_else(|| "".into()),
             runtime: self.runtime.label().into(),
         });
         self.threads.insert(tid, labels.clone());
@@ -384,6 +433,8 @@ fn read_process(
         cgroup: "".into(),
         container: "".into(),
         pod_uid: "".into(),
+        pod: None,
+        pods_searched: 0,
         exe_build_id: None,
         runtime: Runtime::Unknown,
         main_comm: Vec::new(),

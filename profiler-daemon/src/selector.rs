@@ -3,7 +3,8 @@
 //! The text syntax is a comma-separated list of `key=value` terms, all of which must hold, for
 //! example `comm=python3,pid=4242`. Keys: `pid`, `tid`, `comm`, `thread`, `exe`, `cgroup`,
 //! `container` and `runtime` (both match a prefix, so a short container id or `CPython 3.11`
-//! works), and `pod_uid`.
+//! works), `container_name`, `pod_uid`, and `pod` and `namespace` (names from the Kubernetes
+//! API).
 
 use std::{fmt, str::FromStr};
 
@@ -29,15 +30,21 @@ pub enum LabelKey {
     Cgroup,
     /// Container id (a prefix is enough).
     Container,
+    /// Container name (from the Kubernetes API).
+    ContainerName,
     /// Kubernetes pod UID.
     PodUid,
+    /// Kubernetes pod name.
+    Pod,
+    /// Kubernetes namespace.
+    Namespace,
     /// Runtime, for example `CPython 3.11.2` (a prefix is enough).
     Runtime,
 }
 
 impl LabelKey {
     /// Every key, in documentation order.
-    pub const ALL: [LabelKey; 9] = [
+    pub const ALL: [LabelKey; 12] = [
         LabelKey::Pid,
         LabelKey::Tid,
         LabelKey::Comm,
@@ -45,7 +52,10 @@ impl LabelKey {
         LabelKey::Exe,
         LabelKey::Cgroup,
         LabelKey::Container,
+        LabelKey::ContainerName,
         LabelKey::PodUid,
+        LabelKey::Pod,
+        LabelKey::Namespace,
         LabelKey::Runtime,
     ];
 
@@ -59,7 +69,10 @@ impl LabelKey {
             LabelKey::Exe => "exe",
             LabelKey::Cgroup => "cgroup",
             LabelKey::Container => "container",
+            LabelKey::ContainerName => "container_name",
             LabelKey::PodUid => "pod_uid",
+            LabelKey::Pod => "pod",
+            LabelKey::Namespace => "namespace",
             LabelKey::Runtime => "runtime",
         }
     }
@@ -89,7 +102,7 @@ pub enum SelectorError {
     /// A key this profiler does not know.
     #[error(
         "unknown selector key {0:?}; known keys: pid, tid, comm, thread, exe, cgroup, container, \
-         pod_uid, runtime"
+         container_name, pod_uid, pod, namespace, runtime"
     )]
     UnknownKey(String),
     /// A numeric key with a non-numeric value.
@@ -135,7 +148,10 @@ impl Matcher {
             LabelKey::Container => {
                 !self.value.is_empty() && labels.container.starts_with(&*self.value)
             }
+            LabelKey::ContainerName => *labels.container_name == *self.value,
             LabelKey::PodUid => *labels.pod_uid == *self.value,
+            LabelKey::Pod => *labels.pod == *self.value,
+            LabelKey::Namespace => *labels.namespace == *self.value,
             LabelKey::Runtime => !self.value.is_empty() && labels.runtime.starts_with(&*self.value),
         }
     }
@@ -219,6 +235,17 @@ mod tests {
     }
 
     #[test]
+    fn pods_are_selected_by_name_and_namespace() {
+        let s: Selector = "pod=web-0,namespace=shop".parse().unwrap();
+        let web = Labels { pod: "web-0".into(), namespace: "shop".into(), ..labels(1, "python3") };
+        assert!(s.matches(&web));
+        assert!(!s.matches(&Labels { namespace: "dev".into(), ..web.clone() }));
+        assert!(!s.matches(&labels(1, "python3")));
+        let s: Selector = "container_name=app".parse().unwrap();
+        assert!(s.matches(&Labels { container_name: "app".into(), ..web }));
+    }
+
+    #[test]
     fn all_terms_must_hold() {
         let s: Selector = "comm=python3, pid=42".parse().unwrap();
         assert!(s.matches(&labels(42, "python3")));
@@ -230,7 +257,10 @@ mod tests {
     #[test]
     fn bad_selectors_say_what_is_wrong() {
         assert_eq!("comm".parse::<Selector>(), Err(SelectorError::NotKeyValue("comm".into())));
-        assert_eq!("pod=x".parse::<Selector>(), Err(SelectorError::UnknownKey("pod".into())));
+        assert_eq!(
+            "podname=x".parse::<Selector>(),
+            Err(SelectorError::UnknownKey("podname".into()))
+        );
         let err = "pid=abc".parse::<Selector>().unwrap_err();
         assert_eq!(err.to_string(), "selector key pid needs a number, got \"abc\"");
     }

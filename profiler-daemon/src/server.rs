@@ -64,6 +64,8 @@ pub struct DaemonInfo {
     pub program_id: u32,
     /// What the collector found in each non-native process.
     pub runtimes: Arc<std::sync::Mutex<Vec<crate::collector::RuntimeStatus>>>,
+    /// Pod names from the Kubernetes API, when on.
+    pub pods: Option<crate::pods::PodNames>,
 }
 
 impl DaemonInfo {
@@ -326,6 +328,16 @@ impl Profiler for ProfilerService {
                     evicted: s.evicted,
                     dictionary: s.dictionary,
                     unstored: aggregation.unstored,
+                }
+            }),
+            kubernetes: info.pods.as_ref().map(|pods| {
+                let h = pods.health();
+                v1::KubernetesStatus {
+                    node: h.node,
+                    pods: h.pods,
+                    listings: h.listings,
+                    errors: h.errors,
+                    last_error: h.last_error.unwrap_or_default(),
                 }
             }),
         })

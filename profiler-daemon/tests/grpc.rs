@@ -115,6 +115,7 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
         processes: Arc::new(AtomicU64::new(2)),
         program_id: 0,
         runtimes: Arc::default(),
+        pods: None,
     });
     let service = ProfilerService::new(aggregator, info);
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
@@ -199,11 +200,11 @@ async fn filters_select_processes_and_bad_selectors_are_rejected() {
 
     let mut bad = query("");
     bad.filter = Some(v1::Filter {
-        matchers: vec![v1::LabelMatcher { key: "pod".into(), value: "x".into() }],
+        matchers: vec![v1::LabelMatcher { key: "podname".into(), value: "x".into() }],
     });
     let err = client.query(bad).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
-    assert!(err.message().contains("unknown selector key \"pod\""), "{}", err.message());
+    assert!(err.message().contains("unknown selector key \"podname\""), "{}", err.message());
 
     let empty = v1::QueryRequest {
         range: Some(v1::TimeRange { start_unix_nanos: 10, end_unix_nanos: 5 }),

@@ -68,6 +68,7 @@ async fn serves_metrics_health_and_nothing_else() {
         processes: Arc::new(AtomicU64::new(3)),
         program_id: 0,
         runtimes: Arc::default(),
+        pods: None,
     });
     let sources = metrics::Sources { info, aggregator, store: None, grpc: Arc::default() };
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

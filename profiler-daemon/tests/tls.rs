@@ -141,6 +141,7 @@ fn service(shutdown: &CancellationToken) -> ProfilerService {
         processes: Arc::new(AtomicU64::new(0)),
         program_id: 0,
         runtimes: Arc::default(),
+        pods: None,
     });
     ProfilerService::new(aggregator, info)
 }

@@ -90,6 +90,12 @@ pub struct Labels {
     pub container: Arc<str>,
     /// Kubernetes pod UID, from the cgroup path, or empty.
     pub pod_uid: Arc<str>,
+    /// Pod name, from the Kubernetes API, or empty.
+    pub pod: Arc<str>,
+    /// Pod namespace, from the Kubernetes API, or empty.
+    pub namespace: Arc<str>,
+    /// Container name, from the Kubernetes API, or empty.
+    pub container_name: Arc<str>,
     /// The runtime found in the process, for example `CPython 3.11.2`, or empty for native
     /// code.
     pub runtime: Arc<str>,

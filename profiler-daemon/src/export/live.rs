@@ -45,6 +45,8 @@ pub struct Target {
     pub container: String,
     /// Pod UID.
     pub pod_uid: String,
+    /// `namespace/pod`, when the Kubernetes API named the pod.
+    pub pod: String,
     /// Samples in the range.
     pub samples: u64,
     /// Distinct threads sampled.
@@ -70,6 +72,10 @@ pub fn processes(view: &ProfileView) -> Vec<Target> {
                     runtime: if runtime.is_empty() { "native".to_owned() } else { runtime },
                     container,
                     pod_uid: label("pod_uid"),
+                    pod: match (label("namespace"), label("pod")) {
+                        (_, pod) if pod.is_empty() => String::new(),
+                        (namespace, pod) => format!("{namespace}/{pod}"),
+                    },
                     ..Target::default()
                 },
                 Vec::new(),
@@ -95,17 +101,37 @@ pub fn processes(view: &ProfileView) -> Vec<Target> {
 /// `profctl targets`: one line per process.
 pub fn render_targets(view: &ProfileView) -> String {
     let mut out = String::new();
+    let targets = processes(view);
+    // The pod column only when some process is in a named pod.
+    let pods = targets.iter().map(|t| t.pod.len()).max().unwrap_or(0);
+    let pod_column = |pod: &str| match pods {
+        0 => String::new(),
+        _ => format!("{:<width$}  ", if pod.is_empty() { "-" } else { pod }, width = pods.max(3)),
+    };
     let _ = writeln!(
         out,
-        "{:>8} {:<16} {:>8} {:>7}  {:<24} {:<12}  exe",
-        "pid", "comm", "samples", "threads", "runtime", "container"
+        "{:>8} {:<16} {:>8} {:>7}  {:<24} {:<12}  {}exe",
+        "pid",
+        "comm",
+        "samples",
+        "threads",
+        "runtime",
+        "container",
+        if pods == 0 { String::new() } else { format!("{:<width$}  ", "pod", width = pods.max(3)) }
     );
-    for t in processes(view) {
+    for t in targets {
         let container = if t.container.is_empty() { "-" } else { &t.container };
         let _ = writeln!(
             out,
-            "{:>8} {:<16} {:>8} {:>7}  {:<24} {:<12}  {}",
-            t.pid, t.comm, t.samples, t.threads, t.runtime, container, t.exe
+            "{:>8} {:<16} {:>8} {:>7}  {:<24} {:<12}  {}{}",
+            t.pid,
+            t.comm,
+            t.samples,
+            t.threads,
+            t.runtime,
+            container,
+            pod_column(&t.pod),
+            t.exe
         );
     }
     out

@@ -104,7 +104,10 @@ impl Builder {
             ("exe", &labels.exe),
             ("cgroup", &labels.cgroup),
             ("container", &labels.container),
+            ("container_name", &labels.container_name),
             ("pod_uid", &labels.pod_uid),
+            ("pod", &labels.pod),
+            ("namespace", &labels.namespace),
             ("runtime", &labels.runtime),
         ] {
             if !value.is_empty() {

@@ -80,6 +80,15 @@ pub struct LabelsRecord {
     /// Runtime.
     #[prost(string, tag = "9")]
     pub runtime: String,
+    /// Pod name.
+    #[prost(string, tag = "10")]
+    pub pod: String,
+    /// Pod namespace.
+    #[prost(string, tag = "11")]
+    pub namespace: String,
+    /// Container name.
+    #[prost(string, tag = "12")]
+    pub container_name: String,
 }
 
 /// A window, or a rollup of several, as stored.
@@ -272,6 +281,9 @@ impl Dictionary {
             cgroup: r.cgroup.into(),
             container: r.container.into(),
             pod_uid: r.pod_uid.into(),
+            pod: r.pod.into(),
+            namespace: r.namespace.into(),
+            container_name: r.container_name.into(),
             runtime: r.runtime.into(),
         });
         self.labels.insert(labels.clone(), id);
@@ -331,6 +343,9 @@ impl Dictionary {
             cgroup: l.cgroup.to_string(),
             container: l.container.to_string(),
             pod_uid: l.pod_uid.to_string(),
+            pod: l.pod.to_string(),
+            namespace: l.namespace.to_string(),
+            container_name: l.container_name.to_string(),
             runtime: l.runtime.to_string(),
         };
         self.pending.push((Table::Labels, id, record.encode_to_vec()));

@@ -61,6 +61,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts profilerd with a socket in `dir` and waits until it answers.
     pub fn start(dir: &Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(dir, extra, &[])
+    }
+
+    /// Starts profilerd with `env` added to its environment.
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let socket = dir.join("profiler.sock");
         let endpoint = format!("unix://{}", socket.display());
         let log = dir.join("profilerd.log");
@@ -77,6 +82,7 @@ impl Daemon {
                 &["--metrics-listen", "off"][..]
             })
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
