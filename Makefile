@@ -1,11 +1,12 @@
 # The two commands of the README, plus their pieces.
 #   make run    set up, build, and start profilerd with its defaults (needs root)
 #   make test   set up, then run every check CI runs (the BPF tests need root)
+#   make bench  the peers benchmark, as root: rewrites BENCHMARKS.md (about 25 minutes)
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup build run test lint unit check-deploy
+.PHONY: setup build run test lint unit check-deploy bench bench-smoke
 
 setup:
 	./.ci/setup
@@ -25,12 +26,26 @@ check-deploy: setup
 	./.ci/check-deploy
 
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
+# Then the aarch64 cross build and the smoke run of the benchmark harness.
 test: lint check-deploy
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
 	else \
 		$(CARGO) test; \
 	fi
+	./.ci/cross-aarch64
+	$(MAKE) bench-smoke
+
+# The peers benchmark (profiler-daemon/benches/peers): profilerd next to py-spy and perf.
+bench: setup
+	$(CARGO) bench -p profiler-daemon --bench peers
+
+# A few seconds per case, into target/bench-smoke: checks that the harness runs and writes a
+# well-formed report, never its timings. Built with the dev profile of the tests, so that CI
+# does not build everything a second time.
+bench-smoke: setup
+	mkdir -p target/bench-smoke
+	$(CARGO) bench --profile dev -p profiler-daemon --bench peers -- --smoke --out $(CURDIR)/target/bench-smoke/BENCHMARKS.md
 
 # Installs the release binaries, the systemd unit and the example config (deploy/install.sh).
 #   sudo make install                  into the system (creates the profiler user and group)

@@ -3,92 +3,21 @@
 //!
 //! `cargo bench --bench store` prints the latencies and the store's bytes per hour.
 
-use std::{
-    hint::black_box,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+#[path = "common/day.rs"]
+mod day;
+
+use std::{hint::black_box, time::Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use profiler_daemon::{
-    aggregate::{Frame, FrameKind, Labels, Stack, Window, window::WindowEntry},
-    selector::Selector,
-    stats::DropSnapshot,
-    store::{DiskRetention, Store},
-};
-
-const S: i64 = 1_000_000_000;
-const PROCESSES: u32 = 10;
-const STACKS: usize = 200;
-const DEPTH: usize = 20;
-const WINDOWS_PER_DAY: i64 = 24 * 360;
-
-fn stacks(pid: u32) -> Vec<Stack> {
-    let frame = |i: usize| {
-        Arc::new(Frame {
-            kind: FrameKind::Python,
-            file: Some(format!("/srv/app{pid}/module{}.py", i % 7).into()),
-            line: 10 + i as u32,
-            start_line: 5 + i as u32,
-            ..Frame::marker(&format!("function_{pid}_{i}"))
-        })
-    };
-    (0..STACKS)
-        .map(|s| (0..DEPTH).map(|d| frame(if d < DEPTH - 3 { d } else { d + s * 3 })).collect())
-        .collect()
-}
-
-fn build(dir: &std::path::Path, start: i64) -> Store {
-    let _ = std::fs::remove_dir_all(dir);
-    let store = Store::open(
-        dir,
-        DiskRetention { max_age: Duration::from_secs(48 * 3600), max_bytes: 8 << 30 },
-        false,
-    )
-    .unwrap();
-    store.set_durable(false);
-    let processes: Vec<(Arc<Labels>, Vec<Stack>)> = (0..PROCESSES)
-        .map(|pid| {
-            let labels = Arc::new(Labels {
-                pid: 1000 + pid,
-                comm: format!("worker{pid}").into(),
-                runtime: "CPython 3.12.1".into(),
-                ..Labels::default()
-            });
-            (labels, stacks(pid))
-        })
-        .collect();
-    for w in 0..WINDOWS_PER_DAY {
-        let entries: Vec<WindowEntry> = processes
-            .iter()
-            .flat_map(|(labels, stacks)| {
-                stacks.iter().enumerate().map(|(i, s)| WindowEntry {
-                    labels: labels.clone(),
-                    stack: s.clone(),
-                    count: 1 + (i as u64 + w as u64) % 5,
-                })
-            })
-            .collect();
-        let window = Window {
-            start_ns: start + w * 10 * S,
-            end_ns: start + (w + 1) * 10 * S,
-            samples: entries.iter().map(|e| e.count).sum(),
-            drops: DropSnapshot::default(),
-            entries,
-            calls: Vec::new(),
-        };
-        store.append(&window, window.end_ns).unwrap();
-    }
-    store.set_durable(true);
-    store
-}
+use day::{S, WINDOWS_PER_DAY};
+use profiler_daemon::selector::Selector;
 
 fn queries(c: &mut Criterion) {
     let dir = std::env::temp_dir().join("profiler-bench-store");
     // An unaligned day, as a real one is.
     let start = 1_750_000_000 * S + 1234 * S;
     let filled = Instant::now();
-    let store = build(&dir, start);
+    let store = day::build(&dir, start, WINDOWS_PER_DAY);
     let status = store.status();
     println!(
         "store: {} windows in {:.1}s, {} MiB of records, {} MiB file, {:.2} MiB per hour",

@@ -129,6 +129,13 @@ impl CallTracker {
         self.mode
     }
 
+    /// Whether any process has (or had, with counts not yet read) the probe. When none has,
+    /// the kernel's call table is empty and is not read: iterating an empty hash map still
+    /// walks all of its buckets.
+    pub fn has_work(&self) -> bool {
+        !self.states.is_empty() || !self.last.is_empty()
+    }
+
     /// Attaches the probe to process `pid`, unless it is attached already.
     pub fn enable(
         &mut self,

@@ -218,6 +218,9 @@ impl Collector {
         let (Some(map), Some(probes)) = (&mut self.py_calls, self.probes.as_deref_mut()) else {
             return;
         };
+        if !self.calls.has_work() {
+            return;
+        }
         let counts = map.read();
         if counts.is_empty() {
             return;

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod export;
+pub mod function_ranges;
 pub mod loader;
 pub mod metrics;
 pub mod pods;

@@ -35,6 +35,7 @@ use tracing::{debug, info};
 use crate::{
     aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
     calls::CallDeltas,
+    function_ranges::FunctionRanges,
     process::{FileKey, MappedFile, UserAddr, readable_path},
     python::{PythonProcess, code::CodeCache},
 };
@@ -101,6 +102,8 @@ pub struct Resolver {
     kernel_module: Arc<Module>,
     /// The path each file was last opened by.
     paths: HashMap<FileKey, PathBuf>,
+    /// Functions met, so that other addresses inside them need no symbolization.
+    ranges: FunctionRanges,
     truncated: Arc<Frame>,
     codes: CodeCache,
     stats: Arc<SymbolizerStats>,
@@ -120,6 +123,7 @@ impl Resolver {
             kernel: LruCache::new(capacity),
             kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
             paths: HashMap::new(),
+            ranges: FunctionRanges::new(capacity.get()),
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
             codes: CodeCache::new(capacity),
             stats,
@@ -228,7 +232,13 @@ impl Resolver {
         for ua in &addrs {
             if let UserAddr::File { file, offset, .. } = ua {
                 lookups += 1;
-                if !self.user.contains(&(file.key, *offset)) {
+                if self.user.contains(&(file.key, *offset)) {
+                    continue;
+                }
+                if let Some(name) = self.ranges.get(file.key, *offset).cloned() {
+                    let frame = native_frame(name, &file.module, *offset);
+                    self.user.put((file.key, *offset), Some(frame));
+                } else {
                     misses
                         .entry(file.key)
                         .or_insert_with(|| (file.clone(), Vec::new()))
@@ -260,30 +270,40 @@ impl Resolver {
     }
 
     fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) {
-        let path = match self.paths.get(&file.key) {
-            Some(p) if p.exists() => Some(p.clone()),
-            _ => readable_path(pid, std::path::Path::new(&*file.module.path)),
-        };
-        let results = path.as_ref().map(|path| {
-            let src = Source::Elf(Elf { debug_syms: false, ..Elf::new(path) });
-            self.symbolizer.symbolize(&src, Input::FileOffset(offsets))
-        });
-        match &results {
-            Some(Ok(_)) => {}
-            Some(Err(e)) => debug!(path = %file.module.path, error = %e, "symbolization failed"),
-            None => debug!(path = %file.module.path, "file not readable"),
+        let fresh_path = || readable_path(pid, std::path::Path::new(&*file.module.path));
+        // The path that worked last time (the file key pins the file), else this process's view.
+        let cached = self.paths.get(&file.key).cloned();
+        let mut path = cached.clone().or_else(fresh_path);
+        let mut results = path.as_deref().map(|p| symbolize_elf(&self.symbolizer, p, offsets));
+        if cached.is_some() && !matches!(results, Some(Ok(_))) {
+            // That path went away (it was another process's root, which exited, or a container
+            // stopped): look again through this process.
+            self.paths.remove(&file.key);
+            path = fresh_path();
+            results = path.as_deref().map(|p| symbolize_elf(&self.symbolizer, p, offsets));
         }
+        let results = match results {
+            Some(Ok(results)) => results,
+            Some(Err(e)) => {
+                debug!(path = %file.module.path, error = %e, "symbolization failed");
+                // Not cached: a later sample may find the file.
+                return;
+            }
+            None => {
+                debug!(path = %file.module.path, "file not readable");
+                return;
+            }
+        };
         for (i, &offset) in offsets.iter().enumerate() {
-            let frame = match results.as_ref().and_then(|r| r.as_ref().ok()).map(|r| &r[i]) {
-                Some(Symbolized::Sym(sym)) => Some(Arc::new(Frame {
-                    kind: FrameKind::Native,
-                    function: sym.name.as_ref().into(),
-                    module: Some(file.module.clone()),
-                    address: offset,
-                    file: None,
-                    line: 0,
-                    start_line: 0,
-                })),
+            let frame = match results.get(i) {
+                Some(Symbolized::Sym(sym)) => {
+                    let name: Arc<str> = sym.name.as_ref().into();
+                    if let Some(size) = sym.size {
+                        let start = offset.saturating_sub(sym.offset as u64);
+                        self.ranges.insert(file.key, start, start + size as u64, name.clone());
+                    }
+                    Some(native_frame(name, &file.module, offset))
+                }
                 // Unknown frames carry the process's address, so they are not cached as frames.
                 _ => None,
             };
@@ -314,6 +334,29 @@ fn lookup_user(depth: usize, ua: &UserAddr) -> UserAddr {
         }
         other => other.clone(),
     }
+}
+
+/// Names `offsets` of the ELF file at `path`.
+fn symbolize_elf<'s>(
+    symbolizer: &'s Symbolizer,
+    path: &std::path::Path,
+    offsets: &[u64],
+) -> Result<Vec<Symbolized<'s>>, blazesym::Error> {
+    let src = Source::Elf(Elf { debug_syms: false, ..Elf::new(path) });
+    symbolizer.symbolize(&src, Input::FileOffset(offsets))
+}
+
+/// The frame of native function `name` at `offset` in `module`.
+fn native_frame(name: Arc<str>, module: &Arc<Module>, offset: u64) -> Arc<Frame> {
+    Arc::new(Frame {
+        kind: FrameKind::Native,
+        function: name,
+        module: Some(module.clone()),
+        address: offset,
+        file: None,
+        line: 0,
+        start_line: 0,
+    })
 }
 
 /// `[unknown] 0xADDR (libfoo.so+0xOFFSET)`.

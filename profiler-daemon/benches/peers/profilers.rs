@@ -1,0 +1,248 @@
+//! The profilers under test: profilerd (system-wide, started once per round and setting),
+//! py-spy and perf (attached to one process each).
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use profiler_daemon::{
+    export::{folded, view::ProfileView},
+    selector::Selector,
+};
+use profiler_proto::v1;
+
+use crate::measure::{self, BpfCost};
+
+/// The kernel programs of profilerd.
+pub const PROGRAMS: [&str; 2] = ["sample_cpu", "python_call"];
+
+/// A profilerd started by the harness.
+pub struct Profilerd {
+    child: Child,
+    endpoint: String,
+    loaded: SystemTime,
+    runtime: tokio::runtime::Runtime,
+}
+
+/// How much a profiler has used so far: its process CPU and its BPF programs' run time.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    /// CPU of the profiler's processes.
+    pub cpu_ns: u64,
+    /// Run time of its BPF programs.
+    pub bpf: BpfCost,
+}
+
+impl Usage {
+    /// The usage since `earlier`.
+    pub fn since(self, earlier: Usage) -> Usage {
+        Usage {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            bpf: self.bpf.since(earlier.bpf),
+        }
+    }
+
+    /// Process CPU plus BPF run time.
+    pub fn total(self) -> Duration {
+        Duration::from_nanos(self.cpu_ns + self.bpf.run_ns)
+    }
+}
+
+impl Profilerd {
+    /// Starts profilerd at `hz` (with the call probe on every Python process if `calls`), with
+    /// its socket and store in `dir` and its other options at their defaults (10 s windows,
+    /// written to the store), and waits until it answers.
+    pub fn start(dir: &Path, hz: u32, calls: bool) -> Result<Profilerd, String> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let socket = dir.join("profiler.sock");
+        let endpoint = format!("unix://{}", socket.display());
+        let loaded = SystemTime::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_profilerd"))
+            .args(["--listen", &endpoint, "--metrics-listen", "off"])
+            .args(["--frequency", &hz.to_string(), "--bpf-stats"])
+            .args(["--python-calls", if calls { "all" } else { "off" }])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("profilerd.log")).map_err(|e| e.to_string())?)
+            .spawn()
+            .map_err(|e| format!("starting profilerd: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut daemon = Profilerd { child, endpoint, loaded, runtime };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while daemon.status().is_none() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("profilerd.log")).unwrap_or_default();
+                return Err(format!("profilerd exited ({status}):\n{log}"));
+            }
+            if Instant::now() > deadline {
+                return Err("profilerd did not become ready in 30 s".to_owned());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the daemon has used since it started.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            cpu_ns: measure::cpu_ns(self.pid()),
+            bpf: measure::bpf_cost(&PROGRAMS, self.loaded),
+        }
+    }
+
+    /// The run time and runs of the sampling program alone.
+    pub fn sampling_cost(&self) -> BpfCost {
+        measure::bpf_cost(&PROGRAMS[..1], self.loaded)
+    }
+
+    /// The daemon's `Status`, or `None` if it does not answer.
+    pub fn status(&self) -> Option<v1::StatusResponse> {
+        self.runtime.block_on(async {
+            let mut client = profiler_daemon::client::connect(&self.endpoint).await.ok()?;
+            Some(client.status(v1::StatusRequest {}).await.ok()?.into_inner())
+        })
+    }
+
+    /// Folded stacks of process `pid` over the last `seconds`.
+    pub fn folded(&self, pid: u32, seconds: u64) -> Result<String, String> {
+        self.runtime.block_on(async {
+            let mut client = profiler_daemon::client::connect(&self.endpoint)
+                .await
+                .map_err(|e| e.to_string())?;
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+            let end = i64::try_from(now.as_nanos()).unwrap_or(i64::MAX);
+            let selector: Selector = format!("pid={pid}").parse().map_err(|e| format!("{e}"))?;
+            let request = v1::QueryRequest {
+                range: Some(v1::TimeRange {
+                    start_unix_nanos: end - i64::try_from(seconds).unwrap_or(0) * 1_000_000_000,
+                    end_unix_nanos: end,
+                }),
+                filter: Some(selector.to_proto()),
+            };
+            let response = client.query(request).await.map_err(|e| e.message().to_owned())?;
+            let profile = response.into_inner().profile.ok_or("no profile")?;
+            let view = ProfileView::new(&profile).map_err(|e| e.to_string())?;
+            Ok(folded::render(&view))
+        })
+    }
+
+    /// Stops the daemon (SIGTERM) and waits for it.
+    pub fn stop(mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A per-process profiler attached to one process (py-spy or perf).
+pub struct Attached {
+    child: Child,
+    /// Where it writes its profile.
+    pub output: PathBuf,
+}
+
+impl Attached {
+    /// `py-spy record` at 100 Hz on `pid`, raw (folded) output; waits until it samples.
+    pub fn py_spy(
+        py_spy: &Path,
+        pid: u32,
+        nonblocking: bool,
+        output: PathBuf,
+    ) -> Result<Attached, String> {
+        let mut command = Command::new(py_spy);
+        command
+            .args(["record", "--rate", "100", "--format", "raw", "--pid", &pid.to_string()])
+            .arg("--output")
+            .arg(&output);
+        if nonblocking {
+            command.arg("--nonblocking");
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting py-spy: {e}"))?;
+        // py-spy says "Sampling process ..." on standard output once it is attached.
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                let _ = child.wait();
+                return Err("py-spy exited before sampling".to_owned());
+            }
+            if line.contains("Sampling process") {
+                break;
+            }
+        }
+        // Keep draining its progress output so that it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        Ok(Attached { child, output })
+    }
+
+    /// `perf record -F 99 -g` on `pid`.
+    pub fn perf(perf: &Path, pid: u32, output: PathBuf) -> Result<Attached, String> {
+        let child = Command::new(perf)
+            .args(["record", "-F", "99", "-g", "-q", "-p", &pid.to_string(), "-o"])
+            .arg(&output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting perf: {e}"))?;
+        // perf has no "attached" message; its set-up takes a few milliseconds.
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Attached { child, output })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU used so far.
+    pub fn usage(&self) -> Usage {
+        Usage { cpu_ns: measure::cpu_ns(self.pid()), bpf: BpfCost::default() }
+    }
+
+    /// Peak RSS so far.
+    pub fn peak_rss(&self) -> u64 {
+        measure::peak_rss(self.pid())
+    }
+
+    /// Waits for it to finish (it stops when its target exits), SIGINT after `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> PathBuf {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.output;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+        self.output
+    }
+}
