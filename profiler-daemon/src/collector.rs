@@ -110,7 +110,7 @@ impl Collector {
         }
         let Some(process) = self.processes.get_mut(pid) else { return };
         if let Some(names) = &self.pods
-            && process.awaits_pod_name(names.generation())
+            && process.awaits_pod_name(|| names.generation())
             && !process.name_pod(&names.directory())
         {
             // A pod that started after the last listing.

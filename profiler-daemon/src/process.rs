@@ -202,14 +202,15 @@ impl ProcessInfo {
     }
 
     /// Whether the process is in a pod that the Kubernetes API has not named yet, and the pod
-    /// directory has a listing this process has not been looked up in.
-    pub fn awaits_pod_name(&self, directory_generation: u64) -> bool {
+    /// directory has a listing this process has not been looked up in. The listing number is
+    /// asked for only then: most processes are not in a pod, and this runs for every sample.
+    pub fn awaits_pod_name(&self, directory_generation: impl FnOnce() -> u64) -> bool {
         let unnamed = match &self.pod {
             None => true,
             // A container that had not started when its pod was listed.
             Some(pod) => pod.container.is_none() && !self.container.is_empty(),
         };
-        unnamed && !self.pod_uid.is_empty() && self.pods_searched < directory_generation
+        unnamed && !self.pod_uid.is_empty() && self.pods_searched < directory_generation()
     }
 
     /// Looks the process's pod up in `directory`; labels made from now on carry its names.
