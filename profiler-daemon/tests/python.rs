@@ -317,7 +317,7 @@ fn python_cpu_shares_match_self_measured_truth() {
         std::thread::sleep(Duration::from_millis(1200));
         let folded = parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid]));
         let all = total(&folded);
-        assert!(all >= 3000, "{}: {all} samples", python.display());
+        assert!(all >= 3000, "{}: {all} samples\n{}", python.display(), dump(&folded));
         for name in ["work_a", "work_b", "work_c"] {
             let sampled =
                 matching(&folded, |s| s.contains(&format!(";{name} ("))) as f64 / all as f64;
@@ -330,8 +330,9 @@ fn python_cpu_shares_match_self_measured_truth() {
             );
             assert!(
                 (sampled - expected).abs() < 0.03,
-                "{}: {name} sampled {sampled:.3} vs self-measured {expected:.3}",
-                python.display()
+                "{}: {name} sampled {sampled:.3} vs self-measured {expected:.3}\n{}",
+                python.display(),
+                dump(&folded)
             );
         }
     }

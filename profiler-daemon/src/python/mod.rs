@@ -117,6 +117,24 @@ fn is_libpython(name: &str) -> bool {
     name.starts_with("libpython3.")
 }
 
+/// Whether an executable's file name is an interpreter's: `python`, `python3`, `python3.12`,
+/// with ABI flags like `python3.13t` or `python3.11d`. Not `python-build` or `pythonista`.
+fn is_interpreter_name(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("python") else { return false };
+    let rest = rest.strip_prefix('3').unwrap_or(rest);
+    let rest = match rest.strip_prefix('.') {
+        Some(minor) => {
+            let digits = minor.chars().take_while(char::is_ascii_digit).count();
+            if digits == 0 {
+                return false;
+            }
+            &minor[digits..]
+        }
+        None => rest,
+    };
+    rest.chars().all(|c| matches!(c, 'd' | 'm' | 't' | 'u'))
+}
+
 fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
     let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
@@ -139,10 +157,8 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
             continue;
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let exe_is_python = Path::new(exe)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("python"));
+        let exe_is_python =
+            Path::new(exe).file_name().and_then(|n| n.to_str()).is_some_and(is_interpreter_name);
         let linkage = if is_libpython(name) {
             Linkage::Shared
         } else if exe_is_python && path.to_str() == Some(exe) {
@@ -173,22 +189,51 @@ struct Symbols {
     first_load_vaddr: u64,
 }
 
-fn read_symbols(path: &Path) -> Option<Symbols> {
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let mut runtime = None;
-    let mut code_type = None;
-    let mut py_version = None;
-    let mut eval_frame = None;
-    for sym in file.dynamic_symbols().chain(file.symbols()) {
-        match sym.name() {
-            Ok("_PyRuntime") => runtime = Some(sym.address()),
-            Ok("PyCode_Type") => code_type = Some(sym.address()),
-            Ok("Py_Version") => py_version = Some(sym.address()),
-            Ok("_PyEval_EvalFrameDefault") => eval_frame = Some(sym.address()),
-            _ => {}
-        }
+/// Maps `path` into memory: interpreter files are parsed in place, never read whole.
+fn map_file(path: &Path) -> Option<memmap2::Mmap> {
+    let file = std::fs::File::open(path).ok()?;
+    // SAFETY: the mapping is read-only and private. A file truncated while mapped would fault
+    // on access; executables and libraries in use are replaced by rename, not rewritten.
+    unsafe { memmap2::Mmap::map(&file) }.ok()
+}
+
+/// Addresses of the symbols detection needs, as found so far.
+#[derive(Default)]
+struct Found {
+    runtime: Option<u64>,
+    code_type: Option<u64>,
+    py_version: Option<u64>,
+    eval_frame: Option<u64>,
+}
+
+impl Found {
+    fn take(&mut self, sym: &object::Symbol<'_, '_>) {
+        let slot = match sym.name() {
+            Ok("_PyRuntime") => &mut self.runtime,
+            Ok("PyCode_Type") => &mut self.code_type,
+            Ok("Py_Version") => &mut self.py_version,
+            Ok("_PyEval_EvalFrameDefault") => &mut self.eval_frame,
+            _ => return,
+        };
+        slot.get_or_insert(sym.address());
     }
+
+    fn complete(&self) -> bool {
+        self.runtime.is_some() && self.code_type.is_some() && self.eval_frame.is_some()
+    }
+}
+
+fn read_symbols(path: &Path) -> Option<Symbols> {
+    let data = map_file(path)?;
+    let file = object::File::parse(&*data).ok()?;
+    let mut found = Found::default();
+    // CPython exports what is needed; the full symbol table, which can be large, is searched
+    // only when the exported one lacks something.
+    file.dynamic_symbols().for_each(|sym| found.take(&sym));
+    if !found.complete() {
+        file.symbols().for_each(|sym| found.take(&sym));
+    }
+    let Found { runtime, code_type, py_version, eval_frame } = found;
     let eval_frame_offset = eval_frame.and_then(|addr| {
         file.segments().find_map(|seg| {
             let (offset, size) = seg.file_range();
@@ -260,7 +305,7 @@ fn without_symbols(
     launcher_needs_libpython: impl FnOnce() -> bool,
 ) -> Detection {
     let exe_name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if !exe_name.starts_with("python") {
+    if !is_interpreter_name(exe_name) {
         return Detection::NotPython;
     }
     if !libpython_mapped && launcher_needs_libpython() {
@@ -276,7 +321,7 @@ pub fn needs_libpython(path: &Path) -> bool {
         elf::{DT_NEEDED, FileHeader64},
         read::elf::{Dyn as _, FileHeader as _},
     };
-    let Ok(data) = std::fs::read(path) else { return false };
+    let Some(data) = map_file(path) else { return false };
     let data = &*data;
     let Ok(header) = FileHeader64::<Endianness>::parse(data) else { return false };
     let Ok(endian) = header.endian() else { return false };
@@ -362,6 +407,32 @@ mod tests {
         let own = std::env::current_exe().unwrap();
         assert!(!needs_libpython(&own));
         assert!(!needs_libpython(Path::new("/nonexistent/python3.13")));
+    }
+
+    #[test]
+    fn interpreter_names() {
+        for name in ["python", "python3", "python3.9", "python3.11", "python3.13t", "python3.11d"] {
+            assert!(is_interpreter_name(name), "{name}");
+        }
+        for name in ["python-d26279dd3476c33a", "python3.", "pythonista", "python3-config", "py"] {
+            assert!(!is_interpreter_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn symbols_are_found_in_a_real_interpreter() {
+        let Some(python) = ["/usr/bin/python3.11", "/usr/bin/python3"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+        else {
+            eprintln!("skipped: no /usr/bin/python3 on this machine");
+            return;
+        };
+        let python = python.canonicalize().unwrap();
+        let symbols = read_symbols(&python).expect("_PyRuntime in the system interpreter");
+        assert!(symbols.code_type.is_some() && symbols.eval_frame_offset.is_some());
+        assert!(read_symbols(&std::env::current_exe().unwrap()).is_none());
     }
 
     #[test]
