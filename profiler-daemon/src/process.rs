@@ -347,8 +347,11 @@ impl ProcessTable {
         info
     }
 
-    /// Normalizes `addrs` of process `pid`, re-reading its maps (at most once a second) when an
-    /// address falls outside them, as after a `dlopen`.
+    /// Normalizes `addrs` (leaf first) of process `pid`, re-reading its maps (at most once a
+    /// second) when the leaf falls outside them, as after a `dlopen`. Only the leaf is a sure
+    /// instruction address: in code built without frame pointers the callers are whatever the
+    /// frame-pointer walk found on the stack, and re-reading the maps for those would cost a
+    /// `/proc` read per process every second for nothing.
     pub fn normalize(&mut self, pid: u32, addrs: &[u64]) -> Vec<UserAddr> {
         let Some(info) = self.procs.get_mut(&pid) else {
             return addrs
@@ -356,7 +359,7 @@ impl ProcessTable {
                 .map(|&addr| UserAddr::Anonymous { addr, region: "[unmapped]" })
                 .collect();
         };
-        let missing = addrs.iter().any(|&a| info.lookup(a).is_none());
+        let missing = addrs.first().is_some_and(|&leaf| info.lookup(leaf).is_none());
         if missing
             && info.exited_at.is_none()
             && info.maps_read_at.elapsed() >= MAPS_REFRESH_INTERVAL
@@ -651,6 +654,27 @@ mod tests {
             other => panic!("expected a file address, got {other:?}"),
         }
         assert!(matches!(normalized[1], UserAddr::Anonymous { region: "[unmapped]", .. }));
+    }
+
+    #[test]
+    fn only_an_unknown_leaf_makes_the_maps_be_read_again() {
+        if skip_under_qemu_user(
+            "only_an_unknown_leaf_makes_the_maps_be_read_again",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(16);
+        table.observe(pid, pid, b"test");
+        let leaf = only_an_unknown_leaf_makes_the_maps_be_read_again as *const () as u64;
+        let long_ago = Instant::now() - 2 * MAPS_REFRESH_INTERVAL;
+        table.procs.get_mut(&pid).unwrap().maps_read_at = long_ago;
+        // A known leaf under a garbage caller, as a walk without frame pointers finds.
+        table.normalize(pid, &[leaf, 6]);
+        assert_eq!(table.procs[&pid].maps_read_at, long_ago);
+        table.normalize(pid, &[6, leaf]);
+        assert!(table.procs[&pid].maps_read_at > long_ago);
     }
 
     #[test]

@@ -43,6 +43,10 @@ use crate::{
 /// Marker frame for a stack cut at the recording depth.
 pub const TRUNCATED_FRAME: &str = "[truncated]";
 
+/// How long a file that could not be symbolized (deleted, unreadable, not ELF) is left alone
+/// before it is tried again. Its frames are unknown meanwhile.
+const FAILED_FILE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A sample whose user addresses are normalized, waiting for symbols.
 #[derive(Clone, Debug)]
 pub struct RawStack {
@@ -102,6 +106,8 @@ pub struct Resolver {
     kernel_module: Arc<Module>,
     /// The path each file was last opened by.
     paths: HashMap<FileKey, PathBuf>,
+    /// Files that could not be symbolized, and when that was last tried.
+    failed: HashMap<FileKey, std::time::Instant>,
     /// Functions met, so that other addresses inside them need no symbolization.
     ranges: FunctionRanges,
     truncated: Arc<Frame>,
@@ -123,6 +129,7 @@ impl Resolver {
             kernel: LruCache::new(capacity),
             kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
             paths: HashMap::new(),
+            failed: HashMap::new(),
             ranges: FunctionRanges::new(capacity.get()),
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
             codes: CodeCache::new(capacity),
@@ -249,7 +256,17 @@ impl Resolver {
         }
         self.count(lookups, misses.values().map(|(_, v)| v.len()).sum());
         for (file, offsets) in misses.into_values() {
-            self.symbolize_file(pid, &file, &offsets);
+            if self.failed.get(&file.key).is_some_and(|at| at.elapsed() < FAILED_FILE_RETRY) {
+                continue;
+            }
+            if self.symbolize_file(pid, &file, &offsets) {
+                self.failed.remove(&file.key);
+            } else {
+                if self.failed.len() >= self.user.cap().get() {
+                    self.failed.clear();
+                }
+                self.failed.insert(file.key, std::time::Instant::now());
+            }
         }
         for ua in &addrs {
             let frame = match ua {
@@ -269,7 +286,8 @@ impl Resolver {
         }
     }
 
-    fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) {
+    /// Symbolizes `offsets` of `file` into the cache; false when the file could not be read.
+    fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) -> bool {
         let fresh_path = || readable_path(pid, std::path::Path::new(&*file.module.path));
         // The path that worked last time (the file key pins the file), else this process's view.
         let cached = self.paths.get(&file.key).cloned();
@@ -286,12 +304,12 @@ impl Resolver {
             Some(Ok(results)) => results,
             Some(Err(e)) => {
                 debug!(path = %file.module.path, error = %e, "symbolization failed");
-                // Not cached: a later sample may find the file.
-                return;
+                // Not cached: the file may be found again later.
+                return false;
             }
             None => {
                 debug!(path = %file.module.path, "file not readable");
-                return;
+                return false;
             }
         };
         for (i, &offset) in offsets.iter().enumerate() {
@@ -312,6 +330,7 @@ impl Resolver {
         if let Some(path) = path {
             self.paths.insert(file.key, path);
         }
+        true
     }
 
     fn count(&self, lookups: usize, misses: usize) {
@@ -480,6 +499,36 @@ mod tests {
         let name = format!("[unknown] 0x7f0000000000 ({}+0x10000000000)", file.module.file_name());
         assert_eq!(&*stack[0].function, name);
         assert_eq!(&*stack[1].function, TRUNCATED_FRAME);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_left_alone_for_a_while() {
+        let pid = std::process::id();
+        let labels = ProcessTable::new(4).observe(pid, pid, b"t").labels(pid, b"t", true);
+        let gone = Arc::new(MappedFile {
+            key: FileKey { dev: 0, inode: 1 },
+            module: Arc::new(Module { path: "/nonexistent/libgone.so".into(), build_id: None }),
+        });
+        let raw = RawStack {
+            labels,
+            kernel: vec![],
+            user: vec![UserAddr::File {
+                file: gone.clone(),
+                offset: 0x1234,
+                addr: 0x7f00_0000_1234,
+            }],
+            python: None,
+            flags: 0,
+        };
+        let (mut resolver, _) = resolver();
+        let stack = resolver.resolve(pid, &raw);
+        assert_eq!(&*stack[0].function, "[unknown] 0x7f0000001234 (libgone.so+0x1234)");
+        let failed_at = resolver.failed[&gone.key];
+        resolver.resolve(pid, &raw);
+        assert_eq!(resolver.failed[&gone.key], failed_at, "not tried again at once");
+        resolver.failed.insert(gone.key, failed_at - FAILED_FILE_RETRY);
+        resolver.resolve(pid, &raw);
+        assert!(resolver.failed[&gone.key] > failed_at, "tried again later");
     }
 
     #[test]

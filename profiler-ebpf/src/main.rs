@@ -26,6 +26,7 @@ use aya_ebpf::{
 mod arch;
 mod calls;
 mod python;
+mod user_stack;
 
 use profiler_common::{
     counters::Counter,
@@ -100,23 +101,47 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
     header.cpu = unsafe { bpf_get_smp_processor_id() };
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 
-    // SAFETY: the destination has room for MAX_STACK_DEPTH frames.
-    let kernel =
-        unsafe { bpf_get_stack(ctx.as_ptr(), ips.as_mut_ptr().cast::<c_void>(), STACK_BYTES, 0) };
+    // A sample of user code has no kernel stack, yet asking for it costs a microsecond.
+    let kernel = if arch::in_user_mode(ctx) {
+        0
+    } else {
+        // SAFETY: the destination has room for MAX_STACK_DEPTH frames.
+        unsafe { bpf_get_stack(ctx.as_ptr(), ips.as_mut_ptr().cast::<c_void>(), STACK_BYTES, 0) }
+    };
     let kernel_len = stack_len(kernel, &mut flags, FLAG_KERNEL_ERROR, FLAG_KERNEL_TRUNCATED);
     // Verifier: the user stack goes right after the kernel frames; the mask proves that the
     // offset stays within the first half of `ips`.
     let user_at = (kernel_len as usize) & 0x7f;
-    // SAFETY: user_at <= 127, so MAX_STACK_DEPTH frames from there fit in `ips`.
-    let user = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            ips.as_mut_ptr().add(user_at).cast::<c_void>(),
-            STACK_BYTES,
-            BPF_F_USER_STACK.into(),
-        )
+    let user_len = match arch::user_ip_and_fp(ctx) {
+        Some((ip, fp)) => {
+            let (frames, truncated) = user_stack::walk(ips, user_at, ip, fp);
+            if truncated {
+                flags |= FLAG_USER_TRUNCATED;
+            }
+            // Verifier: a count read back from map memory is a bounded unknown rather than one
+            // exact value per way out of the walk, so the walk's exits share one state and the
+            // Python walk after it is checked once, not once per exit.
+            // SAFETY: `header` is this CPU's scratch record.
+            unsafe {
+                core::ptr::write_volatile(&raw mut header.user_len, frames);
+                core::ptr::read_volatile(&raw const header.user_len) & 0x7f
+            }
+        }
+        // In the kernel (a system call, a fault) the user registers are elsewhere: the
+        // kernel finds them.
+        None => {
+            // SAFETY: user_at <= 127, so MAX_STACK_DEPTH frames from there fit in `ips`.
+            let user = unsafe {
+                bpf_get_stack(
+                    ctx.as_ptr(),
+                    ips.as_mut_ptr().add(user_at).cast::<c_void>(),
+                    STACK_BYTES,
+                    BPF_F_USER_STACK.into(),
+                )
+            };
+            stack_len(user, &mut flags, FLAG_USER_ERROR, FLAG_USER_TRUNCATED)
+        }
     };
-    let user_len = stack_len(user, &mut flags, FLAG_USER_ERROR, FLAG_USER_TRUNCATED);
     let py_at = (user_at + user_len as usize) & 0xff;
     let py_len = python::walk(ips, py_at, header.tgid, tid, &mut flags);
     header.kernel_len = user_at as u32;

@@ -245,8 +245,7 @@ fn overhead(
             let daemon = match setting {
                 Setting::Profilerd { hz, calls } => {
                     let d = Profilerd::start(&work.join("profilerd"), hz, calls)?;
-                    // Past its start-up (symbolizing what already runs).
-                    std::thread::sleep(Duration::from_secs(1));
+                    d.settle(Duration::from_secs(20));
                     Some(d)
                 }
                 _ => None,
@@ -341,7 +340,8 @@ fn daemon_cost(
     let mut out = Vec::new();
     for processes in [1, if options.smoke { 4 } else { 20 }] {
         let daemon = Profilerd::start(&work.join("profilerd"), 99, false)?;
-        // Past start-up: finding the processes and symbolizing their code.
+        daemon.settle(Duration::from_secs(20));
+        // Past the processes' start-up: finding them and symbolizing their code.
         let warm_up = options.seconds(5.0, 1.0);
         let mut children = programs.busy(processes, warm_up + seconds + 5.0);
         std::thread::sleep(Duration::from_secs_f64(warm_up));

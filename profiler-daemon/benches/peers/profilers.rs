@@ -95,6 +95,25 @@ impl Profilerd {
         self.child.id()
     }
 
+    /// Waits until the daemon is past its start-up (symbolizing the kernel and what already
+    /// runs): its CPU over the last quarter second is under 2% of a core, or `max` has passed.
+    /// Returns how long that took.
+    pub fn settle(&self, max: Duration) -> Duration {
+        const STEP: Duration = Duration::from_millis(250);
+        let started = Instant::now();
+        let mut before = measure::cpu_ns(self.pid());
+        loop {
+            std::thread::sleep(STEP);
+            let now = measure::cpu_ns(self.pid());
+            let busy =
+                measure::core_percent(Duration::from_nanos(now.saturating_sub(before)), STEP);
+            before = now;
+            if busy < 2.0 || started.elapsed() >= max {
+                return started.elapsed();
+            }
+        }
+    }
+
     /// What the daemon has used since it started.
     pub fn usage(&self) -> Usage {
         Usage {
