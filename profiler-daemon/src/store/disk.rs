@@ -35,6 +35,10 @@ use crate::{
 
 const WINDOWS: TableDefinition<i64, &[u8]> = TableDefinition::new("windows");
 const ROLLUPS: TableDefinition<(u8, i64), &[u8]> = TableDefinition::new("rollups");
+/// redb's page cache. Its default (1 GiB) would keep every page the daemon ever wrote in
+/// memory, growing the daemon by the store's size; queries read the rest through the kernel's
+/// page cache.
+const CACHE_BYTES: usize = 16 << 20;
 const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
 const STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("stacks");
 const LABELS: TableDefinition<u64, &[u8]> = TableDefinition::new("labels");
@@ -169,10 +173,11 @@ impl Store {
 
     fn open_file(path: &Path, retention: DiskRetention) -> Result<Store, StoreError> {
         let db_err = |e: redb::Error| classify(path, e);
-        let db = Database::create(path).map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
-            e => db_err(e.into()),
-        })?;
+        let db =
+            Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
+                DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
+                e => db_err(e.into()),
+            })?;
         let store = Store {
             db,
             path: path.to_owned(),
