@@ -197,19 +197,24 @@ impl Resolver {
         CallSample { labels: raw.labels.clone(), counts }
     }
 
+    /// Reads the kernel's symbols now rather than on the first kernel frame, which would then
+    /// take tens of milliseconds in the middle of profiling.
+    pub fn warm_up(&mut self) {
+        let started = std::time::Instant::now();
+        // An address in the kernel's text on either architecture; which symbol it hits does
+        // not matter, nor does it go into the cache.
+        let probe = [0xffff_ffff_8100_0000u64];
+        let ok = self.symbolizer.symbolize(&kernel_source(), Input::AbsAddr(&probe)).is_ok();
+        debug!(ok, took = ?started.elapsed(), "kernel symbols read");
+    }
+
     fn kernel_frames(&mut self, addrs: &[u64], out: &mut Vec<Arc<Frame>>) {
         let addrs: Vec<u64> = addrs.iter().enumerate().map(|(i, &a)| lookup_addr(i, a)).collect();
         let misses: Vec<u64> = addrs.iter().copied().filter(|a| !self.kernel.contains(a)).collect();
         self.count(addrs.len(), misses.len());
         if !misses.is_empty() {
             let lookup = &misses;
-            let src = Source::Kernel(Kernel {
-                kallsyms: MaybeDefault::Default,
-                vmlinux: MaybeDefault::None,
-                debug_syms: false,
-                ..Kernel::default()
-            });
-            let results = self.symbolizer.symbolize(&src, Input::AbsAddr(lookup));
+            let results = self.symbolizer.symbolize(&kernel_source(), Input::AbsAddr(lookup));
             for (i, &addr) in misses.iter().enumerate() {
                 let name = match results.as_ref().map(|r| &r[i]) {
                     Ok(Symbolized::Sym(sym)) => sym.name.to_string(),
@@ -342,6 +347,16 @@ impl Resolver {
 /// The address to look up for frame `depth`: the leaf is the sampled instruction itself; every
 /// other frame is a return address, which points after its call and may already be in the next
 /// function (or its patchable prefix), so the byte before it is looked up.
+/// The running kernel's symbols, from `/proc/kallsyms`.
+fn kernel_source() -> Source<'static> {
+    Source::Kernel(Kernel {
+        kallsyms: MaybeDefault::Default,
+        vmlinux: MaybeDefault::None,
+        debug_syms: false,
+        ..Kernel::default()
+    })
+}
+
 fn lookup_addr(depth: usize, addr: u64) -> u64 {
     if depth == 0 { addr } else { addr.saturating_sub(1) }
 }
@@ -399,6 +414,7 @@ pub fn spawn(
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
         let mut resolver = Resolver::new(capacity, stats);
+        resolver.warm_up();
         while let Some(work) = input.blocking_recv() {
             let resolved = match work {
                 Work::Stack(pid, raw) => {
