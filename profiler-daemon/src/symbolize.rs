@@ -201,8 +201,8 @@ impl Resolver {
     /// take tens of milliseconds in the middle of profiling.
     pub fn warm_up(&mut self) {
         let started = std::time::Instant::now();
-        // An address in the kernel's text on either architecture; which symbol it hits does
-        // not matter, nor does it go into the cache.
+        // Any kernel address loads the symbol table; what it resolves to does not matter and
+        // is not cached.
         let probe = [0xffff_ffff_8100_0000u64];
         let ok = self.symbolizer.symbolize(&kernel_source(), Input::AbsAddr(&probe)).is_ok();
         debug!(ok, took = ?started.elapsed(), "kernel symbols read");

@@ -150,6 +150,8 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
             _ => None,
         })
         .collect();
+    let exe_is_python =
+        Path::new(exe).file_name().and_then(|n| n.to_str()).is_some_and(is_interpreter_name);
     let mut out: Vec<Candidate> = Vec::new();
     for m in &maps {
         let MMapPath::Path(path) = &m.pathname else { continue };
@@ -157,8 +159,6 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
             continue;
         }
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let exe_is_python =
-            Path::new(exe).file_name().and_then(|n| n.to_str()).is_some_and(is_interpreter_name);
         let linkage = if is_libpython(name) {
             Linkage::Shared
         } else if exe_is_python && path.to_str() == Some(exe) {
