@@ -41,6 +41,8 @@ const SYMBOLIZER_QUEUE: usize = 4096;
 const AGGREGATOR_QUEUE: usize = 4096;
 /// Closed windows kept in memory (besides the store), for fast queries of the recent past.
 const MEMORY_WINDOWS_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+/// How long open gRPC calls and connections get to finish once the daemon is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the daemon stopped with an error.
 #[derive(Debug, Error)]
@@ -197,7 +199,7 @@ pub async fn run(
         "profilerd ready"
     );
     ready();
-    let served = serve(listener, service, shutdown.clone()).await;
+    let served = serve(listener, service, shutdown.clone(), SHUTDOWN_GRACE).await;
 
     // Stop sampling first (the collector owns the sampler), then drain the stages in order.
     shutdown.cancel();

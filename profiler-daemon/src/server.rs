@@ -643,8 +643,31 @@ impl Listener {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown`.
+/// Serves `service` on `listener` until `shutdown`. Then open calls get `grace` to finish, and
+/// connections to close: an HTTP/2 connection closes gracefully only once the client has
+/// acknowledged the server's notice, and a client that stopped answering never does. After
+/// `grace` the remaining connections are closed.
 pub async fn serve(
+    listener: Listener,
+    service: ProfilerService,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let serving = serve_until(listener, service, shutdown.clone());
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = serving => served,
+        () = deadline => {
+            warn!(?grace, "clients still connected after the shutdown grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+async fn serve_until(
     listener: Listener,
     service: ProfilerService,
     shutdown: CancellationToken,

@@ -13,16 +13,20 @@ use profiler_daemon::{
         Frame, FrameKind, Labels, Module, Resolved, StackSample,
         actor::{self, AggregatorConfig},
     },
+    config::ListenAddr,
     ctl,
     export::{self, ProfileView, top::SortKey},
-    server::{DaemonInfo, ProfilerService},
+    server::{self, DaemonInfo, GrpcEndpoint, Listener, ProfilerService},
     stats::PipelineStats,
     store::Retention,
     symbolize::SymbolizerStats,
 };
 use profiler_proto::v1::{self, profiler_client::ProfilerClient};
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    sync::mpsc,
+};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
 use tower::service_fn;
@@ -81,8 +85,9 @@ fn samples() -> Vec<StackSample> {
     out
 }
 
-async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
-    let shutdown = CancellationToken::new();
+/// The real service over an aggregator that holds [`samples`]; the aggregator's input stays
+/// open until `shutdown`.
+async fn service(shutdown: &CancellationToken) -> ProfilerService {
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(64);
     let config = AggregatorConfig {
@@ -117,7 +122,12 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
         runtimes: Arc::default(),
         pods: None,
     });
-    let service = ProfilerService::new(aggregator, info);
+    ProfilerService::new(aggregator, info)
+}
+
+async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
+    let shutdown = CancellationToken::new();
+    let service = service(&shutdown).await;
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let server_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -246,4 +256,39 @@ fn the_top_header_names_samples_range_and_drops() {
         ],
     };
     insta::assert_snapshot!(ctl::render_header(&stats, 10_101_010));
+}
+
+/// A client that stops answering (a hung `profctl`, or one whose runtime is no longer driven)
+/// never acknowledges the server's shutdown notice. The daemon closes its connection after the
+/// grace period instead of waiting for it forever.
+#[tokio::test]
+async fn a_client_that_stops_answering_does_not_hold_up_the_shutdown() {
+    let dir = std::env::temp_dir().join(format!("profiler-grpc-grace-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let socket = dir.join("profiler.sock");
+    let endpoint =
+        GrpcEndpoint { addr: ListenAddr::Unix(socket.clone()), tls: None, mutual: false };
+    let listener = Listener::bind(&endpoint).await.unwrap();
+    let shutdown = CancellationToken::new();
+    let service = service(&shutdown).await;
+    let serving = tokio::spawn(server::serve(
+        listener,
+        service,
+        shutdown.clone(),
+        Duration::from_millis(200),
+    ));
+    // An HTTP/2 client preface and an empty SETTINGS frame, then silence.
+    let mut client = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    // The server's SETTINGS frame header: the connection is established.
+    let mut header = [0u8; 9];
+    client.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 0x4, "the server's first frame is SETTINGS");
+    shutdown.cancel();
+    // Only a bound on a hang: the grace period is 200 ms.
+    let served = tokio::time::timeout(Duration::from_secs(60), serving).await;
+    assert!(served.is_ok(), "serve() still waits for a client that does not answer");
+    served.unwrap().unwrap().unwrap();
+    drop(client);
+    let _ = std::fs::remove_dir_all(&dir);
 }

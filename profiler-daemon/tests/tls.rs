@@ -154,7 +154,7 @@ async fn serve_tcp(flags: &[String]) -> (SocketAddr, CancellationToken) {
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
     let service = service(&shutdown);
-    tokio::spawn(serve(listener, service, shutdown.clone()));
+    tokio::spawn(serve(listener, service, shutdown.clone(), Duration::from_secs(1)));
     (addr, shutdown)
 }
 
