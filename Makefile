@@ -5,10 +5,13 @@
 
 CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Prints a step's name with the time of day, so that a slow step shows in a CI log.
+STEP = @echo "== $$(date -u +%H:%M:%S) $(1)"
 
 .PHONY: setup build run test lint unit check-deploy bench bench-smoke
 
 setup:
+	$(call STEP,setup)
 	./.ci/setup
 
 build: setup
@@ -18,23 +21,30 @@ run: build
 	$(SUDO) ./target/release/profilerd
 
 lint: setup
+	$(call STEP,lint)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # The deployment artifacts: systemd-analyze verify, Kubernetes schemas, install.
 check-deploy: setup
+	$(call STEP,deployment checks)
 	./.ci/check-deploy
 
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
-# Then the aarch64 cross build and the smoke run of the benchmark harness.
+# Then the aarch64 cross build and the smoke run of the benchmark harness. Each step starts
+# with the time of day (see STEP).
 test: lint check-deploy
+	$(call STEP,tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
 	else \
 		$(CARGO) test; \
 	fi
+	$(call STEP,aarch64 cross build)
 	./.ci/cross-aarch64
+	$(call STEP,benchmark smoke run)
 	$(MAKE) bench-smoke
+	$(call STEP,done)
 
 # The peers benchmark (profiler-daemon/benches/peers): profilerd next to py-spy and perf.
 bench: setup

@@ -18,6 +18,7 @@ mod day;
 mod measure;
 mod profilers;
 mod report;
+mod watchdog;
 mod workloads;
 
 use std::{
@@ -169,6 +170,10 @@ fn run() -> Result<(), String> {
     }
     let _stats = measure::enable_bpf_stats().ok_or("cannot enable kernel.bpf_stats_enabled")?;
     let work = std::env::temp_dir().join("profiler-peers-bench");
+    // A smoke run takes about 3 minutes here and a full one about 21: far more than either means
+    // a step is stuck.
+    let limit = Duration::from_secs(if options.smoke { 15 * 60 } else { 120 * 60 });
+    watchdog::arm(limit, work.join("profilerd/profilerd.log"));
     let _ = std::fs::remove_dir_all(&work);
     let python = ["/usr/bin/python3", "/usr/bin/python3.11"]
         .into_iter()
@@ -191,15 +196,15 @@ fn run() -> Result<(), String> {
         rounds: options.rounds,
         ..Results::default()
     };
-    eprintln!("overhead: {} rounds", options.rounds);
+    watchdog::step(0, format!("overhead: {} rounds", options.rounds));
     results.trials = overhead(&options, &programs, &tools, &work)?;
-    eprintln!("kernel cost per sample");
+    watchdog::step(0, "kernel cost per sample");
     results.kernel = kernel_cost(&options, &programs, &work)?;
-    eprintln!("daemon cost");
+    watchdog::step(0, "daemon cost");
     results.daemon = daemon_cost(&options, &programs, &tools, &work)?;
-    eprintln!("accuracy");
+    watchdog::step(0, "accuracy");
     results.accuracy = accuracy(&options, &programs, &tools, &work)?;
-    eprintln!("query latency");
+    watchdog::step(0, "query latency");
     results.queries = query_latency(&options, &work)?;
     results.duration = started.elapsed();
     let text = report::markdown(&results);
@@ -241,7 +246,7 @@ fn overhead(
             order.reverse();
         }
         for setting in order {
-            eprintln!("  round {} {}", round + 1, setting.name());
+            watchdog::step(1, format!("round {} {}", round + 1, setting.name()));
             let daemon = match setting {
                 Setting::Profilerd { hz, calls } => {
                     let d = Profilerd::start(&work.join("profilerd"), hz, calls)?;
@@ -308,6 +313,7 @@ fn kernel_cost(
     for (case, depth) in
         [("native C, 3 frames", 0), ("Python, 20 frames", 20), ("Python, 100 frames", 100)]
     {
+        watchdog::step(1, case);
         let mut children = programs.busy_at_depth(depth, 2, seconds + 1.5);
         // Past detection and start-up.
         std::thread::sleep(Duration::from_secs(1));
@@ -339,6 +345,8 @@ fn daemon_cost(
     let seconds = options.seconds(60.0, 4.0);
     let mut out = Vec::new();
     for processes in [1, if options.smoke { 4 } else { 20 }] {
+        let busy = format!("{processes} busy process{}", if processes > 1 { "es" } else { "" });
+        watchdog::step(1, format!("profilerd, {busy}"));
         let daemon = Profilerd::start(&work.join("profilerd"), 99, false)?;
         daemon.settle(Duration::from_secs(20));
         // Past the processes' start-up: finding them and symbolizing their code.
@@ -372,6 +380,7 @@ fn daemon_cost(
             let _ = c.wait();
         }
         let Some(py_spy) = tools.py_spy.as_deref() else { continue };
+        watchdog::step(1, format!("py-spy, {busy}"));
         let mut children = programs.busy(processes, seconds + 30.0);
         std::thread::sleep(Duration::from_millis(300));
         let mut spies = Vec::new();
@@ -419,6 +428,7 @@ fn accuracy(
     let mut out = Vec::new();
     let runs = options.rounds.min(3);
     for run in 0..runs {
+        watchdog::step(1, format!("run {}", run + 1));
         let mut child = programs.accuracy(seconds)?;
         let pid = child.id();
         let spy = match tools.py_spy.as_deref() {

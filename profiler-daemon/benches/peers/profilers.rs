@@ -14,12 +14,18 @@ use profiler_daemon::{
 };
 use profiler_proto::v1;
 
-use crate::measure::{self, BpfCost};
+use crate::{
+    measure::{self, BpfCost},
+    watchdog,
+};
 
 /// The kernel programs of profilerd.
 pub const PROGRAMS: [&str; 2] = ["sample_cpu", "python_call"];
 
-/// A profilerd started by the harness.
+/// How long a call to the daemon may take before the harness gives up on it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A profilerd started by the harness; killed when dropped unless [`Profilerd::stop`]ped.
 pub struct Profilerd {
     child: Child,
     endpoint: String,
@@ -61,7 +67,8 @@ impl Profilerd {
         let socket = dir.join("profiler.sock");
         let endpoint = format!("unix://{}", socket.display());
         let loaded = SystemTime::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_profilerd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_profilerd"));
+        let child = watchdog::dies_with_harness(&mut command)
             .args(["--listen", &endpoint, "--metrics-listen", "off"])
             .args(["--frequency", &hz.to_string(), "--bpf-stats"])
             .args(["--python-calls", if calls { "all" } else { "off" }])
@@ -71,7 +78,10 @@ impl Profilerd {
             .stderr(std::fs::File::create(dir.join("profilerd.log")).map_err(|e| e.to_string())?)
             .spawn()
             .map_err(|e| format!("starting profilerd: {e}"))?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
+        // One worker keeps the client's connections answering between calls, so that they
+        // close when the daemon stops instead of holding up its shutdown.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
@@ -127,17 +137,20 @@ impl Profilerd {
         measure::bpf_cost(&PROGRAMS[..1], self.loaded)
     }
 
-    /// The daemon's `Status`, or `None` if it does not answer.
+    /// The daemon's `Status`, or `None` if it does not answer within [`CALL_TIMEOUT`].
     pub fn status(&self) -> Option<v1::StatusResponse> {
         self.runtime.block_on(async {
-            let mut client = profiler_daemon::client::connect(&self.endpoint).await.ok()?;
-            Some(client.status(v1::StatusRequest {}).await.ok()?.into_inner())
+            let call = async {
+                let mut client = profiler_daemon::client::connect(&self.endpoint).await.ok()?;
+                Some(client.status(v1::StatusRequest {}).await.ok()?.into_inner())
+            };
+            tokio::time::timeout(CALL_TIMEOUT, call).await.ok().flatten()
         })
     }
 
     /// Folded stacks of process `pid` over the last `seconds`.
     pub fn folded(&self, pid: u32, seconds: u64) -> Result<String, String> {
-        self.runtime.block_on(async {
+        let call = async {
             let mut client = profiler_daemon::client::connect(&self.endpoint)
                 .await
                 .map_err(|e| e.to_string())?;
@@ -155,6 +168,11 @@ impl Profilerd {
             let profile = response.into_inner().profile.ok_or("no profile")?;
             let view = ProfileView::new(&profile).map_err(|e| e.to_string())?;
             Ok(folded::render(&view))
+        };
+        self.runtime.block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, call)
+                .await
+                .map_err(|_| format!("profilerd did not answer a query in {CALL_TIMEOUT:?}"))?
         })
     }
 
@@ -174,7 +192,16 @@ impl Profilerd {
     }
 }
 
-/// A per-process profiler attached to one process (py-spy or perf).
+impl Drop for Profilerd {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A per-process profiler attached to one process (py-spy or perf); killed when dropped.
 pub struct Attached {
     child: Child,
     /// Where it writes its profile.
@@ -197,7 +224,7 @@ impl Attached {
         if nonblocking {
             command.arg("--nonblocking");
         }
-        let mut child = command
+        let mut child = watchdog::dies_with_harness(&mut command)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -223,7 +250,8 @@ impl Attached {
 
     /// `perf record -F 99 -g` on `pid`.
     pub fn perf(perf: &Path, pid: u32, output: PathBuf) -> Result<Attached, String> {
-        let child = Command::new(perf)
+        let mut command = Command::new(perf);
+        let child = watchdog::dies_with_harness(&mut command)
             .args(["record", "-F", "99", "-g", "-q", "-p", &pid.to_string(), "-o"])
             .arg(&output)
             .stdout(Stdio::null())
@@ -250,18 +278,37 @@ impl Attached {
         measure::peak_rss(self.pid())
     }
 
-    /// Waits for it to finish (it stops when its target exits), SIGINT after `timeout`.
+    /// Waits for it to finish (it stops when its target exits): SIGINT after `timeout`, and
+    /// SIGKILL if it is still there `timeout` after that.
     pub fn finish(mut self, timeout: Duration) -> PathBuf {
+        if !self.exits_within(timeout) {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+            if !self.exits_within(timeout) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        std::mem::take(&mut self.output)
+    }
+
+    fn exits_within(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return self.output;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
-        self.output
+        false
+    }
+}
+
+impl Drop for Attached {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use crate::watchdog;
+
 /// A fixed-work workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -105,7 +107,7 @@ impl Programs {
                 c
             }
         };
-        let mut child = command
+        let mut child = watchdog::dies_with_harness(&mut command)
             .arg(&units)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -135,7 +137,7 @@ impl Programs {
                     c.arg(&self.script).args(["depth", &depth.to_string(), &seconds.to_string()]);
                     c
                 };
-                c.stdout(Stdio::null()).spawn().ok()
+                watchdog::dies_with_harness(&mut c).stdout(Stdio::null()).spawn().ok()
             })
             .collect()
     }
@@ -144,7 +146,8 @@ impl Programs {
     pub fn busy(&self, count: usize, seconds: f64) -> Vec<Child> {
         (0..count)
             .filter_map(|_| {
-                Command::new(&self.python)
+                let mut c = Command::new(&self.python);
+                watchdog::dies_with_harness(&mut c)
                     .arg(&self.script)
                     .args(["busy", &seconds.to_string()])
                     .stdout(Stdio::null())
@@ -156,7 +159,8 @@ impl Programs {
 
     /// The accuracy workload (functions in a 3:2:1 ratio that time themselves) for `seconds`.
     pub fn accuracy(&self, seconds: f64) -> Result<Child, String> {
-        Command::new(&self.python)
+        let mut c = Command::new(&self.python);
+        watchdog::dies_with_harness(&mut c)
             .arg(&self.accuracy_script)
             .args(["accuracy", &seconds.to_string()])
             .stdout(Stdio::piped())
