@@ -368,6 +368,12 @@ pub async fn render(sources: &Sources) -> String {
             "Distinct frames, stacks and label sets in the store.",
             s.dictionary,
         );
+        out.single(
+            "profilerd_store_dictionary_swept_total",
+            Kind::Counter,
+            "Frames, stacks and label sets forgotten once no stored window referred to them.",
+            s.dictionary_swept,
+        );
     }
 
     out.single(
@@ -658,6 +664,7 @@ mod tests {
             "profilerd_store_file_bytes",
             "profilerd_store_windows",
             "profilerd_store_evicted_windows_total",
+            "profilerd_store_dictionary_swept_total",
             "profilerd_cpu_seconds_total",
             "profilerd_resident_memory_bytes",
             "profilerd_kernel_run_time_seconds_total",

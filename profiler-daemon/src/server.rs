@@ -328,6 +328,7 @@ impl Profiler for ProfilerService {
                     evicted: s.evicted,
                     dictionary: s.dictionary,
                     unstored: aggregation.unstored,
+                    dictionary_swept: s.dictionary_swept,
                 }
             }),
             kubernetes: info.pods.as_ref().map(|pods| {

@@ -4,7 +4,10 @@
 //! data. A window refers to labels, stacks and frames by id; each distinct one is stored once,
 //! whichever window first needed it.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use prost::Message;
 
@@ -209,6 +212,28 @@ fn kind_of(code: u32) -> FrameKind {
     }
 }
 
+/// The dictionary ids that stored records refer to.
+#[derive(Debug, Default)]
+pub struct LiveIds {
+    labels: HashSet<u64>,
+    stacks: HashSet<u64>,
+    frames: HashSet<u64>,
+}
+
+impl LiveIds {
+    /// Adds the ids that `record` refers to.
+    pub fn add(&mut self, record: &WindowRecord) {
+        for t in record.entries.chunks_exact(3) {
+            self.labels.insert(t[0]);
+            self.stacks.insert(t[1]);
+        }
+        for t in record.calls.chunks_exact(3) {
+            self.labels.insert(t[0]);
+            self.frames.insert(t[1]);
+        }
+    }
+}
+
 /// A stored record that does not decode or refers to a missing id.
 #[derive(Debug, thiserror::Error)]
 #[error("damaged record: {0}")]
@@ -372,6 +397,46 @@ impl Dictionary {
     /// Every labels id with its labels.
     pub fn all_labels(&self) -> impl Iterator<Item = (u64, &Arc<Labels>)> {
         self.labels_by_id.iter().map(|(&id, l)| (id, l))
+    }
+
+    /// Forgets the labels, stacks and frames that `live` does not hold (the frames of a live
+    /// stack are live) and returns their tables and ids. Ids are never handed out again: one
+    /// that a reader still holds from before cannot name something else.
+    pub fn retain(&mut self, mut live: LiveIds) -> Vec<(Table, u64)> {
+        for id in &live.stacks {
+            if let Some(stack) = self.stack_by_id.get(id) {
+                live.frames.extend(stack.iter().filter_map(|f| self.frames.get(f).copied()));
+            }
+        }
+        let mut dead = Vec::new();
+        let (stacks, frames, labels) = (&mut self.stacks, &mut self.frames, &mut self.labels);
+        self.stack_by_id.retain(|id, stack| {
+            let keep = live.stacks.contains(id);
+            if !keep {
+                stacks.remove(stack);
+                dead.push((Table::Stacks, *id));
+            }
+            keep
+        });
+        self.frame_by_id.retain(|id, frame| {
+            let keep = live.frames.contains(id);
+            if !keep {
+                frames.remove(frame);
+                dead.push((Table::Frames, *id));
+            }
+            keep
+        });
+        self.labels_by_id.retain(|id, l| {
+            let keep = live.labels.contains(id);
+            if !keep {
+                labels.remove(l);
+                dead.push((Table::Labels, *id));
+            }
+            keep
+        });
+        // A module that no frame holds any more.
+        self.modules.retain(|_, m| Arc::strong_count(m) > 1);
+        dead
     }
 
     /// Distinct frames, stacks and labels held.

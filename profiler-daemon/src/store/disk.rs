@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Mutex, PoisonError,
-        atomic::{AtomicI64, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -25,7 +25,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    codec::{Damaged, Dictionary, Table, WindowRecord},
+    codec::{Damaged, Dictionary, LiveIds, Table, WindowRecord},
     plan::{self, LEVELS_NS, Piece},
 };
 use crate::{
@@ -44,6 +44,12 @@ const STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("stacks");
 const LABELS: TableDefinition<u64, &[u8]> = TableDefinition::new("labels");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The dictionaries are swept of what no stored record refers to any more (after retention
+/// dropped the windows that did) once they hold twice as many entries as after the last sweep,
+/// and at least this many. A sweep reads every stored record, so it runs about once per
+/// doubling: with processes coming and going, the dictionaries stay within twice what the
+/// kept windows need, in memory and on disk.
+const SWEEP_MIN: usize = 10_000;
 /// Version of the record layout; a store written by a newer layout is refused.
 const SCHEMA_VERSION: u64 = 1;
 /// The database file in the data directory.
@@ -124,6 +130,8 @@ pub struct StoreStatus {
     pub evicted: u64,
     /// Distinct frames, stacks and labels stored.
     pub dictionary: u64,
+    /// Dictionary entries forgotten by sweeps since start.
+    pub dictionary_swept: u64,
     /// End of the newest stored window.
     pub persisted_until_ns: i64,
 }
@@ -140,6 +148,10 @@ pub struct Store {
     evicted: AtomicU64,
     persisted_until: AtomicI64,
     durable: std::sync::atomic::AtomicBool,
+    /// Dictionary entries at which the next sweep runs.
+    sweep_at: AtomicUsize,
+    /// Dictionary entries forgotten by sweeps since start.
+    swept: AtomicU64,
 }
 
 impl Store {
@@ -188,6 +200,8 @@ impl Store {
             evicted: AtomicU64::new(0),
             persisted_until: AtomicI64::new(0),
             durable: std::sync::atomic::AtomicBool::new(true),
+            sweep_at: AtomicUsize::new(SWEEP_MIN),
+            swept: AtomicU64::new(0),
         };
         store.load().map_err(|e| match e {
             LoadError::Db(e) => db_err(e),
@@ -251,6 +265,7 @@ impl Store {
                 bytes += v.value().len() as u64 + 9;
             }
             self.bytes.store(bytes, Relaxed);
+            self.sweep_at.store(SWEEP_MIN.max(2 * dict.len()), Relaxed);
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
@@ -328,8 +343,50 @@ impl Store {
             }
         }
         self.add_bytes(added);
-        self.expire(&txn, now_ns)?;
+        let expired = self.expire(&txn, now_ns)?;
+        let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
+        if expired > 0 && entries >= self.sweep_at.load(Relaxed) {
+            self.sweep(&txn)?;
+        }
         txn.commit()?;
+        Ok(())
+    }
+
+    /// Forgets the frames, stacks and labels that no stored window or rollup refers to, in
+    /// memory and in the tables. Runs on the writer's transaction, so no append interleaves;
+    /// a query that read a window before retention dropped it may find its ids gone, and skips
+    /// what it cannot name. A record that does not decode stops the sweep, since what it refers
+    /// to is unknown.
+    fn sweep(&self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+        let mut live = LiveIds::default();
+        for row in txn.open_table(WINDOWS)?.iter()? {
+            let Ok(record) = WindowRecord::decode(row?.1.value()) else { return Ok(()) };
+            live.add(&record);
+        }
+        for row in txn.open_table(ROLLUPS)?.iter()? {
+            let Ok(record) = WindowRecord::decode(row?.1.value()) else { return Ok(()) };
+            live.add(&record);
+        }
+        let (dead, kept) = {
+            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            let dead = dict.retain(live);
+            (dead, dict.len())
+        };
+        self.sweep_at.store(SWEEP_MIN.max(2 * kept), Relaxed);
+        let mut freed = 0u64;
+        for (def, table) in
+            [(FRAMES, Table::Frames), (STACKS, Table::Stacks), (LABELS, Table::Labels)]
+        {
+            let mut t = txn.open_table(def)?;
+            for (_, id) in dead.iter().filter(|(in_table, _)| *in_table == table) {
+                if let Some(v) = t.remove(id)? {
+                    freed += v.value().len() as u64 + 8;
+                }
+            }
+        }
+        self.add_bytes(-(freed as i64));
+        self.swept.fetch_add(dead.len() as u64, Relaxed);
+        info!(forgotten = dead.len(), kept, "profile store: dictionary swept");
         Ok(())
     }
 
@@ -344,20 +401,21 @@ impl Store {
     }
 
     /// Drops windows older than the retention age, then whole oldest hours while the records
-    /// are over the size bound. Rollups go with their last window.
-    fn expire(&self, txn: &redb::WriteTransaction, now_ns: i64) -> Result<(), redb::Error> {
+    /// are over the size bound. Rollups go with their last window. Returns the windows dropped.
+    fn expire(&self, txn: &redb::WriteTransaction, now_ns: i64) -> Result<u64, redb::Error> {
         let max_age = i64::try_from(self.retention.max_age.as_nanos()).unwrap_or(i64::MAX);
         let cutoff = now_ns.saturating_sub(max_age);
-        self.drop_before(txn, cutoff)?;
+        let mut dropped = self.drop_before(txn, cutoff)?;
         while self.bytes.load(Relaxed) > self.retention.max_bytes {
             let oldest = txn.open_table(WINDOWS)?.first()?.map(|(k, _)| k.value());
             let Some(oldest) = oldest else { break };
             let hour_end = plan::bucket(0, oldest) + LEVELS_NS[0];
-            if self.drop_before(txn, hour_end)? == 0 {
-                break;
+            match self.drop_before(txn, hour_end)? {
+                0 => break,
+                n => dropped += n,
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Deletes windows that start before `cutoff` and the rollups that end by it; returns the
@@ -458,6 +516,7 @@ impl Store {
             windows: self.windows.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
             dictionary: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            dictionary_swept: self.swept.load(Relaxed),
             persisted_until_ns: self.persisted_until(),
         }
     }
@@ -711,6 +770,52 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1, "the damaged file is kept");
+    }
+
+    #[test]
+    fn windows_dropped_by_retention_take_their_dictionary_entries_along() {
+        let dir = tempdir("sweep");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let hour = DiskRetention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 };
+        let at = |i: i64| base + i * 10 * S;
+        {
+            let store = Store::open(&dir, hour, false).unwrap();
+            // An hour of short-lived processes, each with its own function, then an hour of
+            // one steady process, which pushes the first hour out.
+            for i in 0..360 {
+                let w = window(at(i), 1000 + i as u32, &format!("gone{i}"), 1);
+                store.append(&w, at(i + 1)).unwrap();
+            }
+            for i in 360..720 {
+                store.append(&window(at(i), 1, "steady", 1), at(i + 1)).unwrap();
+            }
+            let status = store.status();
+            assert_eq!(status.windows, 360);
+            assert_eq!(
+                (status.dictionary, status.dictionary_swept),
+                (3 * 361, 0),
+                "under {SWEEP_MIN} entries nothing is swept"
+            );
+            store.sweep_at.store(0, Relaxed);
+            store.append(&window(at(720), 1, "steady", 1), at(721)).unwrap();
+            let status = store.status();
+            assert_eq!(
+                (status.dictionary, status.dictionary_swept),
+                (3, 3 * 360),
+                "only the steady process's frame, stack and labels are referenced"
+            );
+            let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+            assert_eq!(counts(&all), [("steady".into(), 360)]);
+        }
+        // The tables were swept too.
+        let store = Store::open(&dir, hour, false).unwrap();
+        assert_eq!(store.status().dictionary, 3);
+        // An entry seen again gets a new id, and what is stored reads back.
+        store.append(&window(at(721), 1000, "gone0", 2), at(722)).unwrap();
+        let last = store.merge(at(721), i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(counts(&last), [("gone0".into(), 2)]);
+        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(counts(&all), [("gone0".into(), 2), ("steady".into(), 359)]);
     }
 
     fn tempdir(name: &str) -> PathBuf {
