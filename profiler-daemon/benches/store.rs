@@ -1,7 +1,8 @@
 //! Query latency of the on-disk store: 1 hour and 24 hours out of a store that holds a day of
 //! 10 busy processes (10 s windows, 200 distinct stacks of 20 frames per process and window).
 //!
-//! `cargo bench --bench store` prints the latencies and the store's bytes per hour.
+//! `cargo bench --bench store` prints the latencies, the store's bytes per hour and the time of
+//! a dictionary sweep over the whole day.
 
 #[path = "common/day.rs"]
 mod day;
@@ -42,6 +43,14 @@ fn queries(c: &mut Criterion) {
         b.iter(|| black_box(store.merge(end - 3600 * S, end, &one).unwrap()));
     });
     group.finish();
+    // The worst case of a dictionary sweep: every record is read, and nothing is forgotten.
+    let swept = Instant::now();
+    store.sweep_now().unwrap();
+    println!(
+        "store: a dictionary sweep of the day ({} entries) took {} ms",
+        store.status().dictionary,
+        swept.elapsed().as_millis()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

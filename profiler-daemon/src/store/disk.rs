@@ -352,6 +352,18 @@ impl Store {
         Ok(())
     }
 
+    /// Sweeps the dictionaries now, whatever their size; the writer does it by itself once
+    /// they have doubled. For benchmarks and tools.
+    pub fn sweep_now(&self) -> Result<(), StoreError> {
+        let run = || -> Result<(), redb::Error> {
+            let txn = self.db.begin_write()?;
+            self.sweep(&txn)?;
+            txn.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| classify(&self.path, e))
+    }
+
     /// Forgets the frames, stacks and labels that no stored window or rollup refers to, in
     /// memory and in the tables. Runs on the writer's transaction, so no append interleaves;
     /// a query that read a window before retention dropped it may find its ids gone, and skips
