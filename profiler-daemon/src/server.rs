@@ -647,7 +647,7 @@ impl Listener {
 /// Serves `service` on `listener` until `shutdown`. Then open calls get `grace` to finish, and
 /// connections to close: an HTTP/2 connection closes gracefully only once the client has
 /// acknowledged the server's notice, and a client that stopped answering never does. After
-/// `grace` the remaining connections are closed.
+/// `grace` this returns without them; their tasks end with the runtime, as the daemon exits.
 pub async fn serve(
     listener: Listener,
     service: ProfilerService,
@@ -662,7 +662,7 @@ pub async fn serve(
     tokio::select! {
         served = serving => served,
         () = deadline => {
-            warn!(?grace, "clients still connected after the shutdown grace period; closing them");
+            warn!(?grace, "clients still connected after the shutdown grace period; not waiting");
             Ok(())
         }
     }

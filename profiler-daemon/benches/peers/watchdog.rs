@@ -54,13 +54,18 @@ pub fn step(depth: usize, step: impl Display) {
 
 /// Makes the process that `command` starts get SIGKILL when the harness exits.
 pub fn dies_with_harness(command: &mut Command) -> &mut Command {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent. The signal is
-    // tied to the thread that forks; the harness starts its processes from the main thread,
-    // which lives as long as the harness.
+    let harness = std::process::id();
+    // SAFETY: prctl(2) and getppid(2) are async-signal-safe, and nothing here allocates. The
+    // signal is tied to the thread that forks; the harness starts its processes from the main
+    // thread, which lives as long as the harness.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The harness exited before the signal was set up.
+            if u32::try_from(libc::getppid()).ok() != Some(harness) {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
             }
             Ok(())
         })

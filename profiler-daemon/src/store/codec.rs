@@ -221,6 +221,16 @@ pub struct LiveIds {
 }
 
 impl LiveIds {
+    /// The live stacks.
+    pub fn stacks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.stacks.iter().copied()
+    }
+
+    /// Adds frames that a live stack refers to.
+    pub fn add_frames(&mut self, frames: impl IntoIterator<Item = u64>) {
+        self.frames.extend(frames);
+    }
+
     /// Adds the ids that `record` refers to.
     pub fn add(&mut self, record: &WindowRecord) {
         for t in record.entries.chunks_exact(3) {
@@ -232,6 +242,11 @@ impl LiveIds {
             self.frames.insert(t[1]);
         }
     }
+}
+
+/// The frame ids of a stored stack.
+pub fn stack_frames(bytes: &[u8]) -> Result<Vec<u64>, Damaged> {
+    StackRecord::decode(bytes).map(|r| r.frames).map_err(|e| Damaged(format!("stack: {e}")))
 }
 
 /// A stored record that does not decode or refers to a missing id.
@@ -399,44 +414,49 @@ impl Dictionary {
         self.labels_by_id.iter().map(|(&id, l)| (id, l))
     }
 
-    /// Forgets the labels, stacks and frames that `live` does not hold (the frames of a live
-    /// stack are live) and returns their tables and ids. Ids are never handed out again: one
-    /// that a reader still holds from before cannot name something else.
-    pub fn retain(&mut self, mut live: LiveIds) -> Vec<(Table, u64)> {
-        for id in &live.stacks {
-            if let Some(stack) = self.stack_by_id.get(id) {
-                live.frames.extend(stack.iter().filter_map(|f| self.frames.get(f).copied()));
+    /// The labels, stacks and frames held that `live` does not hold, with their tables. `live`
+    /// must hold the frames of its stacks (by id: two ids may hold equal frames).
+    pub fn dead(&self, live: &LiveIds) -> Vec<(Table, u64)> {
+        let stacks = self.stack_by_id.keys().filter(|id| !live.stacks.contains(id));
+        let frames = self.frame_by_id.keys().filter(|id| !live.frames.contains(id));
+        let labels = self.labels_by_id.keys().filter(|id| !live.labels.contains(id));
+        stacks
+            .map(|&id| (Table::Stacks, id))
+            .chain(frames.map(|&id| (Table::Frames, id)))
+            .chain(labels.map(|&id| (Table::Labels, id)))
+            .collect()
+    }
+
+    /// Forgets `dead` (from [`Dictionary::dead`]). Ids are not handed out again while the
+    /// daemon runs, so one that a reader still holds cannot name something else.
+    pub fn forget(&mut self, dead: &[(Table, u64)]) {
+        for &(table, id) in dead {
+            match table {
+                Table::Stacks => {
+                    if let Some(stack) = self.stack_by_id.remove(&id)
+                        && self.stacks.get(&stack) == Some(&id)
+                    {
+                        self.stacks.remove(&stack);
+                    }
+                }
+                Table::Frames => {
+                    if let Some(frame) = self.frame_by_id.remove(&id)
+                        && self.frames.get(&frame) == Some(&id)
+                    {
+                        self.frames.remove(&frame);
+                    }
+                }
+                Table::Labels => {
+                    if let Some(labels) = self.labels_by_id.remove(&id)
+                        && self.labels.get(&labels) == Some(&id)
+                    {
+                        self.labels.remove(&labels);
+                    }
+                }
             }
         }
-        let mut dead = Vec::new();
-        let (stacks, frames, labels) = (&mut self.stacks, &mut self.frames, &mut self.labels);
-        self.stack_by_id.retain(|id, stack| {
-            let keep = live.stacks.contains(id);
-            if !keep {
-                stacks.remove(stack);
-                dead.push((Table::Stacks, *id));
-            }
-            keep
-        });
-        self.frame_by_id.retain(|id, frame| {
-            let keep = live.frames.contains(id);
-            if !keep {
-                frames.remove(frame);
-                dead.push((Table::Frames, *id));
-            }
-            keep
-        });
-        self.labels_by_id.retain(|id, l| {
-            let keep = live.labels.contains(id);
-            if !keep {
-                labels.remove(l);
-                dead.push((Table::Labels, *id));
-            }
-            keep
-        });
         // A module that no frame holds any more.
         self.modules.retain(|_, m| Arc::strong_count(m) > 1);
-        dead
     }
 
     /// Distinct frames, stacks and labels held.
@@ -460,6 +480,26 @@ mod tests {
             merge_triples(&[1, 2, 3, 4, 5, 6], &[4, 5, 1, 7, 8, 9]),
             [1, 2, 3, 4, 5, 7, 7, 8, 9]
         );
+    }
+
+    #[test]
+    fn a_sweep_goes_by_stored_ids_even_where_two_frames_are_equal() {
+        let mut d = Dictionary::default();
+        let frame = FrameRecord { kind: 1, function: "f".into(), ..FrameRecord::default() };
+        d.load_frame(1, &frame.encode_to_vec()).unwrap();
+        d.load_frame(2, &frame.encode_to_vec()).unwrap();
+        let stack = StackRecord { frames: vec![1] }.encode_to_vec();
+        d.load_stack(3, &stack).unwrap();
+        d.load_stack(4, &StackRecord { frames: vec![2] }.encode_to_vec()).unwrap();
+        let mut live = LiveIds::default();
+        live.stacks.insert(3);
+        live.add_frames(stack_frames(&stack).unwrap());
+        let dead = d.dead(&live);
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        assert!(dead.contains(&(Table::Stacks, 4)) && dead.contains(&(Table::Frames, 2)));
+        d.forget(&dead);
+        assert!(d.frame(1).is_some() && d.frame(2).is_none() && d.stack(3).is_some());
+        assert_eq!(d.len(), 2);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    codec::{Damaged, Dictionary, LiveIds, Table, WindowRecord},
+    codec::{self, Damaged, Dictionary, LiveIds, Table, WindowRecord},
     plan::{self, LEVELS_NS, Piece},
 };
 use crate::{
@@ -148,6 +148,9 @@ pub struct Store {
     evicted: AtomicU64,
     persisted_until: AtomicI64,
     durable: std::sync::atomic::AtomicBool,
+    /// Held by an append and a sweep from start to commit: ids handed out for a window must
+    /// not be swept before it is written.
+    writing: Mutex<()>,
     /// Dictionary entries at which the next sweep runs.
     sweep_at: AtomicUsize,
     /// Dictionary entries forgotten by sweeps since start.
@@ -200,6 +203,7 @@ impl Store {
             evicted: AtomicU64::new(0),
             persisted_until: AtomicI64::new(0),
             durable: std::sync::atomic::AtomicBool::new(true),
+            writing: Mutex::new(()),
             sweep_at: AtomicUsize::new(SWEEP_MIN),
             swept: AtomicU64::new(0),
         };
@@ -265,7 +269,6 @@ impl Store {
                 bytes += v.value().len() as u64 + 9;
             }
             self.bytes.store(bytes, Relaxed);
-            self.sweep_at.store(SWEEP_MIN.max(2 * dict.len()), Relaxed);
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
@@ -285,6 +288,7 @@ impl Store {
     }
 
     fn append_inner(&self, window: &Window, now_ns: i64) -> Result<(), redb::Error> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
         let mut record = WindowRecord {
             start_ns: window.start_ns,
@@ -345,46 +349,71 @@ impl Store {
         self.add_bytes(added);
         let expired = self.expire(&txn, now_ns)?;
         let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
-        if expired > 0 && entries >= self.sweep_at.load(Relaxed) {
-            self.sweep(&txn)?;
-        }
+        let dead = if expired > 0 && entries >= self.sweep_at.load(Relaxed) {
+            self.sweep(&txn)?
+        } else {
+            Vec::new()
+        };
         txn.commit()?;
+        self.forget(&dead);
         Ok(())
     }
 
     /// Sweeps the dictionaries now, whatever their size; the writer does it by itself once
     /// they have doubled. For benchmarks and tools.
     pub fn sweep_now(&self) -> Result<(), StoreError> {
-        let run = || -> Result<(), redb::Error> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = || -> Result<Vec<(Table, u64)>, redb::Error> {
             let txn = self.db.begin_write()?;
-            self.sweep(&txn)?;
+            let dead = self.sweep(&txn)?;
             txn.commit()?;
-            Ok(())
+            Ok(dead)
         };
-        run().map_err(|e| classify(&self.path, e))
+        let dead = run().map_err(|e| classify(&self.path, e))?;
+        self.forget(&dead);
+        Ok(())
     }
 
-    /// Forgets the frames, stacks and labels that no stored window or rollup refers to, in
-    /// memory and in the tables. Runs on the writer's transaction, so no append interleaves;
-    /// a query that read a window before retention dropped it may find its ids gone, and skips
-    /// what it cannot name. A record that does not decode stops the sweep, since what it refers
-    /// to is unknown.
-    fn sweep(&self, txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    /// Deletes, in `txn`, the frames, stacks and labels that no stored window or rollup refers
+    /// to, and returns them, for [`Store::forget`] once `txn` is committed. A record that does
+    /// not decode stops the sweep (what it refers to is unknown) until the dictionaries double
+    /// again.
+    fn sweep(&self, txn: &redb::WriteTransaction) -> Result<Vec<(Table, u64)>, redb::Error> {
+        let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
+        self.sweep_at.store(SWEEP_MIN.max(2 * entries), Relaxed);
         let mut live = LiveIds::default();
         for row in txn.open_table(WINDOWS)?.iter()? {
-            let Ok(record) = WindowRecord::decode(row?.1.value()) else { return Ok(()) };
+            let (key, value) = row?;
+            let Ok(record) = WindowRecord::decode(value.value()) else {
+                warn!(window = key.value(), "a stored window does not decode; sweep skipped");
+                return Ok(Vec::new());
+            };
             live.add(&record);
         }
         for row in txn.open_table(ROLLUPS)?.iter()? {
-            let Ok(record) = WindowRecord::decode(row?.1.value()) else { return Ok(()) };
+            let Ok(record) = WindowRecord::decode(row?.1.value()) else {
+                warn!("a stored rollup does not decode; sweep skipped");
+                return Ok(Vec::new());
+            };
             live.add(&record);
         }
-        let (dead, kept) = {
-            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
-            let dead = dict.retain(live);
-            (dead, dict.len())
-        };
-        self.sweep_at.store(SWEEP_MIN.max(2 * kept), Relaxed);
+        // The frames of the live stacks, by id, as stored.
+        let stack_ids: Vec<u64> = live.stacks().collect();
+        {
+            let stacks = txn.open_table(STACKS)?;
+            for id in stack_ids {
+                let Some(value) = stacks.get(id)? else { continue };
+                match codec::stack_frames(value.value()) {
+                    Ok(frames) => live.add_frames(frames),
+                    Err(e) => {
+                        warn!(stack = id, error = %e, "a stored stack does not decode; sweep skipped");
+                        return Ok(Vec::new());
+                    }
+                }
+            }
+        }
+        let dead = self.dict.lock().unwrap_or_else(PoisonError::into_inner).dead(&live);
+        self.sweep_at.store(SWEEP_MIN.max(2 * (entries - dead.len().min(entries))), Relaxed);
         let mut freed = 0u64;
         for (def, table) in
             [(FRAMES, Table::Frames), (STACKS, Table::Stacks), (LABELS, Table::Labels)]
@@ -397,9 +426,21 @@ impl Store {
             }
         }
         self.add_bytes(-(freed as i64));
+        Ok(dead)
+    }
+
+    /// Forgets, in memory, what a committed sweep deleted.
+    fn forget(&self, dead: &[(Table, u64)]) {
+        if dead.is_empty() {
+            return;
+        }
+        let kept = {
+            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            dict.forget(dead);
+            dict.len()
+        };
         self.swept.fetch_add(dead.len() as u64, Relaxed);
         info!(forgotten = dead.len(), kept, "profile store: dictionary swept");
-        Ok(())
     }
 
     fn add_bytes(&self, delta: i64) {
