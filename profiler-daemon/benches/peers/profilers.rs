@@ -180,24 +180,15 @@ impl Profilerd {
     pub fn stop(mut self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if !exits_within(&mut self.child, Duration::from_secs(20)) {
+            kill_if_running(&mut self.child);
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 impl Drop for Profilerd {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        kill_if_running(&mut self.child);
     }
 }
 
@@ -281,34 +272,39 @@ impl Attached {
     /// Waits for it to finish (it stops when its target exits): SIGINT after `timeout`, and
     /// SIGKILL if it is still there `timeout` after that.
     pub fn finish(mut self, timeout: Duration) -> PathBuf {
-        if !self.exits_within(timeout) {
+        if !exits_within(&mut self.child, timeout) {
             // SAFETY: kill(2) on our own child's pid.
             unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
-            if !self.exits_within(timeout) {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+            if !exits_within(&mut self.child, timeout) {
+                kill_if_running(&mut self.child);
             }
         }
         std::mem::take(&mut self.output)
-    }
-
-    fn exits_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
     }
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        kill_if_running(&mut self.child);
+    }
+}
+
+/// Whether `child` exits within `timeout`.
+fn exits_within(child: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
         }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// SIGKILL for `child` unless it has exited, and reaps it.
+fn kill_if_running(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
