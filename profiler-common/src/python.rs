@@ -7,8 +7,15 @@
 /// Deepest Python stack recorded.
 pub const MAX_PY_FRAMES: usize = 128;
 
-/// Threads examined when looking for the current thread's `PyThreadState`.
+/// Threads examined per sample when looking for the current thread's `PyThreadState`. A
+/// search that does not find it within this many resumes at the next sample of the same
+/// thread where it stopped, so a thread among `n` is found within `n / MAX_PY_THREADS + 1` of
+/// its samples, and then cached.
 pub const MAX_PY_THREADS: usize = 64;
+
+/// Threads one resumed search follows in all before it starts again at the head of the list:
+/// a bound in case the list changed under it and the saved position leads nowhere useful.
+pub const MAX_PY_THREADS_SEARCHED: u32 = 65_536;
 
 /// Bytes of a frame read at once. The kernel masks field offsets with 0x7f, so every frame
 /// field (at most 8 bytes) must start below 128 and the chunk covers 128 + 8 bytes.
@@ -115,7 +122,7 @@ pub struct CallKey {
 /// Header flag: the Python stack has more frames than were recorded.
 pub const FLAG_PY_TRUNCATED: u32 = 1 << 4;
 /// Header flag: the process is a known Python process but the current thread's state was not
-/// found (a thread that never ran Python, or more than `MAX_PY_THREADS` threads).
+/// found (a thread that never ran Python, or one not reached yet by a resumed search).
 pub const FLAG_PY_NO_THREAD: u32 = 1 << 5;
 /// Header flag: reading the interpreter's memory failed part way.
 pub const FLAG_PY_READ_ERROR: u32 = 1 << 6;

@@ -164,6 +164,7 @@ fn samples() -> Vec<StackSample> {
     let stacks = stacks();
     (0..BATCH)
         .map(|i| StackSample {
+            time_ns: 0,
             labels: labels[i % labels.len()].clone(),
             stack: stacks[(i / labels.len()) % stacks.len()].clone(),
         })

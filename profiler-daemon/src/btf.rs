@@ -193,7 +193,7 @@ pub const THREAD_POINTER_PATH: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::skip_under_qemu_user;
+    use crate::host::skip_under_qemu_user;
 
     #[test]
     fn finds_the_thread_pointer_in_the_running_kernel() {

@@ -147,7 +147,7 @@ impl CallTracker {
             return Ok(());
         }
         let offset = py.eval_frame_offset.ok_or(CallsError::NoEntryPoint(pid))?;
-        let path = crate::process::readable_path(pid, &py.interpreter_path)
+        let path = crate::host::readable_path(pid, &py.interpreter_path)
             .unwrap_or_else(|| py.interpreter_path.clone());
         let handle = probes
             .attach(pid, &path, offset)
@@ -266,7 +266,7 @@ mod tests {
             layout: layout::table(3, 11).unwrap(),
             code_type: 0,
             interp: 0,
-            interpreter_file: crate::process::FileKey { dev: 0, inode: 0 },
+            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
             interpreter_path: "/usr/bin/python3.11".into(),
             eval_frame_offset,
         }

@@ -183,6 +183,16 @@ fn tcp_target(endpoint: &str, options: &TlsOptions) -> Result<Option<TcpTarget>,
     Ok(Some(TcpTarget { uri, tls: Some(config) }))
 }
 
+/// The largest answer a client reads. The daemon bounds each answer by entries
+/// ([`crate::query::DEFAULT_MAX_ENTRIES`]), which encode to some tens of MiB; tonic's default of
+/// 4 MiB would refuse a host-wide day.
+pub const MAX_ANSWER_BYTES: usize = 1 << 30;
+
+/// A client on `channel` that reads answers up to [`MAX_ANSWER_BYTES`].
+pub fn client(channel: Channel) -> ProfilerClient<Channel> {
+    ProfilerClient::new(channel).max_decoding_message_size(MAX_ANSWER_BYTES)
+}
+
 /// Connects to `endpoint` (`unix:///PATH`, `http://HOST:PORT` or `tcp://HOST:PORT`) without
 /// TLS.
 pub async fn connect(endpoint: &str) -> Result<ProfilerClient<Channel>, ConnectError> {
@@ -218,7 +228,7 @@ pub async fn connect_with(
                 }))
                 .await
                 .map_err(|e| unreachable(&e))?;
-        return Ok(ProfilerClient::new(channel));
+        return Ok(client(channel));
     }
     let target =
         tcp_target(endpoint, options)?.ok_or_else(|| ConnectError::Invalid(endpoint.to_owned()))?;
@@ -238,7 +248,7 @@ pub async fn connect_with(
     if let Err(e) = probe(&channel).await {
         return Err(failed(e).await);
     }
-    Ok(ProfilerClient::new(channel))
+    Ok(client(channel))
 }
 
 /// Sends one request for a method no daemon has: any answer (tonic's `UNIMPLEMENTED`) shows

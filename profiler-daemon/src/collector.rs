@@ -124,6 +124,7 @@ impl Collector {
         let user: Vec<u64> = record.user_stack().collect();
         let user = self.processes.normalize(h.tgid, &user);
         let raw = RawStack {
+            time_ns: crate::clock::boot_to_wall_ns(h.time_ns),
             labels,
             kernel: record.kernel_stack().collect(),
             user,

@@ -218,12 +218,12 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Diff(args) => diff(&mut client, &args).await?,
         Command::Watch(args) => watch(&mut client, &args).await?,
         Command::Targets(args) => {
-            let range = last(args.since, crate::aggregate::actor::now_ns());
+            let range = last(args.since, crate::clock::now_ns());
             let (profile, _) = fetch(&mut client, range, &args.filter.selector()?).await?;
             print!("{}", export::live::render_targets(&ProfileView::new(&profile)?));
         }
         Command::Query(args) => {
-            let range = args.range.range(crate::aggregate::actor::now_ns());
+            let range = args.range.range(crate::clock::now_ns());
             let (profile, stats) = fetch(&mut client, range, &args.select.selector()?).await?;
             let bytes = match args.format {
                 Format::Pprof => {
@@ -366,12 +366,17 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
     if let Some(a) = &s.aggregation {
         let _ = writeln!(
             out,
-            "windows:     {} closed of {} s, {} stacks open (limit {}), {} KiB",
+            "windows:     {} closed of {} s, {} stacks open (limit {}), {} KiB{}",
             a.windows,
             a.window_seconds,
             a.open_stacks,
             a.max_stacks_per_window,
-            a.bytes / 1024
+            a.bytes / 1024,
+            if a.late_samples > 0 {
+                format!(", {} samples arrived after their window closed", a.late_samples)
+            } else {
+                String::new()
+            }
         );
     }
     let _ = writeln!(
@@ -669,7 +674,38 @@ async fn fetch(
         .await
         .map_err(|s| anyhow::anyhow!("Query failed: {}", s.message()))?
         .into_inner();
-    Ok((response.profile.unwrap_or_default(), response.stats.unwrap_or_default()))
+    let stats = response.stats.unwrap_or_default();
+    // On standard error, so that the formats on standard output stay clean.
+    for note in completeness_notes(&stats) {
+        eprintln!("profctl: {note}");
+    }
+    Ok((response.profile.unwrap_or_default(), stats))
+}
+
+/// What an answer is missing, in words: windows that could not be stored, and entries folded
+/// into `[other]`.
+pub fn completeness_notes(stats: &v1::QueryStats) -> Vec<String> {
+    let mut notes = Vec::new();
+    if stats.unstored_windows > 0 {
+        let missing = stats.missing_windows;
+        notes.push(format!(
+            "{} window(s) in this range could not be stored (see `profctl status`); {}",
+            stats.unstored_windows,
+            if missing == 0 {
+                "their samples are included from memory".to_owned()
+            } else {
+                format!("the samples of {missing} of them are missing")
+            }
+        ));
+    }
+    if stats.truncated {
+        notes.push(format!(
+            "the answer was cut to the daemon's entry limit: {} smaller stacks ({} samples) are \
+             folded into [other]; narrow the range or the selector for all of them",
+            stats.folded_entries, stats.folded_samples
+        ));
+    }
+    notes
 }
 
 fn write_output(path: Option<&std::path::Path>, bytes: &[u8]) -> anyhow::Result<()> {
@@ -685,7 +721,7 @@ async fn flamegraph(
     client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
     args: &FlamegraphArgs,
 ) -> anyhow::Result<()> {
-    let range = args.range.range(crate::aggregate::actor::now_ns());
+    let range = args.range.range(crate::clock::now_ns());
     let (profile, stats) = fetch(client, range, &args.select.selector()?).await?;
     let options = export::flamegraph::FlamegraphOptions {
         title: args.title.clone().unwrap_or_else(|| range_title(&stats)),
@@ -736,7 +772,7 @@ async fn diff(
     client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
     args: &DiffArgs,
 ) -> anyhow::Result<()> {
-    let now = crate::aggregate::actor::now_ns();
+    let now = crate::clock::now_ns();
     let selector = args.select.selector()?;
     let base_range =
         args.base.resolve(now).map_err(|e| anyhow::anyhow!("--base {}: {e}", args.base.text))?;

@@ -21,7 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, error, info, info_span};
 
 use crate::{
-    aggregate::actor::{self, AggregatorConfig},
+    aggregate::{
+        Retention,
+        actor::{self, AggregatorConfig},
+    },
     calls::CallTracker,
     collector::Collector,
     config::{DaemonArgs, MetricsListen},
@@ -31,7 +34,7 @@ use crate::{
     python::Detector,
     server::{DaemonInfo, GrpcEndpoint, ListenError, Listener, ProfilerService, serve},
     stats::PipelineStats,
-    store::{self, DiskRetention, Retention, Store, StoreError},
+    store::{self, DiskRetention, Store, StoreError},
     symbolize::{self, SymbolizerStats},
 };
 
@@ -139,7 +142,7 @@ pub async fn run(
         },
         sample_rx,
         stats.clone(),
-        Some(writer),
+        Some(Box::new(move |window| writer.write(window))),
     );
 
     let collector = Collector {

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use crate::process::FileKey;
+use crate::host::FileKey;
 
 #[derive(Debug)]
 struct Range {

@@ -233,6 +233,13 @@ pub async fn render(sources: &Sources) -> String {
         stats.aggregated_total(),
     );
     out.single(
+        "profilerd_late_samples_total",
+        Kind::Counter,
+        "Samples that reached the aggregator after their window had closed (kept in the oldest \
+         open window).",
+        stats.late_total(),
+    );
+    out.single(
         "profilerd_kernel_samples_total",
         Kind::Counter,
         "Sample records the kernel wrote to the ring buffer.",
@@ -339,15 +346,15 @@ pub async fn render(sources: &Sources) -> String {
             "Distinct stacks in the open window (--max-stacks-per-window).",
             a.open_stacks,
         );
-        out.single(
-            "profilerd_unstored_windows_total",
-            Kind::Counter,
-            "Closed windows that could not be handed to the store.",
-            a.unstored,
-        );
     }
     if let Some(store) = &sources.store {
         let s = store.status();
+        out.single(
+            "profilerd_unstored_windows_total",
+            Kind::Counter,
+            "Closed windows that could not be stored (the writer was behind, or a write failed).",
+            s.unstored,
+        );
         out.single("profilerd_store_bytes", Kind::Gauge, "Bytes of stored records.", s.bytes);
         out.single(
             "profilerd_store_file_bytes",
@@ -555,13 +562,14 @@ mod tests {
 
     use super::*;
     use crate::{
+        aggregate::Retention,
         aggregate::{
             Resolved,
             actor::{self, AggregatorConfig},
         },
         collector::RuntimeStatus,
         stats::{DropReason, PipelineStats},
-        store::{DiskRetention, Retention},
+        store::DiskRetention,
         symbolize::SymbolizerStats,
     };
 
@@ -651,6 +659,7 @@ mod tests {
         let families = check_well_formed(&text);
         for name in [
             "profilerd_samples_total",
+            "profilerd_late_samples_total",
             "profilerd_kernel_samples_total",
             "profilerd_dropped_samples_total",
             "profilerd_processes",

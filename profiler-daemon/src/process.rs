@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,6 +16,7 @@ use tracing::debug;
 
 use crate::{
     aggregate::{Labels, Module},
+    host::{FileKey, readable_path},
     pods::PodDirectory,
     python::PythonProcess,
 };
@@ -33,15 +34,6 @@ const EXE_RECHECK: Duration = Duration::from_millis(20);
 const EXITED_GRACE: Duration = Duration::from_secs(30);
 /// Thread label entries kept per process before the cache is reset.
 const MAX_THREADS_PER_PROCESS: usize = 4096;
-
-/// Identity of a mapped file: device and inode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FileKey {
-    /// Device number (`makedev(major, minor)`).
-    pub dev: u64,
-    /// Inode number.
-    pub inode: u64,
-}
 
 /// A file that some process maps executable code from.
 #[derive(Debug)]
@@ -564,16 +556,6 @@ fn read_module(pid: u32, path: &Path) -> Module {
     Module { path: path.to_string_lossy().into(), build_id }
 }
 
-/// A path to open `path` as process `pid` sees it: through `/proc/PID/root` (its mount
-/// namespace) while it runs, else the path itself.
-pub fn readable_path(pid: u32, path: &Path) -> Option<PathBuf> {
-    let via_root = Path::new("/proc")
-        .join(pid.to_string())
-        .join("root")
-        .join(path.strip_prefix("/").unwrap_or(path));
-    [via_root, path.to_path_buf()].into_iter().find(|p| p.exists())
-}
-
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
@@ -582,23 +564,10 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Whether the unit tests run under qemu-user, where `.ci/cross-aarch64` sets
-/// `PROFILER_UNDER_QEMU=1`; if so, prints why `test` is skipped. There the kernel runs qemu, not
-/// the test binary: `/proc/<own pid>` describes qemu's executable and mappings (qemu rewrites
-/// only some of its own `/proc` paths), `process_vm_readv` is not emulated, and the kernel is
-/// the host's, of another architecture.
-#[cfg(test)]
-pub(crate) fn skip_under_qemu_user(test: &str, reason: &str) -> bool {
-    let under_qemu = std::env::var_os("PROFILER_UNDER_QEMU").is_some_and(|v| v == "1");
-    if under_qemu {
-        eprintln!("skipped under qemu-user: {test}: {reason}");
-    }
-    under_qemu
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::skip_under_qemu_user;
 
     #[test]
     fn container_and_pod_ids_come_from_the_cgroup_path() {

@@ -11,7 +11,7 @@ use std::{fmt, str::FromStr};
 use profiler_proto::v1;
 use thiserror::Error;
 
-use crate::aggregate::Labels;
+use crate::aggregate::{Labels, window::LabelFilter};
 
 /// A label that a selector can test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +113,15 @@ pub enum SelectorError {
         /// The offending value.
         value: String,
     },
+    /// More conditions than any real selector needs; each one costs every sample it is tested
+    /// against.
+    #[error("a selector has at most {MAX_MATCHERS} conditions, this one has {0}")]
+    TooManyConditions(usize),
 }
+
+/// Conditions in one selector, at most. There are twelve keys, all conditions must hold, and a
+/// key repeated with two values matches nothing, so this is generous.
+pub const MAX_MATCHERS: usize = 64;
 
 /// One `key=value` condition.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,6 +171,12 @@ pub struct Selector {
     matchers: Vec<Matcher>,
 }
 
+impl LabelFilter for Selector {
+    fn keeps(&self, labels: &Labels) -> bool {
+        self.matches(labels)
+    }
+}
+
 impl Selector {
     /// Whether a sample with these labels is kept.
     pub fn matches(&self, labels: &Labels) -> bool {
@@ -192,6 +206,9 @@ impl Selector {
 
     /// Parses the wire form.
     pub fn from_proto(filter: &v1::Filter) -> Result<Selector, SelectorError> {
+        if filter.matchers.len() > MAX_MATCHERS {
+            return Err(SelectorError::TooManyConditions(filter.matchers.len()));
+        }
         let mut selector = Selector::default();
         for m in &filter.matchers {
             selector.push(Matcher::new(m.key.parse()?, &m.value)?);
@@ -209,6 +226,9 @@ impl FromStr for Selector {
             let (key, value) =
                 term.split_once('=').ok_or_else(|| SelectorError::NotKeyValue(term.to_owned()))?;
             selector.push(Matcher::new(key.trim().parse()?, value.trim())?);
+            if selector.matchers.len() > MAX_MATCHERS {
+                return Err(SelectorError::TooManyConditions(selector.matchers.len()));
+            }
         }
         Ok(selector)
     }
@@ -229,6 +249,20 @@ impl fmt::Display for Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_selector_with_thousands_of_conditions_is_refused() {
+        let filter = v1::Filter {
+            matchers: (0..10_000)
+                .map(|i| v1::LabelMatcher { key: "pid".into(), value: i.to_string() })
+                .collect(),
+        };
+        let err = Selector::from_proto(&filter).unwrap_err();
+        assert!(matches!(err, SelectorError::TooManyConditions(10_000)), "{err}");
+        let text = vec!["comm=x"; MAX_MATCHERS + 1].join(",");
+        assert!(text.parse::<Selector>().is_err());
+        assert!(vec!["comm=x"; MAX_MATCHERS].join(",").parse::<Selector>().is_ok());
+    }
 
     fn labels(pid: u32, comm: &str) -> Labels {
         Labels { pid, comm: comm.into(), ..Labels::default() }

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::SocketAddr,
-    os::unix::fs::PermissionsExt as _,
+    os::unix::fs::{FileTypeExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{
         Arc,
@@ -29,14 +29,16 @@ use tonic::{Request, Response, Status, transport::ServerTlsConfig};
 use tracing::warn;
 
 use crate::{
-    aggregate::{AggregatorHandle, MergedProfile, Window, actor::now_ns},
+    aggregate::{AggregatorHandle, MergedProfile, Window},
     calls::CallsError,
+    clock::now_ns,
     collector,
     config::{DaemonArgs, ListenAddr},
     export,
+    query::{self, QueryError, QueryLimits, QueryPlan},
     selector::Selector,
     stats::{DropSnapshot, PipelineStats},
-    store::{Store, StoreError},
+    store::Store,
     symbolize::SymbolizerStats,
     tls::{self, PemFile, TlsError},
 };
@@ -161,12 +163,20 @@ pub struct ProfilerService {
     collector: Option<mpsc::Sender<collector::Command>>,
     store: Option<Arc<Store>>,
     grpc: Arc<GrpcStats>,
+    limits: QueryLimits,
 }
 
 impl ProfilerService {
     /// A service answering from `aggregator`.
     pub fn new(aggregator: AggregatorHandle, info: Arc<DaemonInfo>) -> ProfilerService {
-        ProfilerService { aggregator, info, collector: None, store: None, grpc: Arc::default() }
+        ProfilerService {
+            aggregator,
+            info,
+            collector: None,
+            store: None,
+            grpc: Arc::default(),
+            limits: QueryLimits::default(),
+        }
     }
 
     /// The request counters of this service (shared by its clones), for metrics.
@@ -177,6 +187,12 @@ impl ProfilerService {
     /// Answers from the on-disk store too, for windows it has stored.
     pub fn with_store(mut self, store: Arc<Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Bounds each `Query` answer.
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -207,43 +223,22 @@ impl Profiler for ProfilerService {
         let selector = Selector::from_proto(&request.filter.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let range = request.range.unwrap_or_default();
-        let end = if range.end_unix_nanos == 0 { now_ns() + 1 } else { range.end_unix_nanos };
-        let start = range.start_unix_nanos;
-        if start >= end {
-            return Err(Status::invalid_argument(format!(
-                "empty time range: start {start} is not before end {end}"
-            )));
-        }
-        // Windows that start before the watermark are on disk; the rest are in memory only.
-        let watermark = self.store.as_ref().map(|s| s.persisted_until());
-        let mut windows = self
-            .aggregator
-            .windows(start, end)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        if let Some(w) = watermark {
-            windows.retain(|window| window.start_ns >= w);
-        }
+        let end_ns = if range.end_unix_nanos == 0 { now_ns() + 1 } else { range.end_unix_nanos };
+        let plan =
+            QueryPlan { start_ns: range.start_unix_nanos, end_ns, selector, limits: self.limits };
+        let answer =
+            query::run(&self.aggregator, self.store.clone(), plan).await.map_err(query_status)?;
         let period = self.info.period_ns();
-        let store = self.store.clone();
-        // Merging many windows is CPU and disk work; keep it off the async workers.
-        let response = tokio::task::spawn_blocking(move || {
-            let mut merged = match (&store, watermark) {
-                (Some(store), Some(w)) => store.merge(start, end.min(w), &selector)?,
-                _ => MergedProfile::default(),
-            };
-            for window in &windows {
-                merged.add(window, &selector);
-            }
-            Ok::<_, StoreError>(v1::QueryResponse {
-                profile: Some(export::pprof::build(&merged, period)),
-                stats: Some(query_stats(&merged)),
-            })
+        let mut stats = query_stats(&answer.merged);
+        stats.unstored_windows = answer.unstored_windows;
+        stats.missing_windows = answer.missing_windows;
+        stats.truncated = answer.folded_entries > 0;
+        stats.folded_entries = answer.folded_entries;
+        stats.folded_samples = answer.folded_samples;
+        call.ok(v1::QueryResponse {
+            profile: Some(export::pprof::build(&answer.merged, period)),
+            stats: Some(stats),
         })
-        .await
-        .map_err(|e| Status::internal(format!("query failed: {e}")))?
-        .map_err(|e| Status::internal(e.to_string()))?;
-        call.ok(response)
     }
 
     type WatchStream = WatchStream;
@@ -301,6 +296,7 @@ impl Profiler for ProfilerService {
                 open_stacks: aggregation.open_stacks as u64,
                 max_stacks_per_window: info.max_stacks,
                 bytes: aggregation.bytes as u64,
+                late_samples: info.stats.late_total(),
             }),
             processes: u32::try_from(info.processes.load(Relaxed)).unwrap_or(u32::MAX),
             rss_bytes: rss_bytes(),
@@ -327,7 +323,7 @@ impl Profiler for ProfilerService {
                     windows: s.windows,
                     evicted: s.evicted,
                     dictionary: s.dictionary,
-                    unstored: aggregation.unstored,
+                    unstored: s.unstored,
                     dictionary_swept: s.dictionary_swept,
                 }
             }),
@@ -407,6 +403,15 @@ fn query_stats(merged: &MergedProfile) -> v1::QueryStats {
         start_unix_nanos: merged.start_ns,
         end_unix_nanos: merged.end_ns,
         drops: drop_counts(&merged.drops),
+        ..v1::QueryStats::default()
+    }
+}
+
+fn query_status(e: QueryError) -> Status {
+    match e {
+        QueryError::EmptyRange { .. } => Status::invalid_argument(e.to_string()),
+        QueryError::Stopped(_) => Status::unavailable(e.to_string()),
+        QueryError::Store(_) | QueryError::Failed(_) => Status::internal(e.to_string()),
     }
 }
 
@@ -445,6 +450,12 @@ pub enum ListenError {
          path with --listen unix:///PATH"
     )]
     SocketInUse(PathBuf),
+    /// The path exists and is not a socket.
+    #[error(
+        "{0} exists and is not a socket; profilerd removes only a stale socket there. Move the \
+         file away or choose another path with --listen unix:///PATH"
+    )]
+    NotASocket(PathBuf),
     /// Binding failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -598,8 +609,8 @@ impl Drop for SocketFile {
 }
 
 impl Listener {
-    /// Binds `endpoint`. A stale Unix socket (nobody answers on it) is replaced; a live one is
-    /// an error. A new Unix socket gets mode 0660.
+    /// Binds `endpoint`. A stale Unix socket (nobody answers on it) is replaced; a live one, or
+    /// anything that is not a socket, is an error. A new Unix socket gets mode 0660.
     pub async fn bind(endpoint: &GrpcEndpoint) -> Result<Listener, ListenError> {
         let addr = &endpoint.addr;
         let bind_err = |source| ListenError::Bind { addr: addr.to_string(), source };
@@ -608,7 +619,10 @@ impl Listener {
                 if let Some(dir) = path.parent() {
                     std::fs::create_dir_all(dir).map_err(bind_err)?;
                 }
-                if path.exists() {
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    if !meta.file_type().is_socket() {
+                        return Err(ListenError::NotASocket(path.clone()));
+                    }
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
                         return Err(ListenError::SocketInUse(path.clone()));
                     }
@@ -711,7 +725,31 @@ mod tests {
             drops: DropSnapshot::default(),
             entries: Vec::new(),
             calls: Vec::new(),
+            persisted: Default::default(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_socket_is_never_removed() {
+        let dir = std::env::temp_dir().join(format!("profiler-listen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("precious.txt");
+        std::fs::write(&path, "keep me").unwrap();
+        let endpoint =
+            GrpcEndpoint { addr: ListenAddr::Unix(path.clone()), tls: None, mutual: false };
+        let err = Listener::bind(&endpoint).await.unwrap_err();
+        assert!(matches!(err, ListenError::NotASocket(_)), "{err}");
+        assert!(err.to_string().contains("is not a socket"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "keep me");
+        // A stale socket, which nobody answers on, is replaced.
+        let stale = dir.join("stale.sock");
+        drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+        let endpoint =
+            GrpcEndpoint { addr: ListenAddr::Unix(stale.clone()), tls: None, mutual: false };
+        let listener = Listener::bind(&endpoint).await.unwrap();
+        assert_eq!(listener.path(), Some(stale.as_path()));
+        drop(listener);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct PipelineStats {
     kernel_idle_skipped: AtomicU64,
     /// Samples that reached the aggregator.
     aggregated: AtomicU64,
+    /// Samples that arrived after their window had closed.
+    late: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
     /// When the collector last drained the ring buffer: [`monotonic_ms`] plus one, zero before
     /// the first drain. A monotonic clock, so that a wall clock step cannot fail a health check.
@@ -134,7 +136,17 @@ impl PipelineStats {
         self.aggregated.fetch_add(1, Relaxed);
     }
 
-    /// Samples that reached the aggregator since start.
+    /// Counts a sample that arrived after its window had closed.
+    pub fn late(&self) {
+        self.late.fetch_add(1, Relaxed);
+    }
+
+    /// Samples that arrived after their window had closed, since start.
+    pub fn late_total(&self) -> u64 {
+        self.late.load(Relaxed)
+    }
+
+    /// Samples that reached the aggregator, since start.
     pub fn aggregated_total(&self) -> u64 {
         self.aggregated.load(Relaxed)
     }

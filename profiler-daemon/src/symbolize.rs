@@ -36,7 +36,8 @@ use crate::{
     aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
     calls::CallDeltas,
     function_ranges::FunctionRanges,
-    process::{FileKey, MappedFile, UserAddr, readable_path},
+    host::{FileKey, readable_path},
+    process::{MappedFile, UserAddr},
     python::{PythonProcess, code::CodeCache},
 };
 
@@ -50,6 +51,8 @@ const FAILED_FILE_RETRY: std::time::Duration = std::time::Duration::from_secs(10
 /// A sample whose user addresses are normalized, waiting for symbols.
 #[derive(Clone, Debug)]
 pub struct RawStack {
+    /// When the sample was taken, in nanoseconds since the Unix epoch.
+    pub time_ns: i64,
     /// Labels of the sampled thread.
     pub labels: Arc<Labels>,
     /// Kernel return addresses, leaf first.
@@ -419,7 +422,11 @@ pub fn spawn(
             let resolved = match work {
                 Work::Stack(pid, raw) => {
                     let stack = resolver.resolve(pid, &raw);
-                    Resolved::Sample(StackSample { labels: raw.labels, stack })
+                    Resolved::Sample(StackSample {
+                        time_ns: raw.time_ns,
+                        labels: raw.labels,
+                        stack,
+                    })
                 }
                 Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
             };
@@ -436,7 +443,7 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::{ProcessTable, skip_under_qemu_user};
+    use crate::{host::skip_under_qemu_user, process::ProcessTable};
 
     #[inline(never)]
     fn a_named_function_for_the_symbolizer() -> u64 {
@@ -461,6 +468,7 @@ mod tests {
         let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
         let addr = a_named_function_for_the_symbolizer();
         let raw = RawStack {
+            time_ns: 0,
             labels,
             kernel: vec![],
             user: table.normalize(pid, &[addr, 16]),
@@ -504,6 +512,7 @@ mod tests {
         // An offset far beyond the file's code.
         let bogus = UserAddr::File { file: file.clone(), offset: 1 << 40, addr: 0x7f00_0000_0000 };
         let raw = RawStack {
+            time_ns: 0,
             labels,
             kernel: vec![],
             user: vec![bogus],
@@ -526,6 +535,7 @@ mod tests {
             module: Arc::new(Module { path: "/nonexistent/libgone.so".into(), build_id: None }),
         });
         let raw = RawStack {
+            time_ns: 0,
             labels,
             kernel: vec![],
             user: vec![UserAddr::File {
@@ -561,6 +571,7 @@ mod tests {
         };
         let (mut resolver, _) = resolver();
         let raw = RawStack {
+            time_ns: 0,
             labels: Arc::default(),
             kernel: vec![addr + 8],
             user: vec![],

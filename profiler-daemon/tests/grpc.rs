@@ -10,7 +10,7 @@ use std::{
 use hyper_util::rt::TokioIo;
 use profiler_daemon::{
     aggregate::{
-        Frame, FrameKind, Labels, Module, Resolved, StackSample,
+        Frame, FrameKind, Labels, Module, Resolved, Retention, StackSample,
         actor::{self, AggregatorConfig},
     },
     config::ListenAddr,
@@ -18,7 +18,6 @@ use profiler_daemon::{
     export::{self, ProfileView, top::SortKey},
     server::{self, DaemonInfo, GrpcEndpoint, Listener, ProfilerService},
     stats::PipelineStats,
-    store::Retention,
     symbolize::SymbolizerStats,
 };
 use profiler_proto::v1::{self, profiler_client::ProfilerClient};
@@ -74,7 +73,11 @@ fn samples() -> Vec<StackSample> {
     let mut out = Vec::new();
     let mut push = |n: usize, labels: &Arc<Labels>, stack: Vec<Arc<Frame>>| {
         for _ in 0..n {
-            out.push(StackSample { labels: labels.clone(), stack: stack.clone().into() });
+            out.push(StackSample {
+                time_ns: profiler_daemon::clock::now_ns(),
+                labels: labels.clone(),
+                stack: stack.clone().into(),
+            });
         }
     };
     let l1 = labels(100, "app");
@@ -88,15 +91,21 @@ fn samples() -> Vec<StackSample> {
 /// The real service over an aggregator that holds [`samples`]; the aggregator's input stays
 /// open until `shutdown`.
 async fn service(shutdown: &CancellationToken) -> ProfilerService {
+    service_with(shutdown, samples()).await
+}
+
+/// The real service over an aggregator that holds `samples`.
+async fn service_with(shutdown: &CancellationToken, samples: Vec<StackSample>) -> ProfilerService {
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(64);
     let config = AggregatorConfig {
         window: Duration::from_secs(3600),
-        max_stacks: 1000,
+        max_stacks: 100_000,
         retention: Retention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 },
     };
     let (aggregator, _task) = actor::spawn(config, rx, stats.clone(), None);
-    for s in samples() {
+    let total = samples.len() as u64;
+    for s in samples {
         tx.send(Resolved::Sample(s)).await.unwrap();
     }
     // The aggregator runs until its input closes; keep it open for the test's lifetime.
@@ -105,8 +114,8 @@ async fn service(shutdown: &CancellationToken) -> ProfilerService {
         input_open.cancelled().await;
         drop(tx);
     });
-    // Each status round trip lets the actor run; it drains the samples first (biased select).
-    while stats.aggregated_total() < 15 {
+    // Each status round trip lets the actor run.
+    while stats.aggregated_total() < total {
         aggregator.status().await.unwrap();
     }
     let info = Arc::new(DaemonInfo {
@@ -128,6 +137,11 @@ async fn service(shutdown: &CancellationToken) -> ProfilerService {
 async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
     let shutdown = CancellationToken::new();
     let service = service(&shutdown).await;
+    (serve(service, &shutdown).await, shutdown)
+}
+
+/// Serves `service` in memory until `shutdown`; the client reads answers as profctl does.
+async fn serve(service: ProfilerService, shutdown: &CancellationToken) -> ProfilerClient<Channel> {
     let (client_io, server_io) = tokio::io::duplex(1 << 16);
     let server_shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -155,7 +169,103 @@ async fn serve_in_memory() -> (ProfilerClient<Channel>, CancellationToken) {
             }))
             .await
             .unwrap();
-    (ProfilerClient::new(channel), shutdown)
+    profiler_daemon::client::client(channel)
+}
+
+/// `n` samples of one process, each with its own stack of 20 frames.
+fn distinct_stacks(n: usize) -> Vec<StackSample> {
+    let module = Arc::new(Module { path: "/usr/lib/libbig.so".into(), build_id: None });
+    let labels = Arc::new(Labels { pid: 7, tid: 7, comm: "big".into(), ..Labels::default() });
+    let now = profiler_daemon::clock::now_ns();
+    (0..n)
+        .map(|i| StackSample {
+            time_ns: now,
+            labels: labels.clone(),
+            stack: (0..20)
+                .map(|d| native(&format!("function_{i}_{d}"), &module, (i * 20 + d) as u64))
+                .collect::<Vec<_>>()
+                .into(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_answer_larger_than_grpc_default_limit_reaches_the_client() {
+    let shutdown = CancellationToken::new();
+    let service = service_with(&shutdown, distinct_stacks(30_000)).await;
+    let mut client = serve(service, &shutdown).await;
+    let response = client.query(query("")).await.unwrap().into_inner();
+    assert!(
+        response.encoded_len() > 4 << 20,
+        "the answer must be over tonic's default 4 MiB decode limit: {} bytes",
+        response.encoded_len()
+    );
+    let stats = response.stats.unwrap();
+    assert_eq!((stats.samples, stats.truncated), (30_000, false));
+    assert_eq!(response.profile.unwrap().sample.len(), 30_000);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn an_answer_over_the_entry_limit_folds_the_smallest_into_other() {
+    let shutdown = CancellationToken::new();
+    let mut samples = distinct_stacks(1_000);
+    // The first stack is hot: it must survive the cut.
+    for _ in 0..50 {
+        samples.push(samples[0].clone());
+    }
+    let service = service_with(&shutdown, samples)
+        .await
+        .with_limits(profiler_daemon::query::QueryLimits { max_entries: 100 });
+    let mut client = serve(service, &shutdown).await;
+    let response = client.query(query("")).await.unwrap().into_inner();
+    let stats = response.stats.unwrap();
+    assert!(stats.truncated);
+    assert_eq!((stats.folded_entries, stats.folded_samples), (901, 901));
+    assert_eq!(stats.samples, 1_050, "every sample is still counted");
+    let view = ProfileView::new(&response.profile.unwrap()).unwrap();
+    let folded = export::folded::render(&view);
+    let line = |prefix: &str| folded.lines().find(|l| l.contains(prefix)).map(str::to_owned);
+    assert!(line("[other] 901").is_some(), "{folded}");
+    assert!(line("function_0_0 51").is_some(), "the hot stack is kept whole");
+    assert_eq!(folded.lines().count(), 100);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn malformed_requests_get_clear_errors() {
+    let (mut client, shutdown) = serve_in_memory().await;
+    let backwards = v1::QueryRequest {
+        range: Some(v1::TimeRange { start_unix_nanos: 2_000, end_unix_nanos: 1_000 }),
+        filter: None,
+    };
+    let err = client.query(backwards).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("empty time range"), "{}", err.message());
+    let many = v1::QueryRequest {
+        range: None,
+        filter: Some(v1::Filter {
+            matchers: (0..10_000)
+                .map(|i| v1::LabelMatcher { key: "pid".into(), value: i.to_string() })
+                .collect(),
+        }),
+    };
+    let err = client.query(many).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("at most 64 conditions"), "{}", err.message());
+    // 100 MB of request: refused before it is decoded.
+    let huge = v1::QueryRequest {
+        range: None,
+        filter: Some(v1::Filter {
+            matchers: vec![v1::LabelMatcher { key: "comm".into(), value: "x".repeat(100 << 20) }],
+        }),
+    };
+    let err = client.query(huge).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    // The daemon still answers.
+    let ok = client.query(query("")).await.unwrap().into_inner();
+    assert_eq!(ok.stats.unwrap().samples, 15);
+    shutdown.cancel();
 }
 
 fn query(selector: &str) -> v1::QueryRequest {
@@ -254,6 +364,7 @@ fn the_top_header_names_samples_range_and_drops() {
             v1::DropCount { reason: "ring_buffer_full".into(), count: 4 },
             v1::DropCount { reason: "user_stack_error".into(), count: 0 },
         ],
+        ..v1::QueryStats::default()
     };
     insta::assert_snapshot!(ctl::render_header(&stats, 10_101_010));
 }

@@ -11,11 +11,13 @@ use std::{
 };
 
 use profiler_daemon::{
-    aggregate::actor::{self, AggregatorConfig},
+    aggregate::{
+        Retention,
+        actor::{self, AggregatorConfig},
+    },
     metrics,
     server::DaemonInfo,
     stats::PipelineStats,
-    store::Retention,
     symbolize::SymbolizerStats,
 };
 use support::{Daemon, require_bpf, scratch};

@@ -245,6 +245,27 @@ fn python_threads_generators_and_coroutines() {
 }
 
 #[test]
+fn the_main_thread_behind_a_thousand_newer_threads_is_found() {
+    if !require_bpf("the_main_thread_behind_a_thousand_newer_threads_is_found") {
+        return;
+    }
+    let dir = scratch("python_many_threads");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    for Run { python, folded, .. } in profile_each(&daemon, "manythreads", "2") {
+        let hot = matching(&folded, |s| s.contains(";hot_outer (") && s.contains("hot_inner ("));
+        // The search resumes across samples: the first few samples of the thread lack Python
+        // frames, then its state is cached.
+        assert!(
+            hot * 10 > total(&folded) * 8,
+            "{}: {hot} of {} samples in hot_outer\n{}",
+            python.display(),
+            total(&folded),
+            dump(&folded)
+        );
+    }
+}
+
+#[test]
 fn a_c_extension_leaf_sits_on_its_python_caller() {
     if !require_bpf("a_c_extension_leaf_sits_on_its_python_caller") {
         return;

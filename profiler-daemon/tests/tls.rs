@@ -12,7 +12,10 @@ use std::{
 
 use clap::Parser as _;
 use profiler_daemon::{
-    aggregate::actor::{self, AggregatorConfig},
+    aggregate::{
+        Retention,
+        actor::{self, AggregatorConfig},
+    },
     client::{self, ConnectError, TlsOptions},
     config::DaemonArgs,
     server::{
@@ -20,7 +23,6 @@ use profiler_daemon::{
         plaintext_allowed, serve,
     },
     stats::PipelineStats,
-    store::Retention,
     symbolize::SymbolizerStats,
 };
 use profiler_proto::v1;

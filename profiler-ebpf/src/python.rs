@@ -14,7 +14,7 @@ use aya_ebpf::{
 use profiler_common::{
     python::{
         FLAG_PY_NO_THREAD, FLAG_PY_READ_ERROR, FLAG_PY_TRUNCATED, FRAME_CHUNK, FrameModel,
-        MAX_PY_FRAMES, MAX_PY_THREADS, PyOffsets, PyProcess,
+        MAX_PY_FRAMES, MAX_PY_THREADS, MAX_PY_THREADS_SEARCHED, PyOffsets, PyProcess,
     },
     sample::DATA_WORDS,
 };
@@ -28,6 +28,12 @@ pub(crate) static PY_PROCS: HashMap<u32, PyProcess> = HashMap::with_max_entries(
 /// Thread id -> its `PyThreadState`, found by a walk of the thread list and checked on use.
 #[map]
 static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Thread id -> where its unfinished search of the thread list goes on (the next thread state,
+/// and the threads followed so far), for processes with more threads than one sample
+/// examines.
+#[map]
+static PY_THREAD_SEARCH: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
 
 /// Per-CPU copy of the frame being examined.
 #[map]
@@ -93,17 +99,34 @@ fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
             return Some(cached);
         }
     }
-    let mut tstate = read_u64(process.interp + u64::from(offsets.interp_threads_head))?;
+    // New threads go to the head of the list, so the oldest (the main thread among them) are
+    // at its end: a search that runs out of steps goes on at this thread's next sample.
+    // SAFETY: map lookups return valid pointers or None.
+    let (mut tstate, mut followed) = match unsafe { PY_THREAD_SEARCH.get(&tid) } {
+        Some(&[next, followed]) if followed < u64::from(MAX_PY_THREADS_SEARCHED) => {
+            (next, followed)
+        }
+        _ => (read_u64(process.interp + u64::from(offsets.interp_threads_head))?, 0),
+    };
     for _ in 0..MAX_PY_THREADS {
         if tstate == 0 {
+            // The end of the list: the next search starts at the head again.
+            let _ = PY_THREAD_SEARCH.remove(&tid);
             return None;
         }
         if is_sampled_thread(key, read_u64(tstate + id_at)) {
+            let _ = PY_THREAD_SEARCH.remove(&tid);
             let _ = PY_THREADS.insert(&tid, &tstate, 0);
             return Some(tstate);
         }
-        tstate = read_u64(tstate + u64::from(offsets.tstate_next))?;
+        let Some(next) = read_u64(tstate + u64::from(offsets.tstate_next)) else {
+            let _ = PY_THREAD_SEARCH.remove(&tid);
+            return None;
+        };
+        tstate = next;
+        followed += 1;
     }
+    let _ = PY_THREAD_SEARCH.insert(&tid, &[tstate, followed], 0);
     None
 }
 

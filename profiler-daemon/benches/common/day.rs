@@ -72,6 +72,7 @@ pub fn build(dir: &std::path::Path, start: i64, windows: i64) -> Store {
             drops: DropSnapshot::default(),
             entries,
             calls: Vec::new(),
+            persisted: Default::default(),
         };
         store.append(&window, window.end_ns).unwrap();
     }

@@ -1,12 +1,15 @@
-//! The aggregator actor: one task that owns the open window and the window store.
+//! The aggregator actor: one task that owns the open windows and the recent closed ones.
 //!
 //! Samples arrive over a bounded channel; queries and status requests arrive over another one
-//! and are answered with shared snapshots, so that merging happens outside the actor.
+//! and are answered with shared snapshots, so that merging happens outside the actor. Both are
+//! served fairly: a backlog of samples never makes a query or the health check wait for it.
+//!
+//! A sample counts in the window of its own time (taken in the kernel), not of its arrival. A
+//! window stays open for a grace period after its end, for samples still in the queues; a
+//! sample that arrives later than that (a backlog, as at start-up while symbol caches are
+//! cold) is counted as late and goes into the oldest open window, so that it is not lost.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     sync::{broadcast, mpsc, oneshot},
@@ -15,15 +18,19 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, info, info_span};
 
-use super::{Resolved, Window, WindowBuilder};
-use crate::{
-    stats::PipelineStats,
-    store::{Retention, WindowStore, writer::WriterHandle},
-};
+use super::{RecentWindows, Resolved, Retention, Window, WindowBuilder};
+use crate::{clock::now_ns, stats::PipelineStats};
 
 /// Closed windows buffered for each live watcher; a watcher further behind misses windows,
 /// and is told how many.
 pub const WATCH_BUFFER: usize = 8;
+
+/// How long a window stays open after its end, at most: samples take about 100 ms (the ring
+/// buffer's drain interval) plus two queues to arrive.
+pub const MAX_GRACE: Duration = Duration::from_secs(1);
+
+/// Where closed windows go besides memory (the store's writer). It must not block.
+pub type WindowSink = Box<dyn Fn(Arc<Window>) + Send>;
 
 /// How the aggregator cuts and keeps windows.
 #[derive(Clone, Copy, Debug)]
@@ -32,8 +39,16 @@ pub struct AggregatorConfig {
     pub window: Duration,
     /// Distinct (labels, stack) entries per window.
     pub max_stacks: usize,
-    /// What the store keeps.
+    /// What is kept in memory.
     pub retention: Retention,
+}
+
+impl AggregatorConfig {
+    /// How long a window stays open after its end: [`MAX_GRACE`], or a quarter of a shorter
+    /// window.
+    pub fn grace(&self) -> Duration {
+        MAX_GRACE.min(self.window / 4)
+    }
 }
 
 /// Sizes reported by `Status`.
@@ -41,14 +56,12 @@ pub struct AggregatorConfig {
 pub struct AggregatorStatus {
     /// Closed windows held.
     pub windows: usize,
-    /// Distinct entries in the open window.
+    /// Distinct entries in the open windows.
     pub open_stacks: usize,
     /// Approximate bytes held by closed windows.
     pub bytes: usize,
     /// Windows dropped by retention.
     pub evicted: u64,
-    /// Closed windows that could not be handed to the store.
-    pub unstored: u64,
 }
 
 /// The aggregator stopped (the daemon is shutting down).
@@ -108,33 +121,22 @@ impl AggregatorHandle {
     }
 }
 
-/// Nanoseconds since the Unix epoch.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
 /// Starts the aggregator task. It runs until `samples` closes (the symbolizer stopped), then
-/// closes the open window and hands it to `writer`.
+/// closes the open windows and hands them to `sink`.
 pub fn spawn(
     config: AggregatorConfig,
     samples: mpsc::Receiver<Resolved>,
     stats: Arc<PipelineStats>,
-    writer: Option<WriterHandle>,
+    sink: Option<WindowSink>,
 ) -> (AggregatorHandle, JoinHandle<()>) {
     let (commands, command_rx) = mpsc::channel(64);
     let (closed, _) = broadcast::channel(WATCH_BUFFER);
     let actor = Actor {
-        store: WindowStore::new(config.retention),
-        open: WindowBuilder::new(
-            window_start(now_ns(), config.window),
-            config.max_stacks,
-            stats.drops(),
-        ),
+        recent: RecentWindows::new(config.retention),
+        open: Vec::new(),
         config,
         stats,
-        writer,
+        sink,
         closed: closed.clone(),
     };
     // Task names need tokio_unstable; the span names the task in logs instead.
@@ -154,10 +156,11 @@ fn window_start(t_ns: i64, window: Duration) -> i64 {
 
 struct Actor {
     config: AggregatorConfig,
-    store: WindowStore,
-    open: WindowBuilder,
+    recent: RecentWindows,
+    /// Open windows, oldest first: the current one, and the previous one during its grace.
+    open: Vec<WindowBuilder>,
     stats: Arc<PipelineStats>,
-    writer: Option<WriterHandle>,
+    sink: Option<WindowSink>,
     closed: broadcast::Sender<Arc<Window>>,
 }
 
@@ -167,63 +170,120 @@ impl Actor {
         mut samples: mpsc::Receiver<Resolved>,
         mut commands: mpsc::Receiver<Command>,
     ) {
+        let len = window_len_ns(self.config.window);
+        let grace = i64::try_from(self.config.grace().as_nanos()).unwrap_or(0);
+        self.open_window(window_start(now_ns(), self.config.window));
         loop {
-            let close_at = self.open.start_ns() + window_len_ns(self.config.window);
-            let wait = Duration::from_nanos(u64::try_from(close_at - now_ns()).unwrap_or(0));
+            let now = now_ns();
+            // The oldest open window closes at its end plus the grace; the current one's end
+            // opens the next.
+            let oldest = self.open.first().map_or(now, WindowBuilder::start_ns);
+            let newest = self.open.last().map_or(now, WindowBuilder::start_ns);
+            let wake = (oldest + len + grace).min(newest + len);
+            let wait = Duration::from_nanos(u64::try_from(wake - now).unwrap_or(0));
+            // Not biased: under a backlog of samples, commands still get their turn.
             tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(Instant::now() + wait) => self.rotate(close_at),
+                () = tokio::time::sleep_until(Instant::now() + wait) => self.tick(now_ns()),
                 input = samples.recv() => match input {
-                    Some(Resolved::Sample(sample)) => {
-                        self.stats.aggregated();
-                        self.open.add(sample, &self.stats);
+                    Some(Resolved::Sample(sample)) => self.add(sample),
+                    Some(Resolved::Calls(calls)) => {
+                        if let Some(open) = self.open.last_mut() {
+                            open.add_calls(calls);
+                        }
                     }
-                    Some(Resolved::Calls(calls)) => self.open.add_calls(calls),
                     None => break,
                 },
                 Some(command) = commands.recv() => self.answer(command),
             }
         }
+        // The input is closed: nothing more can arrive for any open window.
         let end = now_ns();
-        self.rotate(end);
-        info!(windows = self.store.len(), "aggregator stopped");
+        for open in std::mem::take(&mut self.open) {
+            let close_at = end.min(open.start_ns() + len);
+            self.close(open, close_at);
+        }
+        info!(windows = self.recent.len(), "aggregator stopped");
     }
 
-    /// Closes the open window at `end_ns` and opens the next one.
-    fn rotate(&mut self, end_ns: i64) {
+    /// Opens the window that starts at `start_ns`, after the open ones.
+    fn open_window(&mut self, start_ns: i64) {
         let drops = self.stats.drops();
-        let next = WindowBuilder::new(end_ns, self.config.max_stacks, drops.clone());
-        let closed = Arc::new(std::mem::replace(&mut self.open, next).close(end_ns, &drops));
+        if let Some(previous) = self.open.last_mut() {
+            // Host-wide drops count for the window whose time they happened in.
+            previous.end_drops(drops.clone());
+        }
+        self.open.push(WindowBuilder::new(start_ns, self.config.max_stacks, drops));
+    }
+
+    /// Opens the next window once the current one has ended, and closes the windows whose
+    /// grace is over.
+    fn tick(&mut self, now: i64) {
+        let len = window_len_ns(self.config.window);
+        let grace = i64::try_from(self.config.grace().as_nanos()).unwrap_or(0);
+        let current = window_start(now, self.config.window);
+        if self.open.last().is_none_or(|w| w.start_ns() < current) {
+            self.open_window(current);
+        }
+        while self.open.len() > 1 && self.open[0].start_ns() + len + grace <= now {
+            let oldest = self.open.remove(0);
+            let end = oldest.start_ns() + len;
+            self.close(oldest, end);
+        }
+    }
+
+    /// Counts a sample in the window of its time.
+    fn add(&mut self, sample: super::StackSample) {
+        let start = window_start(sample.time_ns, self.config.window);
+        if self.open.last().is_some_and(|w| w.start_ns() < start) {
+            // The sample's window has begun before the timer noticed.
+            self.tick(now_ns());
+        }
+        // Newest first: nearly every sample belongs to the current window. A sample from the
+        // future (the wall clock was set back) counts in the current window.
+        let index = self.open.iter().rposition(|w| w.start_ns() <= start).unwrap_or_else(|| {
+            self.stats.late();
+            0
+        });
+        if let Some(open) = self.open.get_mut(index) {
+            self.stats.aggregated();
+            open.add(sample, &self.stats);
+        }
+    }
+
+    /// Closes a window at `end_ns`: to watchers, to the sink and to memory.
+    fn close(&mut self, open: WindowBuilder, end_ns: i64) {
+        let drops = self.stats.drops();
+        let closed = Arc::new(open.close(end_ns, &drops));
         debug!(samples = closed.samples, stacks = closed.entries.len(), "window closed");
-        if let Some(writer) = &self.writer {
-            writer.write(closed.clone());
+        if let Some(sink) = &self.sink {
+            sink(closed.clone());
         }
         // No watcher is not an error.
         let _ = self.closed.send(closed.clone());
-        self.store.push(closed, end_ns);
+        self.recent.push(closed, now_ns());
     }
 
     fn answer(&mut self, command: Command) {
         match command {
             Command::Windows { start_ns, end_ns, reply } => {
-                let mut windows = self.store.select(start_ns, end_ns);
+                let mut windows = self.recent.select(start_ns, end_ns);
                 let now = now_ns();
-                let open = self.open.snapshot(now, &self.stats.drops());
-                if open.overlaps(start_ns, end_ns) {
-                    windows.push(Arc::new(open));
+                let len = window_len_ns(self.config.window);
+                let drops = self.stats.drops();
+                for open in &self.open {
+                    let snapshot = open.snapshot(now.min(open.start_ns() + len), &drops);
+                    if snapshot.overlaps(start_ns, end_ns) {
+                        windows.push(Arc::new(snapshot));
+                    }
                 }
                 let _ = reply.send(windows);
             }
             Command::Status { reply } => {
                 let _ = reply.send(AggregatorStatus {
-                    windows: self.store.len(),
-                    open_stacks: self.open.len(),
-                    bytes: self.store.bytes(),
-                    evicted: self.store.evicted(),
-                    unstored: self
-                        .writer
-                        .as_ref()
-                        .map_or(0, |w| w.lost.load(std::sync::atomic::Ordering::Relaxed)),
+                    windows: self.recent.len(),
+                    open_stacks: self.open.iter().map(WindowBuilder::len).sum(),
+                    bytes: self.recent.bytes(),
+                    evicted: self.recent.evicted(),
                 });
             }
         }
@@ -233,6 +293,78 @@ impl Actor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aggregate::{Frame, FrameKind, Labels, StackSample};
+
+    const S: i64 = 1_000_000_000;
+
+    fn sample(time_ns: i64, function: &str) -> Resolved {
+        let frame = Frame { kind: FrameKind::Native, ..Frame::marker(function) };
+        Resolved::Sample(StackSample {
+            time_ns,
+            labels: Arc::new(Labels { pid: 1, comm: "app".into(), ..Labels::default() }),
+            stack: Arc::from([Arc::new(frame)]),
+        })
+    }
+
+    fn config(window: Duration) -> AggregatorConfig {
+        AggregatorConfig {
+            window,
+            max_stacks: 1000,
+            retention: Retention { max_age: Duration::from_secs(3600), max_bytes: 1 << 30 },
+        }
+    }
+
+    fn functions(windows: &[Arc<Window>]) -> Vec<String> {
+        let mut out: Vec<String> = windows
+            .iter()
+            .flat_map(|w| w.entries.iter().map(|e| e.stack[0].function.to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_command_is_answered_while_samples_are_queued() {
+        const BACKLOG: usize = 20_000;
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let now = now_ns();
+        for _ in 0..BACKLOG {
+            tx.try_send(sample(now, "busy")).unwrap();
+        }
+        let stats = Arc::new(PipelineStats::default());
+        let (handle, _task) = spawn(config(Duration::from_secs(3600)), rx, stats.clone(), None);
+        handle.status().await.unwrap();
+        let aggregated = stats.aggregated_total();
+        assert!(
+            aggregated < BACKLOG as u64,
+            "the status request waited for the whole backlog ({aggregated} samples)"
+        );
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn samples_count_in_the_window_of_their_own_time() {
+        let window = Duration::from_secs(4);
+        let len = 4 * S;
+        let (tx, rx) = mpsc::channel(16);
+        let stats = Arc::new(PipelineStats::default());
+        let (handle, _task) = spawn(config(window), rx, stats.clone(), None);
+        // Just after a window boundary, while the previous window is in its grace period.
+        let boundary = window_start(now_ns(), window) + len;
+        tokio::time::sleep(Duration::from_nanos((boundary + S / 10 - now_ns()) as u64)).await;
+        tx.send(sample(boundary - S / 2, "previous")).await.unwrap();
+        tx.send(sample(boundary + S / 20, "current")).await.unwrap();
+        // From a window closed long ago: counted as late, kept in the oldest open window.
+        tx.send(sample(boundary - len - S, "too_late")).await.unwrap();
+        handle.status().await.unwrap();
+        let previous = handle.windows(boundary - len, boundary).await.unwrap();
+        let current = handle.windows(boundary, boundary + len).await.unwrap();
+        assert_eq!(functions(&previous), ["previous", "too_late"]);
+        assert_eq!(functions(&current), ["current"]);
+        assert_eq!(stats.late_total(), 1);
+        assert_eq!(stats.aggregated_total(), 3);
+        drop(tx);
+    }
 
     #[test]
     fn windows_start_on_multiples_of_their_length() {

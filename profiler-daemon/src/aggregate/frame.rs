@@ -114,6 +114,8 @@ impl fmt::Display for Labels {
 /// One symbolized sample on its way to the aggregator.
 #[derive(Clone, Debug)]
 pub struct StackSample {
+    /// When the sample was taken, in nanoseconds since the Unix epoch.
+    pub time_ns: i64,
     /// The labels of the sampled thread.
     pub labels: Arc<Labels>,
     /// The merged stack, leaf first.

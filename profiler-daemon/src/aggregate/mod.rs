@@ -2,12 +2,15 @@
 //! Python calls per (process, function).
 //!
 //! [`frame`] holds the resolved frame and label types, [`window`] the open and closed windows,
-//! and [`actor`] the task that owns the open window and answers queries.
+//! [`recent`] the closed windows kept in memory, and [`actor`] the task that owns them and
+//! answers queries.
 
 pub mod actor;
 pub mod frame;
+pub mod recent;
 pub mod window;
 
 pub use actor::{AggregatorHandle, AggregatorStatus};
 pub use frame::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample};
+pub use recent::{RecentWindows, Retention};
 pub use window::{MergedProfile, Window, WindowBuilder};

@@ -1,13 +1,23 @@
 //! Time windows: the open one that samples are counted into, closed ones that are kept, and the
 //! merge of several windows that a query answers with.
 
-use std::{collections::HashMap, mem::size_of, sync::Arc};
+use std::{
+    collections::HashMap,
+    mem::size_of,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+};
 
 use super::frame::{CallSample, Frame, Labels, Stack, StackSample};
-use crate::{
-    selector::Selector,
-    stats::{DropReason, DropSnapshot, PipelineStats},
-};
+use crate::stats::{DropReason, DropSnapshot, PipelineStats};
+
+/// Which samples a merge keeps, by their labels (a selector).
+pub trait LabelFilter {
+    /// Whether samples with these labels are kept.
+    fn keeps(&self, labels: &Labels) -> bool;
+}
 
 /// Text of the stack that samples fold into once a window is full.
 pub const OVERFLOW_FRAME: &str = "[stack table full]";
@@ -21,6 +31,45 @@ pub struct WindowEntry {
     pub stack: Stack,
     /// Samples.
     pub count: u64,
+}
+
+/// Where a window's samples are kept: until the store has committed them, a query takes them
+/// from memory. The open window's snapshots share the flag of the window that closes from
+/// them, so a query never counts both the snapshot and the stored window.
+#[derive(Debug, Default)]
+pub struct Persisted(AtomicU8);
+
+/// What became of a window on its way to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PersistState {
+    /// Open, or closed and waiting for the writer.
+    Pending,
+    /// Committed to the store.
+    Stored,
+    /// Not stored: the writer's queue was full or the write failed. It stays in memory until
+    /// memory retention drops it.
+    Lost,
+}
+
+impl Persisted {
+    /// The current state.
+    pub fn get(&self) -> PersistState {
+        match self.0.load(Ordering::Acquire) {
+            0 => PersistState::Pending,
+            1 => PersistState::Stored,
+            _ => PersistState::Lost,
+        }
+    }
+
+    /// Records the outcome of the write.
+    pub fn set(&self, state: PersistState) {
+        let code = match state {
+            PersistState::Pending => 0,
+            PersistState::Stored => 1,
+            PersistState::Lost => 2,
+        };
+        self.0.store(code, Ordering::Release);
+    }
 }
 
 /// A closed (or snapshotted) window.
@@ -38,6 +87,8 @@ pub struct Window {
     pub entries: Vec<WindowEntry>,
     /// Python calls per (process, function), when the entry probe was on.
     pub calls: Vec<CallEntry>,
+    /// Whether the store has this window's samples; shared with the open window's snapshots.
+    pub persisted: Arc<Persisted>,
 }
 
 /// Calls of one function in one process.
@@ -75,9 +126,11 @@ pub struct WindowBuilder {
     max_stacks: usize,
     samples: u64,
     drops_at_start: DropSnapshot,
+    drops_at_end: Option<DropSnapshot>,
     entries: HashMap<(Arc<Labels>, Stack), u64>,
     calls: HashMap<(Arc<Labels>, Arc<Frame>), u64>,
     overflow: Stack,
+    persisted: Arc<Persisted>,
 }
 
 impl WindowBuilder {
@@ -88,10 +141,18 @@ impl WindowBuilder {
             max_stacks,
             samples: 0,
             drops_at_start,
+            drops_at_end: None,
             entries: HashMap::new(),
             calls: HashMap::new(),
             overflow: Arc::from([Arc::new(Frame::marker(OVERFLOW_FRAME))]),
+            persisted: Arc::default(),
         }
+    }
+
+    /// Fixes the host-wide drops counted for this window at `drops_now`: its time is over, and
+    /// later drops belong to the next window, even while this one takes late samples.
+    pub fn end_drops(&mut self, drops_now: DropSnapshot) {
+        self.drops_at_end.get_or_insert(drops_now);
     }
 
     /// Start of this window.
@@ -151,7 +212,7 @@ impl WindowBuilder {
             start_ns: self.start_ns,
             end_ns: now_ns.max(self.start_ns),
             samples: self.samples,
-            drops: drops_now.since(&self.drops_at_start),
+            drops: self.drops_at_end.as_ref().unwrap_or(drops_now).since(&self.drops_at_start),
             entries: self
                 .entries
                 .iter()
@@ -162,12 +223,13 @@ impl WindowBuilder {
                 })
                 .collect(),
             calls: self.call_entries(),
+            persisted: self.persisted.clone(),
         }
     }
 
     /// Closes the window at `end_ns`.
     pub fn close(self, end_ns: i64, drops_now: &DropSnapshot) -> Window {
-        let drops = drops_now.since(&self.drops_at_start);
+        let drops = self.drops_at_end.as_ref().unwrap_or(drops_now).since(&self.drops_at_start);
         let calls = self.call_entries();
         Window {
             start_ns: self.start_ns,
@@ -180,6 +242,7 @@ impl WindowBuilder {
                 .map(|((labels, stack), count)| WindowEntry { labels, stack, count })
                 .collect(),
             calls,
+            persisted: self.persisted,
         }
     }
 }
@@ -207,7 +270,7 @@ impl MergedProfile {
     /// Merges every window, keeping the samples that `selector` matches.
     pub fn merge<'a>(
         windows: impl IntoIterator<Item = &'a Window>,
-        selector: &Selector,
+        selector: &dyn LabelFilter,
     ) -> MergedProfile {
         let mut merged = MergedProfile::default();
         for window in windows {
@@ -217,7 +280,7 @@ impl MergedProfile {
     }
 
     /// Adds one window, keeping the samples that `selector` matches.
-    pub fn add(&mut self, window: &Window, selector: &Selector) {
+    pub fn add(&mut self, window: &Window, selector: &dyn LabelFilter) {
         if self.windows == 0 {
             (self.start_ns, self.end_ns) = (window.start_ns, window.end_ns);
         }
@@ -226,7 +289,7 @@ impl MergedProfile {
         self.end_ns = self.end_ns.max(window.end_ns);
         self.drops.add(&window.drops);
         for entry in &window.entries {
-            if !selector.matches(&entry.labels) {
+            if !selector.keeps(&entry.labels) {
                 continue;
             }
             self.samples += entry.count;
@@ -234,7 +297,7 @@ impl MergedProfile {
                 entry.count;
         }
         for call in &window.calls {
-            if selector.matches(&call.labels) {
+            if selector.keeps(&call.labels) {
                 *self.calls.entry((call.labels.clone(), call.function.clone())).or_insert(0) +=
                     call.count;
             }
@@ -245,7 +308,7 @@ impl MergedProfile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::FrameKind;
+    use crate::{aggregate::FrameKind, selector::Selector};
 
     fn frame(name: &str) -> Arc<Frame> {
         Arc::new(Frame { kind: FrameKind::Native, ..Frame::marker(name) })
@@ -253,6 +316,7 @@ mod tests {
 
     fn sample(pid: u32, names: &[&str]) -> StackSample {
         StackSample {
+            time_ns: 0,
             labels: Arc::new(Labels { pid, comm: "app".into(), ..Labels::default() }),
             stack: names.iter().map(|n| frame(n)).collect(),
         }

@@ -46,7 +46,7 @@ pub fn u32_at(bytes: &[u8], offset: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::process::skip_under_qemu_user;
+    use crate::host::skip_under_qemu_user;
 
     #[test]
     fn reads_own_memory() {

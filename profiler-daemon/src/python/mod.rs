@@ -20,7 +20,7 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use procfs::process::{MMapPath, Process};
 
-use crate::process::{FileKey, readable_path};
+use crate::host::{FileKey, readable_path};
 use layout::Layout;
 
 /// Whether CPython `major.minor` gets Python stacks: a built-in layout, or 3.13+ (which

@@ -184,7 +184,7 @@ pub struct Dictionary {
 }
 
 /// Which dictionary table a pending record belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Table {
     /// Frames.
     Frames,
@@ -430,6 +430,10 @@ impl Dictionary {
     /// Forgets `dead` (from [`Dictionary::dead`]). Ids are not handed out again while the
     /// daemon runs, so one that a reader still holds cannot name something else.
     pub fn forget(&mut self, dead: &[(Table, u64)]) {
+        // Rows of a window that failed to write are still queued; a forgotten id is not
+        // written later.
+        let gone: HashSet<(Table, u64)> = dead.iter().copied().collect();
+        self.pending.retain(|(table, id, _)| !gone.contains(&(*table, *id)));
         for &(table, id) in dead {
             match table {
                 Table::Stacks => {

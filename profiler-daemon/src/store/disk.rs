@@ -10,8 +10,8 @@ use std::{
     collections::HashMap,
     path::{Path, PathBuf},
     sync::{
-        Mutex, PoisonError,
-        atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, PoisonError, RwLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -26,10 +26,11 @@ use tracing::{info, warn};
 
 use super::{
     codec::{self, Damaged, Dictionary, LiveIds, Table, WindowRecord},
+    lost::LostWindows,
     plan::{self, LEVELS_NS, Piece},
 };
 use crate::{
-    aggregate::{MergedProfile, Window},
+    aggregate::{MergedProfile, Window, window::PersistState},
     selector::Selector,
 };
 
@@ -134,12 +135,23 @@ pub struct StoreStatus {
     pub dictionary_swept: u64,
     /// End of the newest stored window.
     pub persisted_until_ns: i64,
+    /// Windows that could not be stored since start (the writer was behind, or a write
+    /// failed).
+    pub unstored: u64,
 }
 
 /// The store. Shared by the writer thread and the query handlers.
 #[derive(Debug)]
 pub struct Store {
-    db: Database,
+    /// The open database; `None` while it is being reopened after an I/O error.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Set by an I/O error: redb refuses every later transaction on that handle, so the next
+    /// write reopens the file first (which also runs redb's repair).
+    reopen: AtomicBool,
+    /// Held across a commit and the marking of its window as stored, and while a query takes
+    /// its snapshot and picks the in-memory windows that are not stored: each window is then
+    /// counted exactly once, from the store or from memory.
+    visible: Mutex<()>,
     path: PathBuf,
     retention: DiskRetention,
     dict: Mutex<Dictionary>,
@@ -155,6 +167,8 @@ pub struct Store {
     sweep_at: AtomicUsize,
     /// Dictionary entries forgotten by sweeps since start.
     swept: AtomicU64,
+    /// Windows that could not be stored.
+    lost: LostWindows,
 }
 
 impl Store {
@@ -188,13 +202,39 @@ impl Store {
 
     fn open_file(path: &Path, retention: DiskRetention) -> Result<Store, StoreError> {
         let db_err = |e: redb::Error| classify(path, e);
-        let db =
-            Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|e| match e {
-                DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
-                e => db_err(e.into()),
-            })?;
+        let db = open_database(path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
+            e => db_err(e.into()),
+        })?;
+        Store::with_database(db, path, retention)
+    }
+
+    /// A store on a database in `path` that goes through `backend`, for tests that inject
+    /// I/O errors. Reopening after an error opens `path` directly.
+    #[cfg(test)]
+    fn open_with_backend(
+        path: &Path,
+        backend: impl redb::StorageBackend,
+        retention: DiskRetention,
+    ) -> Result<Store, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| classify(path, e.into()))?;
+        Store::with_database(db, path, retention)
+    }
+
+    /// A store on `db`, whose file is `path` (for messages and for reopening).
+    fn with_database(
+        db: Database,
+        path: &Path,
+        retention: DiskRetention,
+    ) -> Result<Store, StoreError> {
+        let db_err = |e: redb::Error| classify(path, e);
         let store = Store {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            reopen: AtomicBool::new(false),
+            visible: Mutex::new(()),
             path: path.to_owned(),
             retention,
             dict: Mutex::new(Dictionary::default()),
@@ -206,6 +246,7 @@ impl Store {
             writing: Mutex::new(()),
             sweep_at: AtomicUsize::new(SWEEP_MIN),
             swept: AtomicU64::new(0),
+            lost: LostWindows::default(),
         };
         store.load().map_err(|e| match e {
             LoadError::Db(e) => db_err(e),
@@ -223,7 +264,7 @@ impl Store {
 
     /// Creates the tables, checks the layout version and loads the dictionaries.
     fn load(&self) -> Result<(), LoadError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.database()?.begin_write().map_err(redb::Error::from)?;
         {
             let mut meta = txn.open_table(META).map_err(redb::Error::from)?;
             let version = meta.get("schema").map_err(redb::Error::from)?.map(|v| v.value());
@@ -274,44 +315,93 @@ impl Store {
         Ok(())
     }
 
-    /// End of the newest stored window: every window that starts before it is stored.
+    /// Windows that could not be stored.
+    pub fn lost(&self) -> &LostWindows {
+        &self.lost
+    }
+
+    /// End of the newest stored window.
     pub fn persisted_until(&self) -> i64 {
         self.persisted_until.load(Relaxed)
     }
 
+    /// The open database.
+    fn database(&self) -> Result<Arc<Database>, redb::Error> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(redb::Error::PreviousIo)
+    }
+
+    /// Closes and reopens the file after an I/O error. Fails while a query still holds the
+    /// old handle (the file lock is per handle); the next write tries again.
+    fn reopen_database(&self) -> Result<(), redb::Error> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        let db = open_database(&self.path)?;
+        *slot = Some(Arc::new(db));
+        self.reopen.store(false, Relaxed);
+        info!(path = %self.path.display(), "profile store reopened after a write error");
+        Ok(())
+    }
+
     /// Stores a closed window, merges it into its rollups and applies retention as of `now_ns`,
-    /// in one transaction.
+    /// in one transaction, and marks the window stored. A window whose start is already stored
+    /// (the daemon restarted inside that window) is merged into the stored record, and only
+    /// the new samples go into the rollups. Nothing in memory changes unless the transaction
+    /// commits: a failed write leaves the dictionaries, their pending rows and the counters as
+    /// they were, so the next window writes what this one could not.
     pub fn append(&self, window: &Window, now_ns: i64) -> Result<(), StoreError> {
-        self.append_inner(window, now_ns).map_err(|e| classify(&self.path, e))?;
-        self.persisted_until.store(window.end_ns, Relaxed);
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.reopen.load(Relaxed) {
+            self.reopen_database().map_err(|e| classify(&self.path, e))?;
+        }
+        let result = self.append_inner(window, now_ns);
+        if let Err(e) = &result
+            && matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+        {
+            self.reopen.store(true, Relaxed);
+        }
+        result.map_err(|e| classify(&self.path, e))?;
+        self.persisted_until.fetch_max(window.end_ns, Relaxed);
         Ok(())
     }
 
     fn append_inner(&self, window: &Window, now_ns: i64) -> Result<(), redb::Error> {
-        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut record = WindowRecord {
-            start_ns: window.start_ns,
-            end_ns: window.end_ns,
-            samples: window.samples,
-            drops: window.drops.0.to_vec(),
-            entries: Vec::with_capacity(window.entries.len() * 3),
-            calls: Vec::with_capacity(window.calls.len() * 3),
-            windows: 1,
+        let (record, pending) = {
+            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut record = WindowRecord {
+                start_ns: window.start_ns,
+                end_ns: window.end_ns,
+                samples: window.samples,
+                drops: window.drops.0.to_vec(),
+                entries: Vec::with_capacity(window.entries.len() * 3),
+                calls: Vec::with_capacity(window.calls.len() * 3),
+                windows: 1,
+            };
+            for e in &window.entries {
+                record.entries.extend([
+                    dict.labels_id(&e.labels),
+                    dict.stack_id(&e.stack),
+                    e.count,
+                ]);
+            }
+            for c in &window.calls {
+                record.calls.extend([
+                    dict.labels_id(&c.labels),
+                    dict.frame_id(&c.function),
+                    c.count,
+                ]);
+            }
+            // Copied, not taken: the rows leave the queue only once they are committed.
+            (record, dict.pending.clone())
         };
-        for e in &window.entries {
-            record.entries.extend([dict.labels_id(&e.labels), dict.stack_id(&e.stack), e.count]);
-        }
-        for c in &window.calls {
-            record.calls.extend([dict.labels_id(&c.labels), dict.frame_id(&c.function), c.count]);
-        }
-        let pending = std::mem::take(&mut dict.pending);
-        drop(dict);
-        let mut txn = self.db.begin_write()?;
+        let mut txn = self.database()?.begin_write()?;
         if !self.durable.load(Relaxed) {
             txn.set_durability(Durability::None)?;
         }
-        let mut added = 0i64;
+        let mut delta = Delta::default();
         {
             for (table, id, bytes) in &pending {
                 let def = match table {
@@ -320,16 +410,33 @@ impl Store {
                     Table::Labels => LABELS,
                 };
                 txn.open_table(def)?.insert(id, bytes.as_slice())?;
-                added += bytes.len() as i64 + 8;
+                delta.bytes += bytes.len() as i64 + 8;
             }
-            let encoded = record.encode_to_vec();
             let mut windows = txn.open_table(WINDOWS)?;
-            let replaced =
-                windows.insert(window.start_ns, encoded.as_slice())?.map(|old| old.value().len());
-            added += encoded.len() as i64 + 8 - replaced.map_or(0, |l| l as i64 + 8);
-            if replaced.is_none() {
-                self.windows.fetch_add(1, Relaxed);
-            }
+            let stored = windows
+                .get(window.start_ns)?
+                .map(|old| (WindowRecord::decode(old.value()), old.value().len() as i64 + 8));
+            let (encoded, rollup_part) = match stored {
+                Some((Ok(mut old), old_len)) => {
+                    // The same window, written again after a restart: one window, more samples.
+                    let windows_before = old.windows;
+                    old.merge(&record);
+                    old.windows = windows_before;
+                    delta.bytes -= old_len;
+                    (old.encode_to_vec(), WindowRecord { windows: 0, ..record })
+                }
+                Some((Err(e), old_len)) => {
+                    warn!(start_ns = window.start_ns, error = %e, "a stored window does not decode; it is replaced");
+                    delta.bytes -= old_len;
+                    (record.encode_to_vec(), WindowRecord { windows: 0, ..record })
+                }
+                None => {
+                    delta.windows += 1;
+                    (record.encode_to_vec(), record)
+                }
+            };
+            windows.insert(window.start_ns, encoded.as_slice())?;
+            delta.bytes += encoded.len() as i64 + 8;
             let mut rollups = txn.open_table(ROLLUPS)?;
             for level in 0..LEVELS_NS.len() {
                 let key = (level as u8, plan::bucket(level, window.start_ns));
@@ -340,36 +447,72 @@ impl Store {
                     }
                     None => (WindowRecord::default(), 0),
                 };
-                merged.merge(&record);
+                merged.merge(&rollup_part);
                 let bytes = merged.encode_to_vec();
                 rollups.insert(key, bytes.as_slice())?;
-                added += bytes.len() as i64 + 9 - old_len;
+                delta.bytes += bytes.len() as i64 + 9 - old_len;
             }
         }
-        self.add_bytes(added);
-        let expired = self.expire(&txn, now_ns)?;
+        let expired = self.expire(&txn, now_ns, &mut delta)?;
         let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
         let dead = if expired > 0 && entries >= self.sweep_at.load(Relaxed) {
-            self.sweep(&txn)?
+            self.sweep(&txn, &mut delta)?
         } else {
             Vec::new()
         };
-        txn.commit()?;
+        {
+            let _visible = self.visible.lock().unwrap_or_else(PoisonError::into_inner);
+            txn.commit()?;
+            window.persisted.set(PersistState::Stored);
+        }
+        self.apply(&delta);
+        self.dict.lock().unwrap_or_else(PoisonError::into_inner).pending.drain(..pending.len());
         self.forget(&dead);
         Ok(())
+    }
+
+    /// Applies the counter changes of a committed transaction.
+    fn apply(&self, delta: &Delta) {
+        self.add_bytes(delta.bytes);
+        if delta.windows >= 0 {
+            self.windows.fetch_add(delta.windows.unsigned_abs(), Relaxed);
+        } else {
+            let gone = delta.windows.unsigned_abs();
+            let _ = self.windows.fetch_update(Relaxed, Relaxed, |w| Some(w.saturating_sub(gone)));
+        }
+        self.evicted.fetch_add(delta.evicted, Relaxed);
+    }
+
+    /// A consistent view for one query: the store as committed now, and those of `windows`
+    /// (recent windows held in memory) that it does not hold, because they are not written
+    /// yet or could not be written.
+    pub fn snapshot(
+        &self,
+        windows: Vec<Arc<Window>>,
+    ) -> Result<(Snapshot<'_>, Vec<Arc<Window>>), StoreError> {
+        let _visible = self.visible.lock().unwrap_or_else(PoisonError::into_inner);
+        let txn = self
+            .database()
+            .and_then(|db| db.begin_read().map_err(redb::Error::from))
+            .map_err(|e| classify(&self.path, e))?;
+        let unstored =
+            windows.into_iter().filter(|w| w.persisted.get() != PersistState::Stored).collect();
+        Ok((Snapshot { store: self, txn }, unstored))
     }
 
     /// Sweeps the dictionaries now, whatever their size; the writer does it by itself once
     /// they have doubled. For benchmarks and tools.
     pub fn sweep_now(&self) -> Result<(), StoreError> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let run = || -> Result<Vec<(Table, u64)>, redb::Error> {
-            let txn = self.db.begin_write()?;
-            let dead = self.sweep(&txn)?;
+        let run = || -> Result<(Vec<(Table, u64)>, Delta), redb::Error> {
+            let txn = self.database()?.begin_write()?;
+            let mut delta = Delta::default();
+            let dead = self.sweep(&txn, &mut delta)?;
             txn.commit()?;
-            Ok(dead)
+            Ok((dead, delta))
         };
-        let dead = run().map_err(|e| classify(&self.path, e))?;
+        let (dead, delta) = run().map_err(|e| classify(&self.path, e))?;
+        self.apply(&delta);
         self.forget(&dead);
         Ok(())
     }
@@ -378,7 +521,11 @@ impl Store {
     /// to, and returns them, for [`Store::forget`] once `txn` is committed. A record that does
     /// not decode stops the sweep (what it refers to is unknown) until the dictionaries double
     /// again.
-    fn sweep(&self, txn: &redb::WriteTransaction) -> Result<Vec<(Table, u64)>, redb::Error> {
+    fn sweep(
+        &self,
+        txn: &redb::WriteTransaction,
+        delta: &mut Delta,
+    ) -> Result<Vec<(Table, u64)>, redb::Error> {
         let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
         self.sweep_at.store(SWEEP_MIN.max(2 * entries), Relaxed);
         let mut live = LiveIds::default();
@@ -425,7 +572,7 @@ impl Store {
                 }
             }
         }
-        self.add_bytes(-(freed as i64));
+        delta.bytes -= freed as i64;
         Ok(dead)
     }
 
@@ -434,6 +581,7 @@ impl Store {
         if dead.is_empty() {
             return;
         }
+
         let kept = {
             let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
             dict.forget(dead);
@@ -455,15 +603,21 @@ impl Store {
 
     /// Drops windows older than the retention age, then whole oldest hours while the records
     /// are over the size bound. Rollups go with their last window. Returns the windows dropped.
-    fn expire(&self, txn: &redb::WriteTransaction, now_ns: i64) -> Result<u64, redb::Error> {
+    fn expire(
+        &self,
+        txn: &redb::WriteTransaction,
+        now_ns: i64,
+        delta: &mut Delta,
+    ) -> Result<u64, redb::Error> {
         let max_age = i64::try_from(self.retention.max_age.as_nanos()).unwrap_or(i64::MAX);
         let cutoff = now_ns.saturating_sub(max_age);
-        let mut dropped = self.drop_before(txn, cutoff)?;
-        while self.bytes.load(Relaxed) > self.retention.max_bytes {
+        let mut dropped = self.drop_before(txn, cutoff, delta)?;
+        while self.bytes.load(Relaxed).saturating_add_signed(delta.bytes) > self.retention.max_bytes
+        {
             let oldest = txn.open_table(WINDOWS)?.first()?.map(|(k, _)| k.value());
             let Some(oldest) = oldest else { break };
             let hour_end = plan::bucket(0, oldest) + LEVELS_NS[0];
-            match self.drop_before(txn, hour_end)? {
+            match self.drop_before(txn, hour_end, delta)? {
                 0 => break,
                 n => dropped += n,
             }
@@ -473,7 +627,12 @@ impl Store {
 
     /// Deletes windows that start before `cutoff` and the rollups that end by it; returns the
     /// windows deleted.
-    fn drop_before(&self, txn: &redb::WriteTransaction, cutoff: i64) -> Result<u64, redb::Error> {
+    fn drop_before(
+        &self,
+        txn: &redb::WriteTransaction,
+        cutoff: i64,
+        delta: &mut Delta,
+    ) -> Result<u64, redb::Error> {
         let mut windows = txn.open_table(WINDOWS)?;
         let mut freed = 0u64;
         let mut dropped = 0u64;
@@ -491,11 +650,9 @@ impl Store {
                 freed += v.value().len() as u64 + 9;
             }
         }
-        if dropped > 0 {
-            self.windows.fetch_sub(dropped.min(self.windows.load(Relaxed)), Relaxed);
-            self.evicted.fetch_add(dropped, Relaxed);
-        }
-        self.add_bytes(-(freed as i64));
+        delta.windows -= dropped as i64;
+        delta.evicted += dropped;
+        delta.bytes -= freed as i64;
         Ok(dropped)
     }
 
@@ -506,7 +663,41 @@ impl Store {
         end_ns: i64,
         selector: &Selector,
     ) -> Result<MergedProfile, StoreError> {
-        self.merge_inner(start_ns, end_ns, selector).map_err(|e| classify(&self.path, e))
+        self.snapshot(Vec::new())?.0.merge(start_ns, end_ns, selector)
+    }
+
+    /// Sizes and counters.
+    pub fn status(&self) -> StoreStatus {
+        StoreStatus {
+            path: self.path.clone(),
+            bytes: self.bytes.load(Relaxed),
+            file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
+            windows: self.windows.load(Relaxed),
+            evicted: self.evicted.load(Relaxed),
+            dictionary: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            dictionary_swept: self.swept.load(Relaxed),
+            persisted_until_ns: self.persisted_until(),
+            unstored: self.lost.count(),
+        }
+    }
+}
+
+/// What the store holds at one moment, for one query.
+#[derive(Debug)]
+pub struct Snapshot<'a> {
+    store: &'a Store,
+    txn: redb::ReadTransaction,
+}
+
+impl Snapshot<'_> {
+    /// Merges the stored windows that overlap `[start_ns, end_ns)` and match `selector`.
+    pub fn merge(
+        &self,
+        start_ns: i64,
+        end_ns: i64,
+        selector: &Selector,
+    ) -> Result<MergedProfile, StoreError> {
+        self.merge_inner(start_ns, end_ns, selector).map_err(|e| classify(&self.store.path, e))
     }
 
     fn merge_inner(
@@ -515,20 +706,16 @@ impl Store {
         end_ns: i64,
         selector: &Selector,
     ) -> Result<MergedProfile, redb::Error> {
+        let dict = || self.store.dict.lock().unwrap_or_else(PoisonError::into_inner);
         let mut acc = Accumulator::default();
         if start_ns >= end_ns {
-            return Ok(
-                acc.finish(&self.dict.lock().unwrap_or_else(PoisonError::into_inner), selector)
-            );
+            return Ok(acc.finish(&dict(), selector));
         }
-        let txn = self.db.begin_read()?;
-        let windows = txn.open_table(WINDOWS)?;
-        let rollups = txn.open_table(ROLLUPS)?;
+        let windows = self.txn.open_table(WINDOWS)?;
+        let rollups = self.txn.open_table(ROLLUPS)?;
         // Only the stored span is planned over, so that open-ended ranges stay cheap.
         let (Some(first), Some(last)) = (windows.first()?, windows.last()?) else {
-            return Ok(
-                acc.finish(&self.dict.lock().unwrap_or_else(PoisonError::into_inner), selector)
-            );
+            return Ok(acc.finish(&dict(), selector));
         };
         let start_ns = start_ns.max(first.0.value());
         let end_ns = end_ns.min(last.0.value().saturating_add(1));
@@ -556,23 +743,20 @@ impl Store {
                 }
             }
         }
-        let dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(acc.finish(&dict, selector))
+        Ok(acc.finish(&dict(), selector))
     }
+}
 
-    /// Sizes and counters.
-    pub fn status(&self) -> StoreStatus {
-        StoreStatus {
-            path: self.path.clone(),
-            bytes: self.bytes.load(Relaxed),
-            file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
-            windows: self.windows.load(Relaxed),
-            evicted: self.evicted.load(Relaxed),
-            dictionary: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
-            dictionary_swept: self.swept.load(Relaxed),
-            persisted_until_ns: self.persisted_until(),
-        }
-    }
+/// Counter changes made inside a write transaction, applied once it commits.
+#[derive(Debug, Default)]
+struct Delta {
+    bytes: i64,
+    windows: i64,
+    evicted: u64,
+}
+
+fn open_database(path: &Path) -> Result<Database, DatabaseError> {
+    Database::builder().set_cache_size(CACHE_BYTES).create(path)
 }
 
 enum LoadError {
@@ -713,6 +897,7 @@ mod tests {
             drops: crate::stats::DropSnapshot::default(),
             entries,
             calls: Vec::new(),
+            persisted: Default::default(),
         }
     }
 
@@ -869,6 +1054,196 @@ mod tests {
         assert_eq!(counts(&last), [("gone0".into(), 2)]);
         let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
         assert_eq!(counts(&all), [("gone0".into(), 2), ("steady".into(), 359)]);
+    }
+
+    #[test]
+    fn a_window_written_again_after_a_restart_is_merged_once() {
+        let dir = tempdir("restart-window");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let again = base + 50 * S;
+        {
+            let store = Store::open(&dir, retention(), false).unwrap();
+            for i in 0..720 {
+                let start = base + i * 10 * S;
+                let mut entries = vec![entry(1, "steady", 1)];
+                if start == again {
+                    entries.push(entry(1, "first_run", 3));
+                }
+                store.append(&window_of(start, entries), base + 7200 * S).unwrap();
+            }
+        }
+        // A restart inside the window that starts at `again`: the new run's first window has
+        // the same start.
+        {
+            let store = Store::open(&dir, retention(), false).unwrap();
+            let second = window_of(again, vec![entry(1, "steady", 1), entry(1, "second_run", 2)]);
+            store.append(&second, base + 7200 * S).unwrap();
+            assert_eq!(store.status().windows, 720, "still one record per window");
+        }
+        // Read it all back after a second restart too.
+        let store = Store::open(&dir, retention(), false).unwrap();
+        let q = |from: i64, to: i64| {
+            let merged = store.merge(from, to, &Selector::default()).unwrap();
+            (counts(&merged), merged.windows)
+        };
+        let both = |steady: u64| {
+            vec![("first_run".into(), 3), ("second_run".into(), 2), ("steady".into(), steady)]
+        };
+        // The raw window alone.
+        assert_eq!(q(again, again + S), (both(2), 1));
+        // The minute rollup that holds it.
+        assert_eq!(q(base, base + 60 * S), (both(7), 6));
+        // The hour rollup.
+        assert_eq!(q(base, base + 3600 * S), (both(361), 360));
+        assert_eq!(store.status().windows, 720);
+    }
+
+    /// Storage that fails every write while `fail` is set, like a full disk.
+    #[derive(Debug)]
+    struct Failing {
+        inner: redb::backends::FileBackend,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Failing {
+        fn check(&self) -> Result<(), std::io::Error> {
+            if self.fail.load(Relaxed) {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            Ok(())
+        }
+    }
+
+    impl redb::StorageBackend for Failing {
+        fn len(&self) -> Result<u64, std::io::Error> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+        fn close(&self) -> Result<(), std::io::Error> {
+            self.inner.close()
+        }
+        fn try_lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.inner.try_lock_range(start, end)
+        }
+        fn try_lock_shared_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.inner.try_lock_shared_range(start, end)
+        }
+        fn lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.inner.lock_range(start, end)
+        }
+        fn lock_shared_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.inner.lock_shared_range(start, end)
+        }
+        fn unlock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<(), redb::BackendError> {
+            self.inner.unlock_range(start, end)
+        }
+        fn query_lock_range(
+            &self,
+            start: std::ops::Bound<u64>,
+            end: std::ops::Bound<u64>,
+        ) -> Result<bool, redb::BackendError> {
+            self.inner.query_lock_range(start, end)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_the_next_write_stores_what_it_needs() {
+        let dir = tempdir("failed-write");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(FILE_NAME);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend =
+            Failing { inner: redb::backends::FileBackend::new(file).unwrap(), fail: fail.clone() };
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        {
+            let store = Store::open_with_backend(&path, backend, retention()).unwrap();
+            store.append(&window(base, 1, "before", 1), base).unwrap();
+            let before = store.status();
+            // The disk fills up: a window with new frames, stacks and labels fails.
+            fail.store(true, Relaxed);
+            let lost = window(base + 10 * S, 2, "during", 1);
+            let err = store.append(&lost, base).unwrap_err();
+            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+            assert_ne!(lost.persisted.get(), PersistState::Stored);
+            let after = store.status();
+            assert_eq!(
+                (after.bytes, after.windows, after.evicted, after.dictionary),
+                (before.bytes, before.windows, before.evicted, before.dictionary + 3),
+                "counters move only on a commit; the new entries wait to be written"
+            );
+            // Space again: the next window uses the same frame, stack and labels, whose rows
+            // must now be written with it. The store reopens its file by itself.
+            fail.store(false, Relaxed);
+            let next = window(base + 20 * S, 2, "during", 4);
+            store.append(&next, base).unwrap();
+            assert_eq!(next.persisted.get(), PersistState::Stored);
+            assert_eq!(store.status().windows, 2);
+        }
+        let store = Store::open(&dir, retention(), false).unwrap();
+        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(counts(&all), [("before".into(), 1), ("during".into(), 4)]);
+        assert_eq!(store.status().windows, 2);
+    }
+
+    #[test]
+    fn a_snapshot_counts_each_window_once_from_the_store_or_from_memory() {
+        let dir = tempdir("snapshot");
+        let store = Store::open(&dir, retention(), false).unwrap();
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let stored = Arc::new(window(base, 1, "stored", 1));
+        store.append(&stored, base).unwrap();
+        let pending = Arc::new(window(base + 10 * S, 1, "pending", 1));
+        let lost = Arc::new(window(base + 20 * S, 1, "lost", 1));
+        store.lost().record(&lost);
+        let (snapshot, memory) =
+            store.snapshot(vec![stored.clone(), pending.clone(), lost.clone()]).unwrap();
+        let starts: Vec<i64> = memory.iter().map(|w| w.start_ns).collect();
+        assert_eq!(starts, [base + 10 * S, base + 20 * S]);
+        let from_store = snapshot.merge(0, i64::MAX, &Selector::default()).unwrap();
+        assert_eq!(counts(&from_store), [("stored".into(), 1)]);
+        assert_eq!(store.lost().overlapping(base, base + 30 * S), [(base + 20 * S, base + 30 * S)]);
+        assert_eq!(store.status().unstored, 1);
     }
 
     fn tempdir(name: &str) -> PathBuf {

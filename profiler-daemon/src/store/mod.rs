@@ -1,11 +1,11 @@
-//! Where closed windows are kept: in memory for the most recent ones ([`memory`]), and on disk
-//! in an embedded database for the whole retention period ([`disk`]).
+//! Where closed windows are kept for the whole retention period: an embedded database on disk
+//! ([`disk`]), written by its own thread ([`writer`]). The most recent windows are also held in
+//! memory by the aggregator ([`crate::aggregate::recent`]).
 
 pub mod codec;
 pub mod disk;
-pub mod memory;
+pub mod lost;
 pub mod plan;
 pub mod writer;
 
 pub use disk::{DiskRetention, Store, StoreError, StoreStatus};
-pub use memory::{Retention, WindowStore};

@@ -145,6 +145,15 @@ def main():
             t.start()
         for t in threads:
             t.join()
+    elif mode == "manythreads":
+        # 999 idle threads started after the main thread: CPython lists threads newest first,
+        # so the busy main thread is the last of 1,000.
+        release = threading.Event()
+        idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(999)]
+        for t in idle:
+            t.start()
+        hot_outer(deadline)
+        release.set()
     elif mode == "generator":
         drive_generator(deadline)
     elif mode == "asyncio":

@@ -1,11 +1,11 @@
-//! Recent closed windows in memory.
+//! Recent closed windows, kept in memory by the aggregator for fast queries of the recent past.
 //!
 //! Windows are kept in memory, oldest first, and dropped by age and by total size. Every window
 //! dropped is counted.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
-use crate::aggregate::Window;
+use super::Window;
 
 /// Limits on what the store keeps.
 #[derive(Clone, Copy, Debug)]
@@ -18,17 +18,17 @@ pub struct Retention {
 
 /// Closed windows, oldest first.
 #[derive(Debug)]
-pub struct WindowStore {
+pub struct RecentWindows {
     retention: Retention,
     windows: VecDeque<(Arc<Window>, usize)>,
     bytes: usize,
     evicted: u64,
 }
 
-impl WindowStore {
+impl RecentWindows {
     /// An empty store.
-    pub fn new(retention: Retention) -> WindowStore {
-        WindowStore { retention, windows: VecDeque::new(), bytes: 0, evicted: 0 }
+    pub fn new(retention: Retention) -> RecentWindows {
+        RecentWindows { retention, windows: VecDeque::new(), bytes: 0, evicted: 0 }
     }
 
     /// Adds a closed window and applies retention as of `now_ns`.
@@ -98,12 +98,13 @@ mod tests {
             samples: 0,
             drops: DropSnapshot::default(),
             entries: vec![],
+            persisted: Default::default(),
         }
     }
 
     #[test]
     fn drops_old_windows_first_and_counts_them() {
-        let mut store = WindowStore::new(Retention {
+        let mut store = RecentWindows::new(Retention {
             max_age: Duration::from_nanos(25),
             max_bytes: usize::MAX,
         });
@@ -120,8 +121,10 @@ mod tests {
     #[test]
     fn the_size_bound_holds() {
         let one = window(0, 1).approx_bytes();
-        let mut store =
-            WindowStore::new(Retention { max_age: Duration::from_secs(3600), max_bytes: 2 * one });
+        let mut store = RecentWindows::new(Retention {
+            max_age: Duration::from_secs(3600),
+            max_bytes: 2 * one,
+        });
         for start in 0..5 {
             store.push(Arc::new(window(start, start + 1)), start + 1);
         }
