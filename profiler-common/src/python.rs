@@ -80,6 +80,14 @@ pub struct PyProcess {
     pub interp: u64,
     /// Layout of this interpreter.
     pub offsets: PyOffsets,
+    /// The process this entry describes: its start (`start_boottime`, ns since boot) and
+    /// `execve` count. A sample of another process under the same pid (reused), or of the same
+    /// process after an `execve`, is not walked with this entry's addresses. 0 when unknown.
+    pub start_ns: u64,
+    /// See `start_ns`.
+    pub exec_id: u32,
+    /// Explicit padding.
+    pub _pad: u32,
 }
 
 /// One recorded Python frame.
@@ -136,5 +144,5 @@ unsafe impl aya::Pod for PyProcess {}
 unsafe impl aya::Pod for CallKey {}
 
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 64);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 80);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 16);

@@ -39,8 +39,13 @@ pub struct SampleHeader {
     pub user_len: u32,
     /// Number of Python frames after the user frames (two words each: code, instruction).
     pub py_len: u32,
-    /// Explicit padding.
-    pub _pad: u32,
+    /// The process's `execve` count (`self_exec_id` of its group leader), 0 when unknown.
+    /// With [`SampleHeader::start_ns`] it tells a re-executed program and a reused pid apart
+    /// from the process the daemon knew.
+    pub exec_id: u32,
+    /// When the process started (`start_boottime` of its group leader, nanoseconds since
+    /// boot), 0 when unknown.
+    pub start_ns: u64,
     /// The thread's `comm` (NUL-padded).
     pub comm: [u8; TASK_COMM_LEN],
 }
@@ -137,7 +142,7 @@ impl<'a> SampleRecord<'a> {
 unsafe impl aya::Pod for SampleHeader {}
 
 // No implicit padding anywhere.
-const _: () = assert!(SampleHeader::SIZE == 56);
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 56 + DATA_WORDS * 8);
+const _: () = assert!(SampleHeader::SIZE == 64);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 64 + DATA_WORDS * 8);
 // Both native stacks and the deepest Python stack fit.
 const _: () = assert!(2 * MAX_STACK_DEPTH + 2 * crate::python::MAX_PY_FRAMES <= DATA_WORDS);

@@ -19,7 +19,7 @@ const KIND_RESTRICT: u32 = 11;
 const KIND_TYPE_TAG: u32 = 18;
 
 /// Why an offset could not be found.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum BtfError {
     /// The data is not BTF or is cut short.
     #[error("malformed BTF: {0}")]

@@ -27,7 +27,7 @@ use crate::{
     calls::{CallProbes, CallTracker, CallsError, CallsMode},
     loader::{KernelCalls, KernelCounters},
     pods::PodNames,
-    process::{ProcessInfo, ProcessTable, Runtime},
+    process::{Identity, ProcessInfo, ProcessTable, Runtime},
     python::{Detection, Detector},
     stats::{DropReason, PipelineStats},
     symbolize::{RawCalls, RawStack, Work},
@@ -104,7 +104,8 @@ impl Collector {
         };
         let h = &record.header;
         let pid = h.tgid;
-        let process = self.processes.observe(pid, h.tid, h.comm_bytes());
+        let identity = Identity { start_ns: h.start_ns, exec_id: h.exec_id };
+        let process = self.processes.observe(pid, h.tid, h.comm_bytes(), identity);
         if process.runtime.needs_detection() {
             self.detect(pid);
         }
@@ -155,7 +156,13 @@ impl Collector {
             }
             Detection::Python(p) => {
                 if let Some(map) = &mut self.py_procs {
-                    let entry = PyProcess { interp: p.interp, offsets: p.layout.kernel };
+                    let entry = PyProcess {
+                        interp: p.interp,
+                        offsets: p.layout.kernel,
+                        start_ns: process.identity.start_ns,
+                        exec_id: process.identity.exec_id,
+                        _pad: 0,
+                    };
                     if let Err(e) = map.insert(pid, entry, 0) {
                         warn!(pid, error = %e, "registering a Python process failed");
                     }
@@ -193,7 +200,8 @@ impl Collector {
         // The process may not have been sampled yet (it may be idle).
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
             .map_err(|_| CallsError::NoProcess(pid))?;
-        let process = self.processes.observe(pid, pid, comm.trim_end().as_bytes());
+        let process =
+            self.processes.observe(pid, pid, comm.trim_end().as_bytes(), Identity::default());
         if process.runtime.needs_detection() {
             self.detect(pid);
         }

@@ -140,19 +140,32 @@ impl Sampler {
         let wakeup_bytes = u64::from(config.ring_buffer_bytes / 4);
         // CPython 3.9/3.10 threads are matched by thread pointer; without it they fall back
         // to native stacks.
-        let thread_pointer = match crate::btf::Btf::from_sys()
-            .and_then(|btf| btf.member_offset("task_struct", crate::btf::THREAD_POINTER_PATH))
-        {
-            Ok(offset) => u64::from(offset),
-            Err(e) => {
-                warn!(error = %e, "no thread pointer offset; CPython 3.9/3.10 get native stacks only");
-                0
-            }
+        let btf = crate::btf::Btf::from_sys();
+        let task_offset = |path: &str| {
+            btf.as_ref()
+                .map_err(Clone::clone)
+                .and_then(|btf| btf.member_offset("task_struct", path))
+                .map(u64::from)
         };
+        let thread_pointer = task_offset(crate::btf::THREAD_POINTER_PATH).unwrap_or_else(|e| {
+            warn!(error = %e, "no thread pointer offset; CPython 3.9/3.10 get native stacks only");
+            0
+        });
+        // A process's identity beyond its pid; without it a reused pid or an execve is noticed
+        // later, by /proc.
+        let identity = ["group_leader", "start_boottime", "self_exec_id"].map(|path| {
+            task_offset(path).unwrap_or_else(|e| {
+                warn!(error = %e, "no offset of task_struct.{path}; processes are told apart by pid");
+                0
+            })
+        });
         let mut ebpf = EbpfLoader::new()
             .override_global("INCLUDE_IDLE", &include_idle, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TASK_THREAD_POINTER", &thread_pointer, true)
+            .override_global("TASK_GROUP_LEADER", &identity[0], true)
+            .override_global("TASK_START_BOOTTIME", &identity[1], true)
+            .override_global("TASK_SELF_EXEC_ID", &identity[2], true)
             .map_max_entries("SAMPLES", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;

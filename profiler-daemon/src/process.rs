@@ -141,6 +141,9 @@ pub struct ProcessInfo {
     /// Process id.
     pub pid: u32,
     /// Start time in clock ticks after boot; tells a reused pid apart.
+    /// Start time and `execve` count, from the sample that introduced it (zeros when
+    /// unknown).
+    pub identity: Identity,
     pub start_time: u64,
     /// Process name.
     pub comm: Arc<str>,
@@ -273,6 +276,32 @@ impl ProcessInfo {
     }
 }
 
+/// Who a process is, beyond its pid: when it started and how many times it called `execve`,
+/// as the kernel program reads them at each sample. Pids are reused, and `execve` replaces the
+/// program under the same pid, so a sample whose identity differs from the tracked process's
+/// belongs to a new process. All zero when the kernel could not tell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// The group leader's `start_boottime`, nanoseconds since boot.
+    pub start_ns: u64,
+    /// The group leader's `self_exec_id`.
+    pub exec_id: u32,
+}
+
+impl Identity {
+    /// Whether the kernel gave an identity.
+    pub fn is_known(&self) -> bool {
+        self.start_ns != 0
+    }
+
+    /// The start time in clock ticks since boot, as `/proc/PID/stat` field 22 gives it.
+    fn start_ticks(&self) -> u64 {
+        // SAFETY: sysconf has no memory arguments.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100).max(1);
+        self.start_ns / (1_000_000_000 / hz)
+    }
+}
+
 /// Every process seen recently, and the files they map.
 #[derive(Debug)]
 pub struct ProcessTable {
@@ -310,10 +339,22 @@ impl ProcessTable {
     }
 
     /// The process `pid`, read from `/proc` on first sight. `comm` (from the sample of thread
-    /// `tid`) names it when it has already exited. A main thread whose name changed has
-    /// probably called `execve`, so the process is read again.
-    pub fn observe(&mut self, pid: u32, tid: u32, comm: &[u8]) -> &mut ProcessInfo {
-        if self.procs.get_mut(&pid).is_some_and(|p| p.exec_suspected(tid, comm)) {
+    /// `tid`) names it when it has already exited. A sample with another `identity` than the
+    /// tracked process's is of a new process under a reused pid, or of a new program after an
+    /// `execve`: the old entry is forgotten (and reported by `sweep`, so that what was
+    /// registered for it goes too) and the process is read again. Without an identity from the
+    /// kernel, a main thread whose name changed is taken as the sign of an `execve`.
+    pub fn observe(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        comm: &[u8],
+        identity: Identity,
+    ) -> &mut ProcessInfo {
+        let replaced = self.procs.get_mut(&pid).is_some_and(|p| {
+            if identity.is_known() { p.identity != identity } else { p.exec_suspected(tid, comm) }
+        });
+        if replaced {
             self.procs.remove(&pid);
             self.evicted.push(pid);
         }
@@ -331,7 +372,8 @@ impl ProcessTable {
             }
         }
         let files = &mut self.files;
-        let info = self.procs.entry(pid).or_insert_with(|| read_process(pid, comm, files));
+        let info =
+            self.procs.entry(pid).or_insert_with(|| read_process(pid, comm, identity, files));
         if tid == pid && info.main_comm.is_empty() {
             info.main_comm = comm.to_vec();
         }
@@ -417,11 +459,13 @@ fn read_start_time(pid: u32) -> Option<u64> {
 fn read_process(
     pid: u32,
     comm: &[u8],
+    identity: Identity,
     files: &mut HashMap<FileKey, Arc<MappedFile>>,
 ) -> ProcessInfo {
     let now = Instant::now();
     let mut info = ProcessInfo {
         pid,
+        identity,
         start_time: 0,
         comm: String::from_utf8_lossy(comm).into(),
         exe: "".into(),
@@ -447,6 +491,12 @@ fn read_process(
         return info;
     };
     match process.stat() {
+        Ok(stat) if identity.is_known() && stat.starttime != identity.start_ticks() => {
+            // The sampled process is gone and its pid already belongs to another: what /proc
+            // says now is not about the sampled process.
+            info.exited_at = Some(now);
+            return info;
+        }
         Ok(stat) => {
             info.start_time = stat.starttime;
             info.comm = stat.comm.into();
@@ -606,7 +656,7 @@ mod tests {
         }
         let pid = std::process::id();
         let mut table = ProcessTable::new(16);
-        let info = table.observe(pid, pid, b"test");
+        let info = table.observe(pid, pid, b"test", Identity::default());
         assert!(
             info.exe.ends_with(
                 &*std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy()
@@ -635,7 +685,7 @@ mod tests {
         }
         let pid = std::process::id();
         let mut table = ProcessTable::new(16);
-        table.observe(pid, pid, b"test");
+        table.observe(pid, pid, b"test", Identity::default());
         let leaf = only_an_unknown_leaf_makes_the_maps_be_read_again as *const () as u64;
         let long_ago = Instant::now() - 2 * MAPS_REFRESH_INTERVAL;
         table.procs.get_mut(&pid).unwrap().maps_read_at = long_ago;
@@ -649,7 +699,7 @@ mod tests {
     #[test]
     fn labels_are_shared_per_thread_and_renamed_threads_get_new_ones() {
         let mut table = ProcessTable::new(16);
-        let info = table.observe(std::process::id(), 0, b"test");
+        let info = table.observe(std::process::id(), 0, b"test", Identity::default());
         let a = info.labels(7, b"worker", true);
         let b = info.labels(7, b"worker", true);
         assert!(Arc::ptr_eq(&a, &b));
@@ -660,12 +710,43 @@ mod tests {
     }
 
     #[test]
+    fn a_sample_of_another_process_under_the_same_pid_replaces_the_entry() {
+        if skip_under_qemu_user(
+            "a_sample_of_another_process_under_the_same_pid_replaces_the_entry",
+            "the kernel's view of this process is qemu's",
+        ) {
+            return;
+        }
+        let pid = std::process::id();
+        let ticks = read_start_time(pid).unwrap();
+        // SAFETY: sysconf has no memory arguments.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+        let own = Identity { start_ns: ticks * (1_000_000_000 / hz), exec_id: 3 };
+        let mut table = ProcessTable::new(16);
+        let exe = table.observe(pid, pid, b"test", own).exe.clone();
+        assert!(!exe.is_empty());
+        // The same process after an execve: read again.
+        let execed = Identity { exec_id: 4, ..own };
+        assert_eq!(table.observe(pid, pid, b"test", execed).identity, execed);
+        // A process that started 5 s later under this pid (reused): /proc describes another
+        // process than the sampled one, so nothing is taken from it.
+        let reused = Identity { start_ns: own.start_ns + 5_000_000_000, exec_id: 1 };
+        let info = table.observe(pid, pid, b"other", reused);
+        assert_eq!((info.identity, &*info.exe, &*info.comm), (reused, "", "other"));
+        assert!(info.exited_at.is_some());
+        // Samples without an identity keep whatever is tracked.
+        assert_eq!(table.observe(pid, pid, b"other", Identity::default()).identity, reused);
+        assert_eq!(table.observe(pid, pid, b"test", own).exe, exe);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
     fn a_pid_read_again_after_an_exec_is_not_reported_as_forgotten() {
         let mut table = ProcessTable::new(16);
         let pid = std::process::id();
-        table.observe(pid, pid, b"before-exec");
+        table.observe(pid, pid, b"before-exec", Identity::default());
         // The main thread's new name means an exec: the process is read again.
-        table.observe(pid, pid, b"after-exec");
+        table.observe(pid, pid, b"after-exec", Identity::default());
         assert_eq!(table.len(), 1);
         assert!(!table.sweep().contains(&pid), "the live process keeps its registrations");
     }
@@ -682,11 +763,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let mut table = ProcessTable::new(16);
-        assert_eq!(&*table.observe(pid, 0, b"sleep").comm, "sleep");
+        assert_eq!(&*table.observe(pid, 0, b"sleep", Identity::default()).comm, "sleep");
         child.kill().unwrap();
         child.wait().unwrap();
         table.sweep();
         assert_eq!(table.len(), 1, "kept for samples still in flight");
-        assert_eq!(&*table.observe(pid, 0, b"sleep").exe, "/usr/bin/sleep");
+        assert_eq!(&*table.observe(pid, 0, b"sleep", Identity::default()).exe, "/usr/bin/sleep");
     }
 }

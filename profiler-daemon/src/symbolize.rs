@@ -443,7 +443,10 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{host::skip_under_qemu_user, process::ProcessTable};
+    use crate::{
+        host::skip_under_qemu_user,
+        process::{Identity, ProcessTable},
+    };
 
     #[inline(never)]
     fn a_named_function_for_the_symbolizer() -> u64 {
@@ -465,7 +468,7 @@ mod tests {
         }
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
-        let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
+        let labels = table.observe(pid, pid, b"t", Identity::default()).labels(pid, b"t", true);
         let addr = a_named_function_for_the_symbolizer();
         let raw = RawStack {
             time_ns: 0,
@@ -504,7 +507,7 @@ mod tests {
         }
         let pid = std::process::id();
         let mut table = ProcessTable::new(4);
-        let labels = table.observe(pid, pid, b"t").labels(pid, b"t", true);
+        let labels = table.observe(pid, pid, b"t", Identity::default()).labels(pid, b"t", true);
         let addr = a_named_function_for_the_symbolizer();
         let UserAddr::File { file, .. } = table.normalize(pid, &[addr]).remove(0) else {
             panic!("own code is file-backed");
@@ -529,7 +532,9 @@ mod tests {
     #[test]
     fn a_file_that_cannot_be_read_is_left_alone_for_a_while() {
         let pid = std::process::id();
-        let labels = ProcessTable::new(4).observe(pid, pid, b"t").labels(pid, b"t", true);
+        let labels = ProcessTable::new(4)
+            .observe(pid, pid, b"t", Identity::default())
+            .labels(pid, b"t", true);
         let gone = Arc::new(MappedFile {
             key: FileKey { dev: 0, inode: 1 },
             module: Arc::new(Module { path: "/nonexistent/libgone.so".into(), build_id: None }),

@@ -25,6 +25,7 @@ use aya_ebpf::{
 };
 mod arch;
 mod calls;
+mod process;
 mod python;
 mod user_stack;
 
@@ -95,6 +96,9 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
     // program runs on this CPU.
     let (header, ips) = unsafe { (&mut (*ev).header, &mut (*ev).data) };
     header.time_ns = bpf_ktime_get_boot_ns_safe();
+    let (start_ns, exec_id) = process::identity();
+    header.start_ns = start_ns;
+    header.exec_id = exec_id;
     header.tgid = (pid_tgid >> 32) as u32;
     header.tid = tid;
     // SAFETY: helper without memory arguments.
@@ -143,7 +147,7 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
         }
     };
     let py_at = (user_at + user_len as usize) & 0xff;
-    let py_len = python::walk(ips, py_at, header.tgid, tid, &mut flags);
+    let py_len = python::walk(ips, py_at, header.tgid, tid, (start_ns, exec_id), &mut flags);
     header.kernel_len = user_at as u32;
     header.user_len = user_len;
     header.py_len = py_len;

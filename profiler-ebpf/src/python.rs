@@ -137,12 +137,18 @@ pub fn walk(
     start: usize,
     tgid: u32,
     tid: u32,
+    (start_ns, exec_id): (u64, u32),
     flags: &mut u32,
 ) -> u32 {
     // SAFETY: map lookups return valid pointers or None.
     let Some(process) = (unsafe { PY_PROCS.get(&tgid) }) else {
         return 0;
     };
+    // An entry for another process under a reused pid, or for the program this one replaced
+    // by `execve`: its addresses mean nothing here. The daemon re-registers the process.
+    if process.start_ns != start_ns || process.exec_id != exec_id {
+        return 0;
+    }
     let Some(tstate) = find_thread_state(process, tid) else {
         *flags |= FLAG_PY_NO_THREAD;
         return 0;

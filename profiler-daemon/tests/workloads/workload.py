@@ -7,6 +7,7 @@ Lines marked with a `# LINE:name` comment are looked up by the tests, so the fil
 without the tests hard-coding line numbers.
 """
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -126,8 +127,24 @@ def callbacks(deadline):
         sorted(data, key=sort_key)
 
 
+def before_exec(deadline):
+    hot_outer(deadline)
+
+
+def after_exec(deadline):
+    hot_outer(deadline)
+
+
 def main():
     mode, seconds = sys.argv[1], float(sys.argv[2])
+    if mode == "reexec":
+        # Half the time here, then the same interpreter runs again under the same pid, as a
+        # server's re-exec upgrade does: its interpreter state lies at new addresses.
+        before_exec(time.time() + seconds / 2)
+        os.execv(sys.executable, [sys.executable, __file__, "execed", str(seconds / 2)])
+    if mode == "execed":
+        after_exec(time.time() + seconds)
+        return
     if mode == "calls":
         counted_calls(int(seconds))
         return
@@ -146,12 +163,18 @@ def main():
         for t in threads:
             t.join()
     elif mode == "manythreads":
-        # 999 idle threads started after the main thread: CPython lists threads newest first,
-        # so the busy main thread is the last of 1,000.
+        # 1,000 idle threads started after the main thread, by another thread while the main
+        # thread waits off the CPU: CPython lists threads newest first, so the main thread is
+        # the last of 1,002 when it starts to run.
         release = threading.Event()
-        idle = [threading.Thread(target=release.wait, daemon=True) for _ in range(999)]
-        for t in idle:
-            t.start()
+
+        def start_idle():
+            for _ in range(1000):
+                threading.Thread(target=release.wait, daemon=True).start()
+
+        starter = threading.Thread(target=start_idle)
+        starter.start()
+        starter.join()
         hot_outer(deadline)
         release.set()
     elif mode == "generator":
