@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prints a step's name with the time of day, so that a slow step shows in a CI log.
 STEP = @echo "== $$(date -u +%H:%M:%S) $(1)"
 
-.PHONY: setup build run test lint unit check-deploy bench bench-smoke
+.PHONY: setup build run test lint unit check-deploy bench bench-smoke fuzz fuzz-long
 
 setup:
 	$(call STEP,setup)
@@ -40,11 +40,20 @@ test: lint check-deploy
 	else \
 		$(CARGO) test; \
 	fi
+	$(call STEP,fuzzing)
+	./.ci/fuzz
 	$(call STEP,aarch64 cross build)
 	./.ci/cross-aarch64
 	$(call STEP,benchmark smoke run)
 	$(MAKE) bench-smoke
 	$(call STEP,done)
+
+# Every fuzz target for 30 s on its committed corpus (part of make test), or for an hour.
+fuzz: setup
+	./.ci/fuzz
+
+fuzz-long: setup
+	FUZZ_SECONDS=3600 ./.ci/fuzz
 
 # The peers benchmark (profiler-daemon/benches/peers): profilerd next to py-spy and perf.
 bench: setup

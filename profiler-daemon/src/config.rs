@@ -386,6 +386,12 @@ impl Config {
         Self::merge(&matches, text.as_deref().map(|text| (path.as_path(), text)))
     }
 
+    /// The options of a config file's `text` alone, as if read from `path`, with no flags.
+    pub fn from_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let matches = command().try_get_matches_from(["profilerd"])?;
+        Self::merge(&matches, Some((path, text)))
+    }
+
     /// Flags over the file (its path and text) over the defaults. Every file value is checked
     /// by the flag's parser first, so that an error names the key and line rather than a flag.
     fn merge(matches: &ArgMatches, file: Option<(&Path, &str)>) -> Result<Config, ConfigError> {

@@ -40,7 +40,13 @@ pub fn python_call(ctx: ProbeContext) -> u32 {
         Some(count) => unsafe { *count += 1 },
         None => {
             if PY_CALLS.insert(&key, &1, BPF_NOEXIST.into()).is_err() {
-                crate::bump(Counter::CallTableFull);
+                // Another CPU may have inserted the same new key first: then this call counts
+                // in the entry it made, and only a table with no room loses it.
+                match PY_CALLS.get_ptr_mut(&key) {
+                    // SAFETY: as above.
+                    Some(count) => unsafe { *count += 1 },
+                    None => crate::bump(Counter::CallTableFull),
+                }
             }
         }
     }

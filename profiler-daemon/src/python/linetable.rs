@@ -91,12 +91,13 @@ fn locations311(table: &[u8], first_line: u32, offset: u64) -> Option<u32> {
         match code {
             15 => has_line = false,
             14 => {
-                line += signed_varint(&mut bytes)?;
+                line = line.checked_add(signed_varint(&mut bytes)?)?;
                 varint(&mut bytes)?; // end line delta
                 varint(&mut bytes)?; // column + 1
                 varint(&mut bytes)?; // end column + 1
             }
-            13 => line += signed_varint(&mut bytes)?,
+            // Deltas come from the process's memory: a corrupt table must not overflow.
+            13 => line = line.checked_add(signed_varint(&mut bytes)?)?,
             10..=12 => {
                 line += i64::from(code - 10);
                 bytes.next()?;
@@ -121,6 +122,27 @@ fn locations311(table: &[u8], first_line: u32, offset: u64) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn huge_line_deltas_in_a_corrupt_table_give_no_line() {
+        // Found by the `linetable` fuzz target: long line deltas that add up past i64.
+        let crash = [
+            0x56, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfc, 0xff,
+            0xef, 0x37, 0x79, 0xc1, 0xfd, 0xf7, 0xb3, 0xc1, 0x7e, 0x01, 0x00, 0x00, 0x00, 0x0e,
+            0x6b, 0xff, 0xf0, 0x60, 0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xc8, 0xff, 0xff, 0xbf,
+            0xff, 0xff, 0xff, 0x00, 0xff, 0x01, 0x00, 0x00, 0x00, 0x0e, 0x6b, 0xff, 0xf0, 0x60,
+            0xfa, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfc, 0x19, 0xff, 0x23, 0xff, 0xff, 0xff,
+            0xff,
+        ];
+        // The target's input: a format byte, the first line and the offset, then the table.
+        let first_line = u32::from_le_bytes([crash[1], crash[2], crash[3], crash[4]]);
+        let offset = u64::from(u32::from_le_bytes([crash[5], crash[6], crash[7], crash[8]]));
+        assert_eq!(line_at(LineTableFormat::Locations311, &crash[9..], first_line, offset), None);
+        // Two entries whose deltas are each near i64::MAX.
+        let big = [0xe8, 0x7e, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x7f, 0x3f];
+        let table: Vec<u8> = big.iter().chain(&big).copied().collect();
+        assert_eq!(line_at(LineTableFormat::Locations311, &table, u32::MAX, 1), None);
+    }
 
     // Tables and expected lines taken from real interpreters for:
     //
