@@ -8,11 +8,16 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prints a step's name with the time of day, so that a slow step shows in a CI log.
 STEP = @echo "== $$(date -u +%H:%M:%S) $(1)"
 
-.PHONY: setup build run test lint unit check-deploy bench bench-smoke
+.PHONY: setup setup-tests build run test lint unit check-deploy bench bench-smoke
 
 setup:
 	$(call STEP,setup)
 	./.ci/setup
+
+# What only the tests need: Debian's CPython 3.14 and 3.15 in a sid root (.ci/sid-root).
+setup-tests: setup
+	$(call STEP,test setup)
+	$(SUDO) ./.ci/sid-root
 
 build: setup
 	$(CARGO) build --release --bins
@@ -33,7 +38,7 @@ check-deploy: setup
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
 # Then the aarch64 cross build and the smoke run of the benchmark harness. Each step starts
 # with the time of day (see STEP).
-test: lint check-deploy
+test: lint check-deploy setup-tests
 	$(call STEP,tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \

@@ -117,7 +117,7 @@ impl Runtime {
     pub fn describe(&self) -> Option<String> {
         match self {
             Runtime::Python(p) => Some(p.to_string()),
-            Runtime::Unsupported(why) => Some(format!("CPython, native stacks only: {why}")),
+            Runtime::Unsupported(why) => Some(format!("{why}; native stacks only")),
             Runtime::Pending(_) => Some("CPython, interpreter not initialized yet".to_owned()),
             Runtime::Unknown | Runtime::Native => None,
         }

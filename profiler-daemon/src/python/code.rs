@@ -180,7 +180,7 @@ fn instruction_offset(layout: &Layout, code_addr: u64, instr: u64) -> Option<u64
 fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeError> {
     let layout = &py.layout;
     let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
-    if memory::u64_at(&header, 8) != py.code_type {
+    if memory::u64_at(&header, layout.objects.ob_type) != py.code_type {
         return Err(CodeError::NotCode);
     }
     let c = &layout.code;
@@ -206,10 +206,8 @@ fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeE
     }
     let head = memory::read_vec(pid, addr, objects.compact_data as usize)?;
     let length = memory::u64_at(&head, objects.unicode_length).min(MAX_STRING_CHARS);
-    let state = memory::u32_at(&head, objects.unicode_state);
-    let kind = (state >> 2) & 0x7;
-    let compact = state & (1 << 5) != 0;
-    let ascii = state & (1 << 6) != 0;
+    let (kind, compact, ascii) =
+        objects.state_bits.decode(memory::u32_at(&head, objects.unicode_state));
     if !compact || !matches!(kind, 1 | 2 | 4) {
         return Err(CodeError::NotCode);
     }

@@ -23,10 +23,10 @@ use procfs::process::{MMapPath, Process};
 use crate::host::{FileKey, readable_path};
 use layout::Layout;
 
-/// Whether CPython `major.minor` gets Python stacks: a built-in layout, or 3.13+ (which
-/// describes itself in `_Py_DebugOffsets`).
+/// Whether CPython `major.minor` (a release, built with the GIL) gets Python stacks: a
+/// built-in layout, or a parse table for the `_Py_DebugOffsets` it describes itself in.
 pub fn is_supported(major: u8, minor: u8) -> bool {
-    layout::table(major, minor).is_some() || (major, minor) >= (3, 13)
+    layout::table(major, minor).is_some() || debug_offsets::knows(major, minor)
 }
 
 /// Micro version when only the file name told the version (3.9 and 3.10 lack `Py_Version`).
@@ -357,14 +357,11 @@ fn describe(
     };
     let runtime = symbols.runtime.wrapping_add(bias);
     let (version, layout, layout_source) = if (version.0, version.1) >= (3, 13) {
-        let (version, layout) = debug_offsets::read(pid, runtime)?;
+        let (version, layout) = debug_offsets::read(pid, runtime).map_err(|e| e.to_string())?;
         (version, layout, "offsets from _Py_DebugOffsets")
     } else {
         let layout = layout::table(version.0, version.1).ok_or_else(|| {
-            format!(
-                "CPython {}.{}.{} is not supported yet (native stacks only)",
-                version.0, version.1, version.2
-            )
+            format!("CPython {}.{}.{} is not supported yet", version.0, version.1, version.2)
         })?;
         (version, layout, "offsets from table")
     };
