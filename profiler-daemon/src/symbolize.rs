@@ -36,7 +36,7 @@ use crate::{
     aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
     calls::CallDeltas,
     function_ranges::FunctionRanges,
-    host::{FileKey, readable_path},
+    host::{FileKey, readable_file},
     process::{MappedFile, UserAddr},
     python::{PythonProcess, code::CodeCache},
 };
@@ -296,7 +296,7 @@ impl Resolver {
 
     /// Symbolizes `offsets` of `file` into the cache; false when the file could not be read.
     fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) -> bool {
-        let fresh_path = || readable_path(pid, std::path::Path::new(&*file.module.path));
+        let fresh_path = || readable_file(pid, std::path::Path::new(&*file.module.path), file.key);
         // The path that worked last time (the file key pins the file), else this process's view.
         let cached = self.paths.get(&file.key).cloned();
         let mut path = cached.clone().or_else(fresh_path);

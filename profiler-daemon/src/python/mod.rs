@@ -20,7 +20,7 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use procfs::process::{MMapPath, Process};
 
-use crate::host::{FileKey, readable_path};
+use crate::host::{FileKey, own_path, readable_file, readable_path};
 use layout::Layout;
 
 /// Whether CPython `major.minor` (a release, built with the GIL) gets Python stacks: a
@@ -139,7 +139,16 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
     let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
     };
-    let maps: Vec<_> = maps.into_iter().collect();
+    let root = crate::host::process_root(pid);
+    let maps: Vec<_> = maps
+        .into_iter()
+        .map(|mut m| {
+            if let MMapPath::Path(p) = &m.pathname {
+                m.pathname = MMapPath::Path(own_path(root.as_deref(), p));
+            }
+            m
+        })
+        .collect();
     // Only files the process executes code from: the daemon itself, for one, maps interpreter
     // files read-only to symbolize them.
     let executed: Vec<&PathBuf> = maps
@@ -269,7 +278,7 @@ impl Detector {
         }
         detect(pid, exe, |candidate| {
             *self.symbols.entry(candidate.key).or_insert_with(|| {
-                readable_path(pid, &candidate.path).and_then(|p| read_symbols(&p))
+                readable_file(pid, &candidate.path, candidate.key).and_then(|p| read_symbols(&p))
             })
         })
     }
