@@ -14,9 +14,11 @@ setup:
 	$(call STEP,setup)
 	./.ci/setup
 
-# What only the tests need: Debian's CPython 3.14 and 3.15 in a sid root (.ci/sid-root).
+# What only the tests need: a free-threaded CPython 3.13 (.ci/build-pythons 3.13t) and Debian's
+# CPython 3.14 and 3.15 in a sid root (.ci/sid-root).
 setup-tests: setup
 	$(call STEP,test setup)
+	./.ci/build-pythons 3.13t
 	$(SUDO) ./.ci/sid-root
 
 build: setup
