@@ -206,8 +206,10 @@ fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeE
     }
     let head = memory::read_vec(pid, addr, objects.compact_data as usize)?;
     let length = memory::u64_at(&head, objects.unicode_length).min(MAX_STRING_CHARS);
-    let (kind, compact, ascii) =
-        objects.state_bits.decode(memory::u32_at(&head, objects.unicode_state));
+    let state = memory::u32_at(&head, objects.unicode_state);
+    let kind = (state >> 2) & 0x7;
+    let compact = state & (1 << 5) != 0;
+    let ascii = state & (1 << 6) != 0;
     if !compact || !matches!(kind, 1 | 2 | 4) {
         return Err(CodeError::NotCode);
     }

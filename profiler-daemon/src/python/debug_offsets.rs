@@ -12,7 +12,7 @@
 use profiler_common::python::{FRAME_FIELDS_END, FrameModel, PyOffsets};
 
 use super::{
-    layout::{CodeLayout, InstrModel, Layout, ObjectLayout, UnicodeState},
+    layout::{CodeLayout, InstrModel, Layout, ObjectLayout},
     linetable::LineTableFormat,
     memory,
 };
@@ -249,14 +249,14 @@ pub enum DebugOffsetsError {
 }
 
 /// The layout described by the `_Py_DebugOffsets` at `runtime` in process `pid`, with the
-/// version it announces.
-pub fn read(pid: u32, runtime: u64) -> Result<((u8, u8, u8), Layout), DebugOffsetsError> {
+/// head that announces its version and build.
+pub fn read(pid: u32, runtime: u64) -> Result<(Head, Layout), DebugOffsetsError> {
     let io = |e: std::io::Error| DebugOffsetsError::Read(e.to_string());
     let head = memory::read_vec(pid, runtime, HEAD_LEN).map_err(io)?;
     let (head, positions) = parse_head(&head)?;
     let bytes = memory::read_vec(pid, runtime, positions.size).map_err(io)?;
     let layout = from_bytes(&bytes, &head, &positions)?;
-    Ok((head.version(), layout))
+    Ok((head, layout))
 }
 
 /// Reads the head and picks the parse table for its version.
@@ -392,11 +392,6 @@ fn from_bytes(bytes: &[u8], head: &Head, p: &Positions) -> Result<Layout, DebugO
         code,
         objects: ObjectLayout {
             ob_type,
-            state_bits: if head.free_threaded {
-                UnicodeState::FreeThreaded
-            } else {
-                UnicodeState::Default
-            },
             unicode_length: get32(p.unicode_length),
             unicode_state: get32(p.unicode_state),
             ascii_data,
@@ -507,7 +502,6 @@ mod tests {
         );
         assert_eq!(layout.code.code_adaptive, Some(200));
         assert_eq!((layout.objects.ascii_data, layout.objects.compact_data), (40, 56));
-        assert_eq!(layout.objects.state_bits, UnicodeState::Default);
         assert_eq!(layout.kernel.code_tag_bits, 0);
     }
 
@@ -587,14 +581,27 @@ mod tests {
         assert_eq!(layout_of(&bytes).unwrap_err(), DebugOffsetsError::NoCookie);
     }
 
+    /// The table of the free-threaded CPython 3.13.5 that `.ci/build-pythons 3.13t` builds from
+    /// trixie's source (`--disable-gil`): a 32-byte object header.
+    fn sample_313t() -> Vec<u8> {
+        let values: [u64; 70] = [
+            328320, 608, 632, 215616, 7272, 7264, 7344, 7400, 7664, 7648, 7656, 16, 7760, 0, 7784,
+            7776, 304, 0, 8, 16, 72, 152, 160, 232, 32, 80, 8, 0, 56, 72, 70, 224, 128, 136, 144,
+            152, 84, 68, 112, 120, 216, 32, 24, 432, 40, 104, 184, 48, 40, 32, 56, 40, 32, 64, 48,
+            56, 40, 32, 48, 32, 40, 56, 32, 48, 80, 48, 32, 56, 248, 200,
+        ];
+        let at: Vec<(u32, u64)> =
+            values.iter().enumerate().map(|(i, &v)| (24 + 8 * i as u32, v)).collect();
+        table(&V3_13, 0x030d_05f0, 1, &at)
+    }
+
     #[test]
     fn free_threaded_313_uses_its_object_header() {
-        let mut bytes = sample_313();
-        bytes[16..24].copy_from_slice(&1u64.to_ne_bytes());
-        bytes[352..368].copy_from_slice(&[32u64.to_ne_bytes(), 24u64.to_ne_bytes()].concat());
-        let layout = layout_of(&bytes).unwrap();
+        let layout = layout_of(&sample_313t()).unwrap();
         assert_eq!(layout.objects.ob_type, 24);
-        assert_eq!(layout.objects.state_bits, UnicodeState::FreeThreaded);
+        assert_eq!((layout.code.filename, layout.code.qualname), (128, Some(144)));
+        assert_eq!((layout.objects.unicode_length, layout.objects.unicode_state), (32, 48));
+        assert_eq!((layout.objects.ascii_data, layout.objects.bytes_data), (56, 48));
         // 3.14t is refused, naming what is missing.
         let mut bytes = sample_315();
         bytes[16..24].copy_from_slice(&1u64.to_ne_bytes());

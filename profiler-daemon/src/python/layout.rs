@@ -37,37 +37,15 @@ pub struct CodeLayout {
     pub header_len: u32,
 }
 
-/// How `PyASCIIObject.state` packs its bits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnicodeState {
-    /// `interned:2`, then kind (bits 2-4), compact (5) and ascii (6).
-    Default,
-    /// Free-threaded builds make `interned` a whole byte: kind is in bits 8-10, compact in 11
-    /// and ascii in 12.
-    FreeThreaded,
-}
-
-impl UnicodeState {
-    /// (kind, compact, ascii) from the `state` word.
-    pub fn decode(self, state: u32) -> (u32, bool, bool) {
-        let shift = match self {
-            UnicodeState::Default => 2,
-            UnicodeState::FreeThreaded => 8,
-        };
-        ((state >> shift) & 0x7, state & (1 << (shift + 3)) != 0, state & (1 << (shift + 4)) != 0)
-    }
-}
-
 /// Where the fields of objects, strings and bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectLayout {
     /// `PyObject.ob_type` (8, or 24 in free-threaded builds).
     pub ob_type: u32,
-    /// How `unicode_state` is packed.
-    pub state_bits: UnicodeState,
     /// `PyASCIIObject.length`.
     pub unicode_length: u32,
-    /// `PyASCIIObject.state` (see [`UnicodeState`]).
+    /// `PyASCIIObject.state` (kind in bits 2-4, compact bit 5, ascii bit 6; 3.13's free-threaded
+    /// build packs them the same way).
     pub unicode_state: u32,
     /// `sizeof(PyASCIIObject)`: where compact ASCII data starts.
     pub ascii_data: u32,
@@ -101,7 +79,6 @@ pub struct Layout {
 
 const OBJECTS_39_311: ObjectLayout = ObjectLayout {
     ob_type: 8,
-    state_bits: UnicodeState::Default,
     unicode_length: 16,
     unicode_state: 32,
     ascii_data: 48,
@@ -218,7 +195,6 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
 /// From 3.12 on, `PyASCIIObject` lost its `wstr` pointer.
 pub const OBJECTS_312: ObjectLayout = ObjectLayout {
     ob_type: 8,
-    state_bits: UnicodeState::Default,
     unicode_length: 16,
     unicode_state: 32,
     ascii_data: 40,
@@ -231,16 +207,6 @@ pub const OBJECTS_312: ObjectLayout = ObjectLayout {
 mod tests {
     use super::*;
     use profiler_common::python::FRAME_FIELDS_END;
-
-    #[test]
-    fn unicode_state_bits() {
-        // "abc" as an ASCII compact str: kind 1, compact, ascii, in either packing.
-        assert_eq!(UnicodeState::Default.decode(0b110_0100), (1, true, true));
-        assert_eq!(UnicodeState::FreeThreaded.decode(0b1_1001_0000_0000), (1, true, true));
-        // A UCS-2 string that is compact but not ASCII.
-        assert_eq!(UnicodeState::Default.decode(0b010_1000), (2, true, false));
-        assert_eq!(UnicodeState::FreeThreaded.decode(0b1010_0000_0001), (2, true, false));
-    }
 
     #[test]
     fn frame_fields_fit_the_kernel_chunk() {

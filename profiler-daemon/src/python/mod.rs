@@ -366,8 +366,13 @@ fn describe(
     };
     let runtime = symbols.runtime.wrapping_add(bias);
     let (version, layout, layout_source) = if (version.0, version.1) >= (3, 13) {
-        let (version, layout) = debug_offsets::read(pid, runtime).map_err(|e| e.to_string())?;
-        (version, layout, "offsets from _Py_DebugOffsets")
+        let (head, layout) = debug_offsets::read(pid, runtime).map_err(|e| e.to_string())?;
+        let source = if head.free_threaded {
+            "free-threaded, offsets from _Py_DebugOffsets"
+        } else {
+            "offsets from _Py_DebugOffsets"
+        };
+        (head.version(), layout, source)
     } else {
         let layout = layout::table(version.0, version.1).ok_or_else(|| {
             format!("CPython {}.{}.{} is not supported yet", version.0, version.1, version.2)
