@@ -187,6 +187,13 @@ impl Resolver {
         frames.into()
     }
 
+    /// Reads the code objects of a sample's Python frames into the cache.
+    pub fn prefetch_python(&mut self, pid: u32, raw: &RawStack) {
+        if let Some((py, frames)) = &raw.python {
+            self.codes.prefetch(pid, py, frames);
+        }
+    }
+
     /// The functions of counted calls. Counts of addresses that are no longer code objects
     /// (freed since the call) are dropped rather than misnamed.
     pub fn resolve_calls(&mut self, raw: &RawCalls) -> CallSample {
@@ -408,6 +415,9 @@ fn unknown_frame(addr: u64, module: Option<&Arc<Module>>, offset: u64) -> Frame 
     }
 }
 
+/// Work items taken from the queue at once.
+const BATCH: usize = 256;
+
 /// Starts the symbolizer thread. It ends when `input` closes or the aggregator is gone.
 pub fn spawn(
     mut input: mpsc::Receiver<Work>,
@@ -418,22 +428,39 @@ pub fn spawn(
     std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
         let mut resolver = Resolver::new(capacity, stats);
         resolver.warm_up();
-        while let Some(work) = input.blocking_recv() {
-            let resolved = match work {
-                Work::Stack(pid, raw) => {
-                    let stack = resolver.resolve(pid, &raw);
-                    Resolved::Sample(StackSample {
-                        time_ns: raw.time_ns,
-                        labels: raw.labels,
-                        stack,
-                    })
+        let mut batch = Vec::with_capacity(BATCH);
+        'work: while let Some(first) = input.blocking_recv() {
+            batch.push(first);
+            while batch.len() < BATCH
+                && let Ok(work) = input.try_recv()
+            {
+                batch.push(work);
+            }
+            // Code objects can only be read while their process runs: read those of the whole
+            // batch before symbolizing native code, which can take long enough for a
+            // short-lived process to exit.
+            for work in &batch {
+                if let Work::Stack(pid, raw) = work {
+                    resolver.prefetch_python(*pid, raw);
                 }
-                Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
-            };
-            // Blocking here only backs up the symbolizer's queue; the collector never waits
-            // on it and counts what it cannot enqueue.
-            if output.blocking_send(resolved).is_err() {
-                break;
+            }
+            for work in batch.drain(..) {
+                let resolved = match work {
+                    Work::Stack(pid, raw) => {
+                        let stack = resolver.resolve(pid, &raw);
+                        Resolved::Sample(StackSample {
+                            time_ns: raw.time_ns,
+                            labels: raw.labels,
+                            stack,
+                        })
+                    }
+                    Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
+                };
+                // Blocking here only backs up the symbolizer's queue; the collector never
+                // waits on it and counts what it cannot enqueue.
+                if output.blocking_send(resolved).is_err() {
+                    break 'work;
+                }
             }
         }
         info!("symbolizer stopped");

@@ -128,6 +128,22 @@ fn python_functions_chains_and_the_hot_line() {
         if python.root.is_none() {
             assert!(lines.contains("total += i * i  # LINE:hot"), "{}:\n{lines}", python.name());
         }
+        if let Some(root) = &python.root {
+            // The process in another root is labelled with its own executable path.
+            let exe = format!("exe={}", python.exe.display());
+            let own = parse_folded(&daemon.ctl_ok(&[
+                "query",
+                "--format",
+                "folded",
+                "--since",
+                "5m",
+                "-s",
+                &format!("pid={pid},{exe}"),
+            ]));
+            assert_eq!(total(&own), total(&folded), "{}: {exe}", python.name());
+            let status = daemon.ctl_ok(&["status"]);
+            assert!(!status.contains(&*root.to_string_lossy()), "{}:\n{status}", python.name());
+        }
         let all = total(&folded);
         let chain = format!(
             "<module> ({file}:{});main ({file}:{});hot_outer ({file}:",

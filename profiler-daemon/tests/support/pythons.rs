@@ -140,7 +140,8 @@ pub fn interpreters() -> Vec<Interpreter> {
             found.extend(exes.into_iter().take(1).filter_map(|exe| probe(&exe, None)));
         }
     }
-    let sid = cache().join("sid-root");
+    // Canonical, as the kernel shows paths under it.
+    let sid = cache().join("sid-root").canonicalize().unwrap_or_default();
     for minor in [14, 15] {
         let exe = PathBuf::from(format!("/usr/bin/python3.{minor}"));
         if sid.join(exe.strip_prefix("/").unwrap()).exists()
