@@ -273,6 +273,12 @@ mod tests {
 
     #[test]
     fn a_gone_process_keeps_the_names_it_had() {
+        if crate::process::skip_under_qemu_user(
+            "a_gone_process_keeps_the_names_it_had",
+            "qemu-user does not emulate process_vm_readv",
+        ) {
+            return;
+        }
         let gone = 999_999_999;
         let mut cache = CodeCache::new(NonZeroUsize::new(4).unwrap());
         let info = CodeInfo {
