@@ -249,7 +249,7 @@ fn the_main_thread_behind_a_thousand_newer_threads_is_found() {
         assert!(
             hot > 50 && hot * 10 > total(&main) * 8,
             "{}: {hot} of the main thread's {} samples in hot_outer\n{}",
-            python.display(),
+            python.name(),
             total(&main),
             dump(&main)
         );

@@ -265,7 +265,7 @@ mod tests {
             layout: layout::table(3, 11).unwrap(),
             code_type: 0,
             interp: 0,
-            interpreter_file: crate::process::FileKey { dev: 0, inode: 0 },
+            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
             interpreter_path: "/usr/bin/python3.11".into(),
             eval_frame_offset: None,
         }
@@ -273,7 +273,7 @@ mod tests {
 
     #[test]
     fn a_gone_process_keeps_the_names_it_had() {
-        if crate::process::skip_under_qemu_user(
+        if crate::host::skip_under_qemu_user(
             "a_gone_process_keeps_the_names_it_had",
             "qemu-user does not emulate process_vm_readv",
         ) {
