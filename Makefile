@@ -19,7 +19,7 @@ setup:
 setup-tests: setup
 	$(call STEP,test setup)
 	./.ci/build-pythons 3.13t
-	$(SUDO) ./.ci/sid-root
+	./.ci/sid-root
 
 build: setup
 	$(CARGO) build --release --bins
