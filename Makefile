@@ -8,11 +8,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prints a step's name with the time of day, so that a slow step shows in a CI log.
 STEP = @echo "== $$(date -u +%H:%M:%S) $(1)"
 
-.PHONY: setup build run test lint unit check-deploy bench bench-smoke fuzz fuzz-long
+.PHONY: setup setup-tests build run test lint unit check-deploy bench bench-smoke fuzz fuzz-long
 
 setup:
 	$(call STEP,setup)
 	./.ci/setup
+
+# What only the tests need: a free-threaded CPython 3.13 (.ci/build-pythons 3.13t) and Debian's
+# CPython 3.14 and 3.15 in a sid root (.ci/sid-root).
+setup-tests: setup
+	$(call STEP,test setup)
+	./.ci/build-pythons 3.13t
+	./.ci/sid-root
 
 build: setup
 	$(CARGO) build --release --bins
@@ -33,7 +40,7 @@ check-deploy: setup
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
 # Then the aarch64 cross build and the smoke run of the benchmark harness. Each step starts
 # with the time of day (see STEP).
-test: lint check-deploy
+test: lint check-deploy setup-tests
 	$(call STEP,tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \

@@ -147,7 +147,7 @@ impl CallTracker {
             return Ok(());
         }
         let offset = py.eval_frame_offset.ok_or(CallsError::NoEntryPoint(pid))?;
-        let path = crate::host::readable_path(pid, &py.interpreter_path)
+        let path = crate::host::readable_file(pid, &py.interpreter_path, py.interpreter_file)
             .unwrap_or_else(|| py.interpreter_path.clone());
         let handle = probes
             .attach(pid, &path, offset)

@@ -177,7 +177,7 @@ impl Collector {
                 Runtime::Python(p)
             }
             Detection::Unsupported(why) => {
-                info!(pid, comm = %process.comm, "CPython, native stacks only: {why}");
+                info!(pid, comm = %process.comm, "{why}; native stacks only");
                 Runtime::Unsupported(why)
             }
             Detection::NotReady => Runtime::Pending(Instant::now()),

@@ -23,6 +23,40 @@ pub fn readable_path(pid: u32, path: &Path) -> Option<PathBuf> {
     [via_root, path.to_path_buf()].into_iter().find(|p| p.exists())
 }
 
+/// The root directory of process `pid` as this daemon sees it: `/`, or the directory a
+/// chrooted process runs in. `None` once the process is gone.
+pub fn process_root(pid: u32) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/root")).ok()
+}
+
+/// `path`, as `/proc` shows it to this daemon, turned into the path the process itself uses:
+/// the kernel shows the files of a process chrooted into `root` under `root`'s path
+/// (`/srv/root/usr/bin/python3.14`), while the process knows them as `/usr/bin/python3.14`.
+/// Files of another mount namespace are already shown as the process sees them.
+pub fn own_path(root: Option<&Path>, path: &Path) -> PathBuf {
+    match root.filter(|r| *r != Path::new("/")).and_then(|r| path.strip_prefix(r).ok()) {
+        Some(rest) => Path::new("/").join(rest),
+        None => path.to_path_buf(),
+    }
+}
+
+/// Like [`readable_path`] for the mapped file `key`: once the process is gone, the path itself
+/// is used only when it names that same file. The process's `/usr/lib/libz.so.1` may be
+/// another root's, and the one on this machine another library.
+pub fn readable_file(pid: u32, path: &Path, key: FileKey) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt as _;
+    let found = readable_path(pid, path)?;
+    if found.starts_with("/proc") {
+        return Some(found);
+    }
+    let meta = std::fs::metadata(&found).ok()?;
+    // glibc's dev_t encoding.
+    let dev = meta.dev();
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+    (FileKey { dev: (major << 32) | minor, inode: meta.ino() } == key).then_some(found)
+}
+
 /// Whether the unit tests run under qemu-user, where `.ci/cross-aarch64` sets
 /// `PROFILER_UNDER_QEMU=1`; if so, prints why `test` is skipped. There the kernel runs qemu, not
 /// the test binary: `/proc/<own pid>` describes qemu's executable and mappings (qemu rewrites
@@ -35,4 +69,36 @@ pub(crate) fn skip_under_qemu_user(test: &str, reason: &str) -> bool {
         eprintln!("skipped under qemu-user: {test}: {reason}");
     }
     under_qemu
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_of_a_chrooted_process_are_its_own() {
+        let root = Path::new("/srv/roots/sid");
+        let own = |p: &str| own_path(Some(root), Path::new(p));
+        assert_eq!(own("/srv/roots/sid/usr/bin/python3.14"), Path::new("/usr/bin/python3.14"));
+        // A file from outside the root (an inherited mapping), and a root of `/`.
+        assert_eq!(own("/usr/lib/libc.so.6"), Path::new("/usr/lib/libc.so.6"));
+        assert_eq!(own("/srv/roots/sidx/a"), Path::new("/srv/roots/sidx/a"));
+        let host = own_path(Some(Path::new("/")), Path::new("/usr/bin/python3"));
+        assert_eq!(host, Path::new("/usr/bin/python3"));
+    }
+
+    #[test]
+    fn a_gone_process_s_path_is_used_only_for_the_same_file() {
+        use std::os::unix::fs::MetadataExt as _;
+        let exe = std::env::current_exe().unwrap();
+        let meta = std::fs::metadata(&exe).unwrap();
+        let dev = meta.dev();
+        let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
+        let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
+        let key = FileKey { dev: (major << 32) | minor, inode: meta.ino() };
+        // No process 999999999: only the path itself is left.
+        assert_eq!(readable_file(999_999_999, &exe, key), Some(exe.clone()));
+        let other = FileKey { inode: key.inode + 1, ..key };
+        assert_eq!(readable_file(999_999_999, &exe, other), None);
+    }
 }

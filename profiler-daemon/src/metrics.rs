@@ -431,14 +431,16 @@ pub async fn render(sources: &Sources) -> String {
 /// `CPython 3.11.2, static, offsets from table`, `unsupported` for native stacks only, and
 /// `pending` for an interpreter that is not initialized yet.
 fn python_version(description: &str) -> &str {
+    // An unsupported interpreter's description names its version too.
+    if description.contains("native stacks only") {
+        return "unsupported";
+    }
     let version = description.strip_prefix("CPython ").map_or("", |rest| {
         let end = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
         rest[..end].trim_end_matches('.')
     });
     if version.starts_with(|c: char| c.is_ascii_digit()) {
         version
-    } else if description.contains("native stacks only") {
-        "unsupported"
     } else if description.contains("not initialized") {
         "pending"
     } else {
@@ -712,7 +714,7 @@ mod tests {
                 "CPython 3.11.2, static, offsets from table",
                 "CPython 3.11.2, shared libpython, offsets from table; calls counted for 4s",
                 "CPython 3.13, static, _Py_DebugOffsets",
-                "CPython, native stacks only: free-threaded build",
+                "CPython 3.16.0a2: debug offsets layout not known to this profilerd 0.1.0; native stacks only",
                 "CPython, interpreter not initialized yet",
             ],
             None,

@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::{
     aggregate::{Labels, Module},
-    host::{FileKey, readable_path},
+    host::{FileKey, own_path, process_root, readable_file},
     pods::PodDirectory,
     python::PythonProcess,
 };
@@ -117,7 +117,7 @@ impl Runtime {
     pub fn describe(&self) -> Option<String> {
         match self {
             Runtime::Python(p) => Some(p.to_string()),
-            Runtime::Unsupported(why) => Some(format!("CPython, native stacks only: {why}")),
+            Runtime::Unsupported(why) => Some(format!("{why}; native stacks only")),
             Runtime::Pending(_) => Some("CPython, interpreter not initialized yet".to_owned()),
             Runtime::Unknown | Runtime::Native => None,
         }
@@ -191,7 +191,9 @@ impl ProcessInfo {
         if self.read_at.elapsed() < YOUNG_PROCESS && self.exe_checked_at.elapsed() >= EXE_RECHECK {
             self.exe_checked_at = Instant::now();
             let exe = std::fs::read_link(format!("/proc/{}/exe", self.pid)).ok();
-            return exe.is_some_and(|e| *e.to_string_lossy() != *self.exe);
+            let root = process_root(self.pid);
+            return exe
+                .is_some_and(|e| *own_path(root.as_deref(), &e).to_string_lossy() != *self.exe);
         }
         false
     }
@@ -506,8 +508,9 @@ fn read_process(
             return info;
         }
     }
+    let root = process_root(pid);
     if let Ok(exe) = process.exe() {
-        info.exe = exe.to_string_lossy().into();
+        info.exe = own_path(root.as_deref(), &exe).to_string_lossy().into();
     }
     if let Ok(cmdline) = process.cmdline() {
         info.cmdline = cmdline.join(" ");
@@ -571,6 +574,7 @@ fn read_maps(
     files: &mut HashMap<FileKey, Arc<MappedFile>>,
 ) -> procfs::ProcResult<Vec<Mapping>> {
     let maps = Process::new(pid as i32)?.maps()?;
+    let root = process_root(pid);
     let mut out = Vec::new();
     for m in maps {
         // Only executable mappings can hold a sampled instruction pointer.
@@ -581,7 +585,8 @@ fn read_maps(
             MMapPath::Path(path) => {
                 let key = FileKey { dev: makedev(m.dev), inode: m.inode };
                 let file = files.entry(key).or_insert_with(|| {
-                    Arc::new(MappedFile { key, module: Arc::new(read_module(pid, path)) })
+                    let path = own_path(root.as_deref(), path);
+                    Arc::new(MappedFile { key, module: Arc::new(read_module(pid, &path, key)) })
                 });
                 MappingTarget::File(file.clone())
             }
@@ -599,8 +604,8 @@ fn makedev((major, minor): (i32, i32)) -> u64 {
     ((major as u64) << 32) | (minor as u64 & 0xffff_ffff)
 }
 
-fn read_module(pid: u32, path: &Path) -> Module {
-    let build_id = readable_path(pid, path)
+fn read_module(pid: u32, path: &Path, key: FileKey) -> Module {
+    let build_id = readable_file(pid, path, key)
         .and_then(|p| blazesym::helper::read_elf_build_id(&p).ok().flatten())
         .map(|id| hex(&id).into());
     Module { path: path.to_string_lossy().into(), build_id }

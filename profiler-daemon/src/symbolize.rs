@@ -11,7 +11,7 @@ use std::{
     num::NonZeroUsize,
     path::PathBuf,
     sync::{
-        Arc,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
     thread::JoinHandle,
@@ -36,7 +36,7 @@ use crate::{
     aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
     calls::CallDeltas,
     function_ranges::FunctionRanges,
-    host::{FileKey, readable_path},
+    host::{FileKey, readable_file},
     process::{MappedFile, UserAddr},
     python::{PythonProcess, code::CodeCache},
 };
@@ -114,13 +114,23 @@ pub struct Resolver {
     /// Functions met, so that other addresses inside them need no symbolization.
     ranges: FunctionRanges,
     truncated: Arc<Frame>,
-    codes: CodeCache,
+    /// Shared with the Python reader thread, which fills it ahead of symbolization.
+    codes: Arc<Mutex<CodeCache>>,
     stats: Arc<SymbolizerStats>,
 }
 
 impl Resolver {
     /// A resolver caching up to `capacity` user frames and as many kernel frames.
     pub fn new(capacity: NonZeroUsize, stats: Arc<SymbolizerStats>) -> Resolver {
+        Resolver::sharing(capacity, stats, Arc::new(Mutex::new(CodeCache::new(capacity))))
+    }
+
+    /// Like [`Resolver::new`], with a code object cache that another thread fills too.
+    pub fn sharing(
+        capacity: NonZeroUsize,
+        stats: Arc<SymbolizerStats>,
+        codes: Arc<Mutex<CodeCache>>,
+    ) -> Resolver {
         stats.user_capacity.store(capacity.get() as u64, Relaxed);
         Resolver {
             symbolizer: Symbolizer::builder()
@@ -135,7 +145,7 @@ impl Resolver {
             failed: HashMap::new(),
             ranges: FunctionRanges::new(capacity.get()),
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
-            codes: CodeCache::new(capacity),
+            codes,
             stats,
         }
     }
@@ -166,11 +176,13 @@ impl Resolver {
                     .cloned()
                     .collect();
                 self.user_frames(pid, &native, &mut frames);
+                let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
                 for raw_frame in py_frames {
-                    if let Some(frame) = self.codes.frame(pid, py, *raw_frame) {
+                    if let Some(frame) = codes.frame(pid, py, *raw_frame) {
                         frames.push(frame);
                     }
                 }
+                drop(codes);
                 if raw.flags & FLAG_PY_TRUNCATED != 0 {
                     frames.push(self.truncated.clone());
                 }
@@ -195,7 +207,10 @@ impl Resolver {
             .deltas
             .counts
             .iter()
-            .filter_map(|&(code, n)| Some((self.codes.function(pid, &raw.python, code)?, n)))
+            .filter_map(|&(code, n)| {
+                let mut codes = self.codes.lock().unwrap_or_else(PoisonError::into_inner);
+                Some((codes.function(pid, &raw.python, code)?, n))
+            })
             .collect();
         CallSample { labels: raw.labels.clone(), counts }
     }
@@ -296,7 +311,7 @@ impl Resolver {
 
     /// Symbolizes `offsets` of `file` into the cache; false when the file could not be read.
     fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) -> bool {
-        let fresh_path = || readable_path(pid, std::path::Path::new(&*file.module.path));
+        let fresh_path = || readable_file(pid, std::path::Path::new(&*file.module.path), file.key);
         // The path that worked last time (the file key pins the file), else this process's view.
         let cached = self.paths.get(&file.key).cloned();
         let mut path = cached.clone().or_else(fresh_path);
@@ -408,17 +423,49 @@ fn unknown_frame(addr: u64, module: Option<&Arc<Module>>, offset: u64) -> Frame 
     }
 }
 
-/// Starts the symbolizer thread. It ends when `input` closes or the aggregator is gone.
+/// Work items between the Python reader and the symbolizer.
+const READ_AHEAD: usize = 4096;
+
+/// Reads the code objects of a sample's Python frames into `codes`.
+fn prefetch_python(codes: &Mutex<CodeCache>, pid: u32, raw: &RawStack) {
+    if let Some((py, frames)) = &raw.python {
+        codes.lock().unwrap_or_else(PoisonError::into_inner).prefetch(pid, py, frames);
+    }
+}
+
+/// Starts the symbolizer thread, behind a Python reader thread. It ends when `input` closes or
+/// the aggregator is gone.
+///
+/// Code objects can only be read while their process runs, and symbolizing native code can
+/// take long enough (the first look at a large interpreter binary) for a short-lived process
+/// to exit. So the reader takes each sample first, reads the code objects of its Python frames
+/// into the cache both threads share, and passes it on: it runs ahead of the symbolizer by up
+/// to `READ_AHEAD` samples.
 pub fn spawn(
     mut input: mpsc::Receiver<Work>,
     output: mpsc::Sender<Resolved>,
     capacity: NonZeroUsize,
     stats: Arc<SymbolizerStats>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
-        let mut resolver = Resolver::new(capacity, stats);
-        resolver.warm_up();
+    let codes = Arc::new(Mutex::new(CodeCache::new(capacity)));
+    let shared = codes.clone();
+    let (ahead_tx, mut ahead) = mpsc::channel(READ_AHEAD);
+    let reader = std::thread::Builder::new().name("python-reader".into()).spawn(move || {
         while let Some(work) = input.blocking_recv() {
+            if let Work::Stack(pid, raw) = &work {
+                prefetch_python(&codes, *pid, raw);
+            }
+            // Blocking here backs up the collector's queue, which counts what it cannot
+            // enqueue; it never waits.
+            if ahead_tx.blocking_send(work).is_err() {
+                break;
+            }
+        }
+    })?;
+    std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
+        let mut resolver = Resolver::sharing(capacity, stats, shared);
+        resolver.warm_up();
+        while let Some(work) = ahead.blocking_recv() {
             let resolved = match work {
                 Work::Stack(pid, raw) => {
                     let stack = resolver.resolve(pid, &raw);
@@ -436,6 +483,9 @@ pub fn spawn(
                 break;
             }
         }
+        // The reader ends once its output is gone.
+        drop(ahead);
+        let _ = reader.join();
         info!("symbolizer stopped");
     })
 }

@@ -1,79 +1,45 @@
 //! Root integration tests: CPython stacks walked in the kernel, for every interpreter on the
 //! machine, checked for exact names, call chains and line numbers.
 
+#[path = "support/pythons.rs"]
+mod pythons;
 mod support;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
+use pythons::{Interpreter, interpreters};
 use support::{Daemon, parse_folded, require_bpf, scratch};
 
-fn workload() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/workload.py")
+const WORKLOAD: &str = "workload.py";
+
+/// The workload's text, the same in every root.
+fn workload_text() -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(WORKLOAD),
+    )
+    .unwrap()
 }
 
 /// The line of the workload marked `# LINE:name`.
 fn marked_line(name: &str) -> u32 {
-    let text = std::fs::read_to_string(workload()).unwrap();
     let marker = format!("# LINE:{name}");
-    let index = text.lines().position(|l| l.contains(&marker)).expect("marker in workload.py");
+    let index =
+        workload_text().lines().position(|l| l.contains(&marker)).expect("marker in workload.py");
     index as u32 + 1
-}
-
-/// The interpreters to test: Debian's static python3.11, pyenv's shared-libpython builds, and
-/// any built by `.ci/build-pythons` into `.cache/pythons`.
-fn interpreters() -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let debian = PathBuf::from("/usr/bin/python3.11");
-    if debian.exists() {
-        found.push(debian);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let roots = [
-        PathBuf::from(std::env::var("PYENV_ROOT").unwrap_or(format!("{home}/.pyenv")))
-            .join("versions"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/pythons"),
-    ];
-    for root in roots {
-        let Ok(entries) = std::fs::read_dir(&root) else { continue };
-        let mut dirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
-        dirs.sort();
-        for dir in dirs {
-            let Ok(bins) = std::fs::read_dir(dir.join("bin")) else { continue };
-            let mut exes: Vec<PathBuf> = bins
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.strip_prefix("python3.")
-                        .and_then(|m| m.parse::<u8>().ok())
-                        .is_some_and(|m| m >= 9)
-                })
-                .collect();
-            exes.sort();
-            found.extend(exes.into_iter().take(1));
-        }
-    }
-    assert!(!found.is_empty(), "no CPython interpreter found to test");
-    found
 }
 
 /// One workload run under one interpreter.
 struct Run {
-    python: PathBuf,
+    python: Interpreter,
     pid: String,
     folded: Vec<(String, u64)>,
 }
 
-fn minor_version(python: &Path) -> u8 {
-    let out = Command::new(python)
-        .args(["-c", "import sys; print(sys.version_info[1])"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+impl Run {
+    /// The workload's path as the profiled process knows it, which is what frames show.
+    fn file(&self) -> String {
+        self.python.workload(WORKLOAD).display().to_string()
+    }
 }
 
 /// Runs `mode` for `seconds` under every interpreter. Versions with a layout must yield Python
@@ -83,29 +49,29 @@ fn profile_each(daemon: &Daemon, mode: &str, seconds: &str) -> Vec<Run> {
     let mut out = Vec::new();
     for python in interpreters() {
         let mut child =
-            Command::new(&python).arg(workload()).args([mode, seconds]).spawn().unwrap();
+            python.command().arg(python.workload(WORKLOAD)).args([mode, seconds]).spawn().unwrap();
         let pid = child.id().to_string();
-        assert!(child.wait().unwrap().success(), "{} {mode}", python.display());
+        assert!(child.wait().unwrap().success(), "{} {mode}", python.name());
         std::thread::sleep(Duration::from_millis(1200));
-        let minor = minor_version(&python);
-        if !profiler_daemon::python::is_supported(3, minor) {
+        if !python.supported() {
             let status = daemon.ctl_ok(&["status"]);
             let line =
                 status.lines().find(|l| l.contains(&format!("pid {pid} "))).unwrap_or_default();
             assert!(
                 line.contains("native stacks only"),
                 "{}: an unsupported version is reported as such:\n{status}",
-                python.display()
+                python.name()
             );
             eprintln!(
-                "{}: 3.{minor} has no layout yet; checked that it degrades to native stacks",
-                python.display()
+                "{}: no layout; checked that it degrades to native stacks: {line}",
+                python.name()
             );
             continue;
         }
         let folded = parse_folded(
             &daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid, "--since", "5m"]),
         );
+        eprintln!("{}: {mode}: {} samples", python.name(), total(&folded));
         out.push(Run { python, pid, folded });
     }
     assert!(!out.is_empty(), "no supported interpreter was tested");
@@ -134,8 +100,9 @@ fn python_functions_chains_and_the_hot_line() {
     let dir = scratch("python_hot");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
     let hot = marked_line("hot");
-    let file = workload().display().to_string();
-    for Run { python, pid, folded } in profile_each(&daemon, "hot", "3") {
+    for run in profile_each(&daemon, "hot", "3") {
+        let file = run.file();
+        let Run { python, pid, folded } = run;
         // The line_profiler-style table puts the marked line first by hits, with its source.
         let lines = daemon.ctl_ok(&[
             "query",
@@ -155,8 +122,28 @@ fn python_functions_chains_and_the_hot_line() {
             })
             .collect();
         let top = rows.iter().max_by_key(|r| r.1).map(|r| r.0);
-        assert_eq!(top, Some(hot), "{}:\n{lines}", python.display());
-        assert!(lines.contains("total += i * i  # LINE:hot"), "{}:\n{lines}", python.display());
+        assert_eq!(top, Some(hot), "{}:\n{lines}", python.name());
+        // profctl shows the source of files it can read; a file in another root is not
+        // readable by its path from here.
+        if python.root.is_none() {
+            assert!(lines.contains("total += i * i  # LINE:hot"), "{}:\n{lines}", python.name());
+        }
+        if let Some(root) = &python.root {
+            // The process in another root is labelled with its own executable path.
+            let exe = format!("exe={}", python.exe.display());
+            let own = parse_folded(&daemon.ctl_ok(&[
+                "query",
+                "--format",
+                "folded",
+                "--since",
+                "5m",
+                "-s",
+                &format!("pid={pid},{exe}"),
+            ]));
+            assert_eq!(total(&own), total(&folded), "{}: {exe}", python.name());
+            let status = daemon.ctl_ok(&["status"]);
+            assert!(!status.contains(&*root.to_string_lossy()), "{}:\n{status}", python.name());
+        }
         let all = total(&folded);
         let chain = format!(
             "<module> ({file}:{});main ({file}:{});hot_outer ({file}:",
@@ -165,17 +152,17 @@ fn python_functions_chains_and_the_hot_line() {
         );
         let in_chain = matching(&folded, |s| s.contains(&chain) && s.contains(";spin_until ("));
         let on_hot_line = matching(&folded, |s| s.ends_with(&format!("hot_inner ({file}:{hot})")));
-        assert!(all > 300, "{}: {all} samples", python.display());
+        assert!(all > 300, "{}: {all} samples\n{}", python.name(), dump(&folded));
         assert!(
             in_chain * 10 > all * 9,
             "{}: {in_chain} of {all} under {chain}\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
         assert!(
             on_hot_line * 2 > all,
             "{}: {on_hot_line} of {all} on line {hot}\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
     }
@@ -188,8 +175,7 @@ fn marked_line_of(text: &str) -> u32 {
 }
 
 fn line_containing(text: &str) -> u32 {
-    let src = std::fs::read_to_string(workload()).unwrap();
-    src.lines().position(|l| l.contains(text)).expect("text in workload.py") as u32 + 1
+    workload_text().lines().position(|l| l.contains(text)).expect("text in workload.py") as u32 + 1
 }
 
 #[test]
@@ -207,7 +193,7 @@ fn python_recursion_deeper_than_the_limit_is_marked_truncated() {
         assert!(
             deep * 10 > all * 8,
             "{}: {deep} of {all} deep and truncated\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
     }
@@ -226,7 +212,7 @@ fn python_threads_generators_and_coroutines() {
         assert!(
             a > 30 && b > 30,
             "{}: worker_a {a}, worker_b {b}\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
     }
@@ -236,11 +222,11 @@ fn python_threads_generators_and_coroutines() {
                 && s.contains(";gen_work (")
                 && s.contains(";hot_inner (")
         });
-        assert!(n * 10 > total(&folded) * 8, "{}: {n}\n{}", python.display(), dump(&folded));
+        assert!(n * 10 > total(&folded) * 8, "{}: {n}\n{}", python.name(), dump(&folded));
     }
     for Run { python, folded, .. } in profile_each(&daemon, "asyncio", "2") {
         let n = matching(&folded, |s| s.contains(";coro_work (") && s.contains(";hot_inner ("));
-        assert!(n * 10 > total(&folded) * 7, "{}: {n}\n{}", python.display(), dump(&folded));
+        assert!(n * 10 > total(&folded) * 7, "{}: {n}\n{}", python.name(), dump(&folded));
     }
 }
 
@@ -263,7 +249,7 @@ fn the_main_thread_behind_a_thousand_newer_threads_is_found() {
         assert!(
             hot > 50 && hot * 10 > total(&main) * 8,
             "{}: {hot} of the main thread's {} samples in hot_outer\n{}",
-            python.display(),
+            python.name(),
             total(&main),
             dump(&main)
         );
@@ -292,7 +278,7 @@ fn a_c_extension_leaf_sits_on_its_python_caller() {
         assert!(
             native_on_top * 10 > all,
             "{}: {native_on_top} of {all}\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
         let misordered = matching(&folded, |s| {
@@ -305,7 +291,7 @@ fn a_c_extension_leaf_sits_on_its_python_caller() {
             misordered,
             0,
             "{}: native frames below Python frames\n{}",
-            python.display(),
+            python.name(),
             dump(&folded)
         );
     }
@@ -319,18 +305,19 @@ fn python_cpu_shares_match_self_measured_truth() {
     let dir = scratch("python_accuracy");
     let daemon = Daemon::start(&dir, &["--frequency", "999"]);
     for python in interpreters() {
-        if !profiler_daemon::python::is_supported(3, minor_version(&python)) {
+        if !python.supported() {
             continue;
         }
-        let child = Command::new(&python)
-            .arg(workload())
+        let child = python
+            .command()
+            .arg(python.workload(WORKLOAD))
             .args(["accuracy", "4"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let pid = child.id().to_string();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", python.display());
+        assert!(out.status.success(), "{}", python.name());
         let truth: std::collections::HashMap<String, f64> = String::from_utf8_lossy(&out.stdout)
             .trim()
             .trim_matches(|c| c == '{' || c == '}')
@@ -343,21 +330,21 @@ fn python_cpu_shares_match_self_measured_truth() {
         std::thread::sleep(Duration::from_millis(1200));
         let folded = parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid]));
         let all = total(&folded);
-        assert!(all >= 3000, "{}: {all} samples\n{}", python.display(), dump(&folded));
+        assert!(all >= 3000, "{}: {all} samples\n{}", python.name(), dump(&folded));
         for name in ["work_a", "work_b", "work_c"] {
             let sampled =
                 matching(&folded, |s| s.contains(&format!(";{name} ("))) as f64 / all as f64;
             let expected = truth[name] / truth["process"];
             eprintln!(
                 "{}: {name} sampled {:.1}%, measured {:.1}%",
-                python.display(),
+                python.name(),
                 100.0 * sampled,
                 100.0 * expected
             );
             assert!(
                 (sampled - expected).abs() < 0.03,
                 "{}: {name} sampled {sampled:.3} vs self-measured {expected:.3}\n{}",
-                python.display(),
+                python.name(),
                 dump(&folded)
             );
         }
@@ -384,11 +371,12 @@ fn python_calls_through_map_are_counted_exactly() {
     let daemon = Daemon::start(&dir, &["--python-calls-budget", "100000000"]);
     let cb = format!("workload.py:{}(cb)", marked_line("cb"));
     for python in interpreters() {
-        if !profiler_daemon::python::is_supported(3, minor_version(&python)) {
+        if !python.supported() {
             continue;
         }
-        let mut child = Command::new(&python)
-            .arg(workload())
+        let mut child = python
+            .command()
+            .arg(python.workload(WORKLOAD))
             .args(["calls", &N.to_string()])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
@@ -411,14 +399,14 @@ fn python_calls_through_map_are_counted_exactly() {
         std::thread::sleep(Duration::from_millis(2500));
         let top = daemon.ctl_ok(&["query", "--pid", &pid, "--sort", "ncalls", "--since", "5m"]);
         let (ncalls, _) = calls_row(&top, &cb)
-            .unwrap_or_else(|| panic!("{}: no row for {cb}:\n{top}", python.display()));
-        assert_eq!(ncalls, N.to_string(), "{}:\n{top}", python.display());
+            .unwrap_or_else(|| panic!("{}: no row for {cb}:\n{top}", python.name()));
+        assert_eq!(ncalls, N.to_string(), "{}:\n{top}", python.name());
         assert!(top.contains("* estimated: samples x"), "{top}");
         let disabled = daemon.ctl_ok(&["calls", "disable", "--pid", &pid]);
         assert!(disabled.contains("stopped counting"), "{disabled}");
         drop(stdin);
         assert!(child.wait().unwrap().success());
-        eprintln!("{}: {ncalls} calls of cb counted", python.display());
+        eprintln!("{}: {ncalls} calls of cb counted", python.name());
     }
     // Clear refusals for what cannot be counted.
     let mut native = Command::new("sleep").arg("30").spawn().unwrap();
@@ -440,7 +428,8 @@ fn the_call_budget_detaches_a_busy_process_and_says_why() {
     let dir = scratch("python_call_budget");
     let daemon = Daemon::start(&dir, &["--python-calls", "all", "--python-calls-budget", "2000"]);
     let python = interpreters().remove(0);
-    let mut child = Command::new(&python).arg(workload()).args(["callbacks", "4"]).spawn().unwrap();
+    let mut child =
+        python.command().arg(python.workload(WORKLOAD)).args(["callbacks", "4"]).spawn().unwrap();
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(3000));
     let status = daemon.ctl_ok(&["status"]);
@@ -449,7 +438,7 @@ fn the_call_budget_detaches_a_busy_process_and_says_why() {
     assert!(
         line.contains("call counting stopped") && line.contains("over the budget of 2000/s"),
         "{}: {status}\n{}",
-        python.display(),
+        python.name(),
         daemon.log()
     );
     // What was counted before the detach is kept.
@@ -463,20 +452,21 @@ fn the_call_budget_detaches_a_busy_process_and_says_why() {
 #[test]
 fn shared_libpython_launchers_are_recognized() {
     let mut shared = 0;
-    for python in interpreters() {
+    for it in interpreters().into_iter().filter(|it| it.root.is_none()) {
+        let python = &it.exe;
         let Some(prefix) = python.parent().and_then(Path::parent) else { continue };
         let has_libpython = std::fs::read_dir(prefix.join("lib")).is_ok_and(|entries| {
             entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libpython3."))
         });
         let linked = Command::new("ldd")
-            .arg(&python)
+            .arg(python)
             .output()
             .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libpython3."));
         assert_eq!(
-            profiler_daemon::python::needs_libpython(&python),
+            profiler_daemon::python::needs_libpython(python),
             has_libpython && linked,
             "{}",
-            python.display()
+            it.name()
         );
         shared += usize::from(linked);
     }

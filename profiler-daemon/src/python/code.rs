@@ -127,6 +127,13 @@ impl CodeCache {
         }))
     }
 
+    /// Reads the code objects of `frames` into the cache now, while the process runs.
+    pub fn prefetch(&mut self, pid: u32, py: &PythonProcess, frames: &[PyFrame]) {
+        for raw in frames {
+            let _ = self.code(pid, py, raw.code_addr());
+        }
+    }
+
     fn code(
         &mut self,
         pid: u32,
@@ -138,7 +145,13 @@ impl CodeCache {
             if info.checked.elapsed() < RECHECK_AFTER {
                 return Ok(info.clone());
             }
-            let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
+            let header = match memory::read_vec(pid, addr, layout.code.header_len as usize) {
+                Ok(header) => header,
+                // The process is gone, so the address was not reused: its last samples, still
+                // being symbolized, keep their names.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(info.clone()),
+                Err(e) => return Err(e.into()),
+            };
             if header == info.header {
                 let fresh = Arc::new(CodeInfo {
                     qualname: info.qualname.clone(),
@@ -180,7 +193,7 @@ fn instruction_offset(layout: &Layout, code_addr: u64, instr: u64) -> Option<u64
 fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeError> {
     let layout = &py.layout;
     let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
-    if memory::u64_at(&header, 8) != py.code_type {
+    if memory::u64_at(&header, layout.objects.ob_type) != py.code_type {
         return Err(CodeError::NotCode);
     }
     let c = &layout.code;
@@ -237,4 +250,49 @@ fn read_bytes(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<Vec<u8>, Co
     }
     let size = memory::read_u64(pid, addr + u64::from(objects.bytes_size))?.min(MAX_LINETABLE);
     Ok(memory::read_vec(pid, addr + u64::from(objects.bytes_data), size as usize)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::{Linkage, layout};
+
+    fn python() -> PythonProcess {
+        PythonProcess {
+            version: (3, 11, 2),
+            linkage: Linkage::Static,
+            layout_source: "offsets from table",
+            layout: layout::table(3, 11).unwrap(),
+            code_type: 0,
+            interp: 0,
+            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
+            interpreter_path: "/usr/bin/python3.11".into(),
+            eval_frame_offset: None,
+        }
+    }
+
+    #[test]
+    fn a_gone_process_keeps_the_names_it_had() {
+        if crate::host::skip_under_qemu_user(
+            "a_gone_process_keeps_the_names_it_had",
+            "qemu-user does not emulate process_vm_readv",
+        ) {
+            return;
+        }
+        let gone = 999_999_999;
+        let mut cache = CodeCache::new(NonZeroUsize::new(4).unwrap());
+        let info = CodeInfo {
+            qualname: "Worker.run".into(),
+            filename: "/srv/app.py".into(),
+            first_line: 10,
+            linetable: Vec::new(),
+            header: vec![0; 8],
+            checked: Instant::now().checked_sub(RECHECK_AFTER * 2).unwrap(),
+        };
+        cache.codes.put((gone, 0x1000), Arc::new(info));
+        let frame = cache.function(gone, &python(), 0x1000).expect("kept after the exit");
+        assert_eq!(&*frame.function, "Worker.run");
+        // Never read, it cannot be named.
+        assert!(cache.function(gone, &python(), 0x2000).is_none());
+    }
 }

@@ -25,7 +25,7 @@ pub struct CodeLayout {
     pub filename: u32,
     /// `co_name`.
     pub name: u32,
-    /// `co_qualname` (3.11+).
+    /// `co_qualname` (3.11+; 3.9 and 3.10 show `co_name`).
     pub qualname: Option<u32>,
     /// `co_firstlineno` (an `int`).
     pub firstlineno: u32,
@@ -37,12 +37,15 @@ pub struct CodeLayout {
     pub header_len: u32,
 }
 
-/// Where the fields of strings and bytes are.
+/// Where the fields of objects, strings and bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectLayout {
+    /// `PyObject.ob_type` (8, or 24 in free-threaded builds).
+    pub ob_type: u32,
     /// `PyASCIIObject.length`.
     pub unicode_length: u32,
-    /// `PyASCIIObject.state` (kind in bits 2-4, compact bit 5, ascii bit 6).
+    /// `PyASCIIObject.state` (kind in bits 2-4, compact bit 5, ascii bit 6; 3.13's free-threaded
+    /// build packs them the same way).
     pub unicode_state: u32,
     /// `sizeof(PyASCIIObject)`: where compact ASCII data starts.
     pub ascii_data: u32,
@@ -75,6 +78,7 @@ pub struct Layout {
 }
 
 const OBJECTS_39_311: ObjectLayout = ObjectLayout {
+    ob_type: 8,
     unicode_length: 16,
     unicode_state: 32,
     ascii_data: 48,
@@ -190,6 +194,7 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
 
 /// From 3.12 on, `PyASCIIObject` lost its `wstr` pointer.
 pub const OBJECTS_312: ObjectLayout = ObjectLayout {
+    ob_type: 8,
     unicode_length: 16,
     unicode_state: 32,
     ascii_data: 40,

@@ -20,13 +20,13 @@ use std::{
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use procfs::process::{MMapPath, Process};
 
-use crate::host::{FileKey, readable_path};
+use crate::host::{FileKey, own_path, readable_file, readable_path};
 use layout::Layout;
 
-/// Whether CPython `major.minor` gets Python stacks: a built-in layout, or 3.13+ (which
-/// describes itself in `_Py_DebugOffsets`).
+/// Whether CPython `major.minor` (a release, built with the GIL) gets Python stacks: a
+/// built-in layout, or a parse table for the `_Py_DebugOffsets` it describes itself in.
 pub fn is_supported(major: u8, minor: u8) -> bool {
-    layout::table(major, minor).is_some() || (major, minor) >= (3, 13)
+    layout::table(major, minor).is_some() || debug_offsets::knows(major, minor)
 }
 
 /// Micro version when only the file name told the version (3.9 and 3.10 lack `Py_Version`).
@@ -139,7 +139,16 @@ fn candidates(pid: u32, exe: &str) -> Vec<Candidate> {
     let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
     };
-    let maps: Vec<_> = maps.into_iter().collect();
+    let root = crate::host::process_root(pid);
+    let maps: Vec<_> = maps
+        .into_iter()
+        .map(|mut m| {
+            if let MMapPath::Path(p) = &m.pathname {
+                m.pathname = MMapPath::Path(own_path(root.as_deref(), p));
+            }
+            m
+        })
+        .collect();
     // Only files the process executes code from: the daemon itself, for one, maps interpreter
     // files read-only to symbolize them.
     let executed: Vec<&PathBuf> = maps
@@ -269,7 +278,7 @@ impl Detector {
         }
         detect(pid, exe, |candidate| {
             *self.symbols.entry(candidate.key).or_insert_with(|| {
-                readable_path(pid, &candidate.path).and_then(|p| read_symbols(&p))
+                readable_file(pid, &candidate.path, candidate.key).and_then(|p| read_symbols(&p))
             })
         })
     }
@@ -357,14 +366,16 @@ fn describe(
     };
     let runtime = symbols.runtime.wrapping_add(bias);
     let (version, layout, layout_source) = if (version.0, version.1) >= (3, 13) {
-        let (version, layout) = debug_offsets::read(pid, runtime)?;
-        (version, layout, "offsets from _Py_DebugOffsets")
+        let (head, layout) = debug_offsets::read(pid, runtime).map_err(|e| e.to_string())?;
+        let source = if head.free_threaded {
+            "free-threaded, offsets from _Py_DebugOffsets"
+        } else {
+            "offsets from _Py_DebugOffsets"
+        };
+        (head.version(), layout, source)
     } else {
         let layout = layout::table(version.0, version.1).ok_or_else(|| {
-            format!(
-                "CPython {}.{}.{} is not supported yet (native stacks only)",
-                version.0, version.1, version.2
-            )
+            format!("CPython {}.{}.{} is not supported yet", version.0, version.1, version.2)
         })?;
         (version, layout, "offsets from table")
     };
