@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod export;
 pub mod function_ranges;
+pub mod kernel;
 pub mod loader;
 pub mod metrics;
 pub mod pods;

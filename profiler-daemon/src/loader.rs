@@ -1,9 +1,9 @@
 //! Loading and attaching the kernel programs.
 //!
-//! [`Sampler::load`] checks privileges and BTF first, so that the common failures get an
-//! actionable message rather than a raw errno. Dropping the [`Sampler`] detaches every program.
+//! [`Sampler::load`] checks privileges, the kernel's version and BTF first, so that the common
+//! failures get an actionable message rather than a raw errno or a verifier log. Dropping the [`Sampler`] detaches every program.
 
-use std::{collections::HashMap, io, num::NonZeroU32, path::Path};
+use std::{collections::HashMap, io, num::NonZeroU32, path::Path, time::Instant};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -18,6 +18,8 @@ use aya::{
 use profiler_common::{counters::Counter, python::CallKey};
 use thiserror::Error;
 use tracing::{info, warn};
+
+use crate::kernel::{self, KernelError};
 
 /// The kernel object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -51,6 +53,9 @@ pub enum LoadError {
         /// The capabilities that are missing.
         missing: String,
     },
+    /// The kernel is too old for the programs.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The kernel exposes no BTF.
     #[error(
         "the kernel has no BTF ({BTF_PATH} is missing): profilerd needs a kernel built with \
@@ -129,7 +134,9 @@ pub fn kernel_cost(program_id: u32) -> Option<KernelCost> {
 impl Sampler {
     /// Loads the programs and attaches one `cpu-clock` perf event per online CPU.
     pub fn load(config: &SamplerConfig) -> Result<Sampler, LoadError> {
+        let started = Instant::now();
         check_privileges(effective_capabilities())?;
+        require_kernel()?;
         if !Path::new(BTF_PATH).exists() {
             return Err(LoadError::NoBtf);
         }
@@ -188,7 +195,12 @@ impl Sampler {
                 warn!(error = %e, "could not enable BPF run-time statistics");
                 None
             });
-        info!(cpus = cpus.len(), frequency = config.frequency, "sampler attached");
+        info!(
+            cpus = cpus.len(),
+            frequency = config.frequency,
+            load_ms = started.elapsed().as_millis(),
+            "sampler attached"
+        );
         Ok(Sampler {
             ebpf,
             cpus,
@@ -366,6 +378,20 @@ fn check_privileges(caps: u64) -> Result<(), LoadError> {
 /// Fails with the missing capabilities named, before anything else is set up.
 pub fn require_privileges() -> Result<(), LoadError> {
     check_privileges(effective_capabilities())
+}
+
+/// Fails when the running kernel is older than the programs need, naming its release and what
+/// it lacks. A release that cannot be read or parsed passes (see [`kernel::check_release`]).
+pub fn require_kernel() -> Result<(), LoadError> {
+    let Some(release) = kernel::running_release() else {
+        warn!("could not read the kernel release; not checking the kernel version");
+        return Ok(());
+    };
+    match kernel::check_release(&release)? {
+        Some(version) => info!(%release, %version, "kernel version supported"),
+        None => warn!(%release, "unrecognized kernel release; not checking the kernel version"),
+    }
+    Ok(())
 }
 
 /// Whether BPF privileges are present; used by tests to decide whether to skip.
