@@ -53,6 +53,19 @@ pub enum LoadError {
         /// The capabilities that are missing.
         missing: String,
     },
+    /// `perf_event_open` was refused by a distribution's `perf_event_paranoid` level above 2,
+    /// which only `CAP_SYS_ADMIN` passes.
+    #[error(
+        "the kernel refused the cpu-clock perf event: kernel.perf_event_paranoid is {level}, a \
+         Debian and Ubuntu restriction above upstream's highest level (2) that only CAP_SYS_ADMIN \
+         passes, not CAP_PERFMON. Set it to 2 (`sysctl -w kernel.perf_event_paranoid=2`, and a \
+         line `kernel.perf_event_paranoid = 2` in /etc/sysctl.d/ to keep it), or run profilerd \
+         as root"
+    )]
+    PerfParanoid {
+        /// The sysctl's value.
+        level: i64,
+    },
     /// The kernel is too old for the programs.
     #[error(transparent)]
     Kernel(#[from] KernelError),
@@ -441,7 +454,27 @@ fn attach_error(frequency: u64, cpu: u32, source: ProgramError) -> LoadError {
         .and_then(|s| s.trim().parse::<u64>().ok());
     match max {
         Some(max) if frequency > max => LoadError::Frequency { frequency, max },
-        _ => privileges_or(source, |source| LoadError::Attach { cpu, source }),
+        _ if is_permission_error(&source) => {
+            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok());
+            paranoid_refusal(paranoid, effective_capabilities()).unwrap_or_else(|| {
+                privileges_or(source, |source| LoadError::Attach { cpu, source })
+            })
+        }
+        _ => LoadError::Attach { cpu, source },
+    }
+}
+
+/// Debian and Ubuntu kernels add `perf_event_paranoid` levels above upstream's 2 (Debian's
+/// default is 3) at which `perf_event_open` needs `CAP_SYS_ADMIN`: a refusal there is that
+/// setting, not a missing `CAP_PERFMON`.
+fn paranoid_refusal(level: Option<i64>, caps: u64) -> Option<LoadError> {
+    match level {
+        Some(level) if level > 2 && caps & (1 << CAP_SYS_ADMIN) == 0 => {
+            Some(LoadError::PerfParanoid { level })
+        }
+        _ => None,
     }
 }
 
@@ -463,6 +496,20 @@ mod tests {
         assert!(err.contains("Run it as root"), "{err}");
         let err = check_privileges(1 << CAP_SYS_ADMIN).unwrap_err().to_string();
         assert!(err.contains("missing CAP_SYS_PTRACE)"), "{err}");
+    }
+
+    #[test]
+    fn a_refusal_above_paranoid_2_without_cap_sys_admin_names_the_sysctl() {
+        let perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE);
+        let err = paranoid_refusal(Some(3), perfmon).unwrap().to_string();
+        assert!(err.contains("kernel.perf_event_paranoid is 3"), "{err}");
+        assert!(err.contains("sysctl -w kernel.perf_event_paranoid=2"), "{err}");
+        assert!(paranoid_refusal(Some(4), perfmon).is_some());
+        // Upstream levels, CAP_SYS_ADMIN, or an unreadable sysctl: some other cause.
+        assert!(paranoid_refusal(Some(2), perfmon).is_none());
+        assert!(paranoid_refusal(Some(-1), perfmon).is_none());
+        assert!(paranoid_refusal(Some(3), perfmon | (1 << CAP_SYS_ADMIN)).is_none());
+        assert!(paranoid_refusal(None, perfmon).is_none());
     }
 
     #[test]
