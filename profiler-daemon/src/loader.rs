@@ -136,12 +136,24 @@ pub struct KernelCost {
 }
 
 /// The statistics of program `id`; zero unless BPF statistics are enabled (`--bpf-stats` or
-/// the `kernel.bpf_stats_enabled` sysctl).
+/// the `kernel.bpf_stats_enabled` sysctl). Read from the fdinfo of the daemon's own descriptor
+/// of the program: listing the kernel's programs by id needs CAP_SYS_ADMIN, which the systemd
+/// unit does not grant.
 pub fn kernel_cost(program_id: u32) -> Option<KernelCost> {
-    aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id).map(|p| KernelCost {
-        run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
-        run_count: p.run_count(),
+    std::fs::read_dir("/proc/self/fdinfo").ok()?.flatten().find_map(|entry| {
+        std::fs::read_to_string(entry.path()).ok().and_then(|t| fdinfo_cost(&t, program_id))
     })
+}
+
+/// The run-time statistics in a BPF program descriptor's fdinfo, if it is program `id`'s.
+fn fdinfo_cost(fdinfo: &str, program_id: u32) -> Option<KernelCost> {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if field("prog_id:")? != u64::from(program_id) {
+        return None;
+    }
+    Some(KernelCost { run_time_ns: field("run_time_ns:")?, run_count: field("run_cnt:")? })
 }
 
 impl Sampler {
@@ -510,6 +522,21 @@ mod tests {
         assert!(paranoid_refusal(Some(-1), perfmon).is_none());
         assert!(paranoid_refusal(Some(3), perfmon | (1 << CAP_SYS_ADMIN)).is_none());
         assert!(paranoid_refusal(None, perfmon).is_none());
+    }
+
+    #[test]
+    fn kernel_cost_comes_from_the_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2059\nprog_type:\t7\n\
+                      prog_jited:\t1\nprog_tag:\tab15a0c4218f2564\nmemlock:\t8192\n\
+                      prog_id:\t371\nrun_time_ns:\t1234567\nrun_cnt:\t890\n\
+                      recursion_misses:\t0\nverified_insns:\t1523\n";
+        assert_eq!(
+            fdinfo_cost(fdinfo, 371),
+            Some(KernelCost { run_time_ns: 1_234_567, run_count: 890 })
+        );
+        assert_eq!(fdinfo_cost(fdinfo, 372), None);
+        // A map's or a file's fdinfo.
+        assert_eq!(fdinfo_cost("pos:\t0\nflags:\t02\nmap_type:\t27\nmap_id:\t371\n", 371), None);
     }
 
     #[test]
