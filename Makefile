@@ -86,3 +86,20 @@ install: build
 .PHONY: cross-aarch64
 cross-aarch64: setup
 	./.ci/cross-aarch64
+
+# The Debian package (cargo-deb, pinned; metadata in profiler-daemon/Cargo.toml): the release
+# binaries, the systemd unit, the example config and the service user; enables nothing.
+# Writes target/debian/profiler_VERSION-1_ARCH.deb.
+CARGO_DEB_VERSION := 3.8.0
+.PHONY: deb
+deb: build
+	$(CARGO) deb --version 2>/dev/null | grep -qx 'cargo-deb $(CARGO_DEB_VERSION)' || \
+		$(CARGO) install cargo-deb --version $(CARGO_DEB_VERSION) --locked
+	$(CARGO) deb -p profiler-daemon --no-build
+
+# The kernel matrix (.ci/kernel-matrix): Debian's kernels from 5.10 to sid's under QEMU, the
+# package under systemd in a Debian guest, and trixie's arm64 kernel with the aarch64 build.
+.PHONY: kernel-matrix
+kernel-matrix: deb cross-aarch64
+	$(call STEP,kernel matrix)
+	./.ci/kernel-matrix

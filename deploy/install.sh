@@ -37,10 +37,12 @@ install -d -m 0755 "$bin" "$(dirname "$unit")" "$(dirname "$config")" "$doc"
 install -m 0755 "$BIN_DIR/profilerd" "$BIN_DIR/profctl" "$bin/"
 say "installed $bin/profilerd and $bin/profctl"
 
-# The unit names /usr/local; a different PREFIX moves ExecStart and Documentation with it.
+# The unit names the Debian package's /usr; PREFIX moves ExecStart and Documentation.
 tmp="$(mktemp)"
 trap 'rm -f "$tmp"' EXIT
-sed "s|/usr/local/|${PREFIX%/}/|g" "$REPO/deploy/systemd/profilerd.service" >"$tmp"
+sed -e "s|=/usr/bin/profilerd|=${PREFIX%/}/bin/profilerd|" \
+  -e "s|///usr/share/doc/profiler/|//${PREFIX%/}/share/doc/profiler/|" \
+  "$REPO/deploy/systemd/profilerd.service" >"$tmp"
 install -m 0644 "$tmp" "$unit"
 say "installed $unit"
 

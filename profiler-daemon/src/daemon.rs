@@ -91,6 +91,7 @@ pub async fn run(
     let endpoint = GrpcEndpoint::from_args(&args)?;
     let pods = pods::configure(args.kubernetes, args.node_name.clone()).await?;
     crate::loader::require_privileges()?;
+    crate::loader::require_kernel()?;
     // The store next: a damaged or locked store should stop the daemon before it attaches.
     let store = Arc::new(Store::open(
         &args.data_dir,

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod export;
 pub mod function_ranges;
 pub mod host;
+pub mod kernel;
 pub mod loader;
 pub mod metrics;
 pub mod pods;

@@ -1,9 +1,9 @@
 //! Loading and attaching the kernel programs.
 //!
-//! [`Sampler::load`] checks privileges and BTF first, so that the common failures get an
-//! actionable message rather than a raw errno. Dropping the [`Sampler`] detaches every program.
+//! [`Sampler::load`] checks privileges, the kernel's version and BTF first, so that the common
+//! failures get an actionable message rather than a raw errno or a verifier log. Dropping the [`Sampler`] detaches every program.
 
-use std::{collections::HashMap, io, num::NonZeroU32, path::Path};
+use std::{collections::HashMap, io, num::NonZeroU32, path::Path, time::Instant};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
@@ -18,6 +18,8 @@ use aya::{
 use profiler_common::{counters::Counter, python::CallKey};
 use thiserror::Error;
 use tracing::{info, warn};
+
+use crate::kernel::{self, KernelError};
 
 /// The kernel object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -51,6 +53,22 @@ pub enum LoadError {
         /// The capabilities that are missing.
         missing: String,
     },
+    /// `perf_event_open` was refused by a distribution's `perf_event_paranoid` level above 2,
+    /// which only `CAP_SYS_ADMIN` passes.
+    #[error(
+        "the kernel refused the cpu-clock perf event: kernel.perf_event_paranoid is {level}, a \
+         Debian and Ubuntu restriction above upstream's highest level (2) that only CAP_SYS_ADMIN \
+         passes, not CAP_PERFMON. Set it to 2 (`sysctl -w kernel.perf_event_paranoid=2`, and a \
+         line `kernel.perf_event_paranoid = 2` in /etc/sysctl.d/ to keep it), or run profilerd \
+         as root"
+    )]
+    PerfParanoid {
+        /// The sysctl's value.
+        level: i64,
+    },
+    /// The kernel is too old for the programs.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The kernel exposes no BTF.
     #[error(
         "the kernel has no BTF ({BTF_PATH} is missing): profilerd needs a kernel built with \
@@ -118,18 +136,32 @@ pub struct KernelCost {
 }
 
 /// The statistics of program `id`; zero unless BPF statistics are enabled (`--bpf-stats` or
-/// the `kernel.bpf_stats_enabled` sysctl).
+/// the `kernel.bpf_stats_enabled` sysctl). Read from the fdinfo of the daemon's own descriptor
+/// of the program: listing the kernel's programs by id needs CAP_SYS_ADMIN, which the systemd
+/// unit does not grant.
 pub fn kernel_cost(program_id: u32) -> Option<KernelCost> {
-    aya::programs::loaded_programs().flatten().find(|p| p.id() == program_id).map(|p| KernelCost {
-        run_time_ns: u64::try_from(p.run_time().as_nanos()).unwrap_or(u64::MAX),
-        run_count: p.run_count(),
+    std::fs::read_dir("/proc/self/fdinfo").ok()?.flatten().find_map(|entry| {
+        std::fs::read_to_string(entry.path()).ok().and_then(|t| fdinfo_cost(&t, program_id))
     })
+}
+
+/// The run-time statistics in a BPF program descriptor's fdinfo, if it is program `id`'s.
+fn fdinfo_cost(fdinfo: &str, program_id: u32) -> Option<KernelCost> {
+    let field = |name: &str| {
+        fdinfo.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    if field("prog_id:")? != u64::from(program_id) {
+        return None;
+    }
+    Some(KernelCost { run_time_ns: field("run_time_ns:")?, run_count: field("run_cnt:")? })
 }
 
 impl Sampler {
     /// Loads the programs and attaches one `cpu-clock` perf event per online CPU.
     pub fn load(config: &SamplerConfig) -> Result<Sampler, LoadError> {
+        let started = Instant::now();
         check_privileges(effective_capabilities())?;
+        require_kernel()?;
         if !Path::new(BTF_PATH).exists() {
             return Err(LoadError::NoBtf);
         }
@@ -201,7 +233,12 @@ impl Sampler {
                 warn!(error = %e, "could not enable BPF run-time statistics");
                 None
             });
-        info!(cpus = cpus.len(), frequency = config.frequency, "sampler attached");
+        info!(
+            cpus = cpus.len(),
+            frequency = config.frequency,
+            load_ms = started.elapsed().as_millis(),
+            "sampler attached"
+        );
         Ok(Sampler {
             ebpf,
             cpus,
@@ -381,6 +418,20 @@ pub fn require_privileges() -> Result<(), LoadError> {
     check_privileges(effective_capabilities())
 }
 
+/// Fails when the running kernel is older than the programs need, naming its release and what
+/// it lacks. A release that cannot be read or parsed passes (see [`kernel::check_release`]).
+pub fn require_kernel() -> Result<(), LoadError> {
+    let Some(release) = kernel::running_release() else {
+        warn!("could not read the kernel release; not checking the kernel version");
+        return Ok(());
+    };
+    match kernel::check_release(&release)? {
+        Some(version) => info!(%release, %version, "kernel version supported"),
+        None => warn!(%release, "unrecognized kernel release; not checking the kernel version"),
+    }
+    Ok(())
+}
+
 /// Whether BPF privileges are present; used by tests to decide whether to skip.
 pub fn has_bpf_privileges() -> bool {
     check_privileges(effective_capabilities()).is_ok() && Path::new(BTF_PATH).exists()
@@ -428,7 +479,27 @@ fn attach_error(frequency: u64, cpu: u32, source: ProgramError) -> LoadError {
         .and_then(|s| s.trim().parse::<u64>().ok());
     match max {
         Some(max) if frequency > max => LoadError::Frequency { frequency, max },
-        _ => privileges_or(source, |source| LoadError::Attach { cpu, source }),
+        _ if is_permission_error(&source) => {
+            let paranoid = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok());
+            paranoid_refusal(paranoid, effective_capabilities()).unwrap_or_else(|| {
+                privileges_or(source, |source| LoadError::Attach { cpu, source })
+            })
+        }
+        _ => LoadError::Attach { cpu, source },
+    }
+}
+
+/// Debian and Ubuntu kernels add `perf_event_paranoid` levels above upstream's 2 (Debian's
+/// default is 3) at which `perf_event_open` needs `CAP_SYS_ADMIN`: a refusal there is that
+/// setting, not a missing `CAP_PERFMON`.
+fn paranoid_refusal(level: Option<i64>, caps: u64) -> Option<LoadError> {
+    match level {
+        Some(level) if level > 2 && caps & (1 << CAP_SYS_ADMIN) == 0 => {
+            Some(LoadError::PerfParanoid { level })
+        }
+        _ => None,
     }
 }
 
@@ -450,6 +521,35 @@ mod tests {
         assert!(err.contains("Run it as root"), "{err}");
         let err = check_privileges(1 << CAP_SYS_ADMIN).unwrap_err().to_string();
         assert!(err.contains("missing CAP_SYS_PTRACE)"), "{err}");
+    }
+
+    #[test]
+    fn a_refusal_above_paranoid_2_without_cap_sys_admin_names_the_sysctl() {
+        let perfmon = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYS_PTRACE);
+        let err = paranoid_refusal(Some(3), perfmon).unwrap().to_string();
+        assert!(err.contains("kernel.perf_event_paranoid is 3"), "{err}");
+        assert!(err.contains("sysctl -w kernel.perf_event_paranoid=2"), "{err}");
+        assert!(paranoid_refusal(Some(4), perfmon).is_some());
+        // Upstream levels, CAP_SYS_ADMIN, or an unreadable sysctl: some other cause.
+        assert!(paranoid_refusal(Some(2), perfmon).is_none());
+        assert!(paranoid_refusal(Some(-1), perfmon).is_none());
+        assert!(paranoid_refusal(Some(3), perfmon | (1 << CAP_SYS_ADMIN)).is_none());
+        assert!(paranoid_refusal(None, perfmon).is_none());
+    }
+
+    #[test]
+    fn kernel_cost_comes_from_the_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t2059\nprog_type:\t7\n\
+                      prog_jited:\t1\nprog_tag:\tab15a0c4218f2564\nmemlock:\t8192\n\
+                      prog_id:\t371\nrun_time_ns:\t1234567\nrun_cnt:\t890\n\
+                      recursion_misses:\t0\nverified_insns:\t1523\n";
+        assert_eq!(
+            fdinfo_cost(fdinfo, 371),
+            Some(KernelCost { run_time_ns: 1_234_567, run_count: 890 })
+        );
+        assert_eq!(fdinfo_cost(fdinfo, 372), None);
+        // A map's or a file's fdinfo.
+        assert_eq!(fdinfo_cost("pos:\t0\nflags:\t02\nmap_type:\t27\nmap_id:\t371\n", 371), None);
     }
 
     #[test]

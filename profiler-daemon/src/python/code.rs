@@ -200,6 +200,7 @@ fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeEr
     let name_at = c.qualname.unwrap_or(c.name);
     let qualname = read_str(pid, &layout.objects, memory::u64_at(&header, name_at))?;
     let filename = read_str(pid, &layout.objects, memory::u64_at(&header, c.filename))?;
+    check_names(&qualname, &filename)?;
     let first_line = memory::u32_at(&header, c.firstlineno);
     let linetable = read_bytes(pid, &layout.objects, memory::u64_at(&header, c.linetable))?;
     Ok(CodeInfo {
@@ -210,6 +211,16 @@ fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeEr
         header,
         checked: Instant::now(),
     })
+}
+
+/// A code object is read after its frame was sampled, and a short-lived one (a module's body,
+/// run once by an import) may have been freed by then, its header intact but its name's memory
+/// reused: such names come back with NUL characters, which no Python name or path holds.
+fn check_names(qualname: &str, filename: &str) -> Result<(), CodeError> {
+    if qualname.contains('\0') || filename.contains('\0') {
+        return Err(CodeError::NotCode);
+    }
+    Ok(())
 }
 
 /// Reads a `str` object (compact ASCII or compact Latin-1/UCS-2/UCS-4).
@@ -294,5 +305,13 @@ mod tests {
         assert_eq!(&*frame.function, "Worker.run");
         // Never read, it cannot be named.
         assert!(cache.function(gone, &python(), 0x2000).is_none());
+    }
+
+    #[test]
+    fn names_with_nul_characters_are_a_freed_code_object() {
+        assert!(check_names("<module>", "/usr/lib/python3.11/ast.py").is_ok());
+        assert!(check_names("Handler.get", "").is_ok());
+        assert!(matches!(check_names("\0", "/usr/lib/python3.11/ast.py"), Err(CodeError::NotCode)));
+        assert!(matches!(check_names("main", "/srv/a\0pp.py"), Err(CodeError::NotCode)));
     }
 }
