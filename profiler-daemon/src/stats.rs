@@ -110,7 +110,7 @@ impl DropSnapshot {
     /// Adds another snapshot into this one.
     pub fn add(&mut self, other: &DropSnapshot) {
         for (i, slot) in self.0.iter_mut().enumerate() {
-            *slot += other.0[i];
+            *slot = slot.saturating_add(other.0[i]);
         }
     }
 

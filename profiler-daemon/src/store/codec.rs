@@ -121,20 +121,21 @@ pub struct WindowRecord {
 }
 
 impl WindowRecord {
-    /// Adds `other` into this record.
+    /// Adds `other` into this record. Counts saturate: a record read from a damaged file can
+    /// hold any values.
     pub fn merge(&mut self, other: &WindowRecord) {
         if self.windows == 0 {
             self.start_ns = other.start_ns;
         }
         self.start_ns = self.start_ns.min(other.start_ns);
         self.end_ns = self.end_ns.max(other.end_ns);
-        self.samples += other.samples;
-        self.windows += other.windows;
+        self.samples = self.samples.saturating_add(other.samples);
+        self.windows = self.windows.saturating_add(other.windows);
         if self.drops.len() < other.drops.len() {
             self.drops.resize(other.drops.len(), 0);
         }
         for (slot, d) in self.drops.iter_mut().zip(&other.drops) {
-            *slot += d;
+            *slot = slot.saturating_add(*d);
         }
         self.entries = merge_triples(&self.entries, &other.entries);
         self.calls = merge_triples(&self.calls, &other.calls);
@@ -159,7 +160,7 @@ fn merge_triples(x: &[u64], y: &[u64]) -> Vec<u64> {
             order.push((t[0], t[1]));
             0
         });
-        *slot += t[2];
+        *slot = slot.saturating_add(t[2]);
     }
     let mut out = Vec::with_capacity(order.len() * 3);
     for key in order {
@@ -477,6 +478,36 @@ impl Dictionary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_with_huge_counts_merge_without_overflow() {
+        // Found by the `store_codec` fuzz target: a record whose counts overflow when it is
+        // merged with itself, as a damaged file could hold.
+        let bytes = [
+            0x32, 0x32, 0x0a, 0xff, 0xff, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b,
+            0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0x05, 0x1a,
+            0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0xb1, 0xce, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a,
+            0x4a, 0x4a, 0x34, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x4a, 0x02, 0x1a, 0x00,
+            0x32, 0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00,
+        ];
+        let record = WindowRecord::decode(&bytes[..]).expect("it decodes");
+        let mut merged = record.clone();
+        merged.merge(&record);
+        assert!(merged.entries.chunks_exact(3).all(|t| t[2] >= 1));
+        let huge = WindowRecord {
+            samples: u64::MAX,
+            windows: u64::MAX,
+            drops: vec![u64::MAX],
+            entries: vec![1, 2, u64::MAX],
+            ..WindowRecord::default()
+        };
+        let mut sum = huge.clone();
+        sum.merge(&huge);
+        assert_eq!(
+            (sum.samples, sum.windows, sum.drops[0], sum.entries[2]),
+            (u64::MAX, u64::MAX, u64::MAX, u64::MAX)
+        );
+    }
 
     #[test]
     fn triples_merge_by_their_first_two_values() {

@@ -818,13 +818,16 @@ impl Accumulator {
     fn add(&mut self, r: &WindowRecord) {
         self.start_ns = Some(self.start_ns.map_or(r.start_ns, |s| s.min(r.start_ns)));
         self.end_ns = self.end_ns.max(r.end_ns);
-        self.windows += r.windows;
+        // Saturating: a damaged record can hold any counts.
+        self.windows = self.windows.saturating_add(r.windows);
         self.drops.add(&r.drop_snapshot());
         for t in r.entries.chunks_exact(3) {
-            *self.entries.entry((t[0], t[1])).or_insert(0) += t[2];
+            let slot = self.entries.entry((t[0], t[1])).or_insert(0);
+            *slot = slot.saturating_add(t[2]);
         }
         for t in r.calls.chunks_exact(3) {
-            *self.calls.entry((t[0], t[1])).or_insert(0) += t[2];
+            let slot = self.calls.entry((t[0], t[1])).or_insert(0);
+            *slot = slot.saturating_add(t[2]);
         }
     }
 
@@ -849,8 +852,9 @@ impl Accumulator {
             }
             match (dict.labels(labels), dict.stack(stack)) {
                 (Some(l), Some(s)) => {
-                    merged.samples += count;
-                    *merged.entries.entry((l.clone(), s.clone())).or_insert(0) += count;
+                    merged.samples = merged.samples.saturating_add(count);
+                    let slot = merged.entries.entry((l.clone(), s.clone())).or_insert(0);
+                    *slot = slot.saturating_add(count);
                 }
                 _ => damaged += 1,
             }
@@ -860,7 +864,8 @@ impl Accumulator {
                 continue;
             }
             if let (Some(l), Some(f)) = (dict.labels(labels), dict.frame(frame)) {
-                *merged.calls.entry((l.clone(), f.clone())).or_insert(0) += count;
+                let slot = merged.calls.entry((l.clone(), f.clone())).or_insert(0);
+                *slot = slot.saturating_add(count);
             }
         }
         if damaged > 0 {
