@@ -14,12 +14,13 @@ setup:
 	$(call STEP,setup)
 	./.ci/setup
 
-# What only the tests need: a free-threaded CPython 3.13 (.ci/build-pythons 3.13t) and Debian's
-# CPython 3.14 and 3.15 in a sid root (.ci/sid-root).
+# What only the tests and benchmarks need (.ci/setup-tests): the test CPythons (3.9, 3.13 and a
+# free-threaded 3.13 from Debian's sources; Debian's own 3.14 and 3.15 in a sid root), the
+# browser test's Chromium and speedscope, a protobuf decoder and py-spy. make run does not wait
+# for any of it.
 setup-tests: setup
 	$(call STEP,test setup)
-	./.ci/build-pythons 3.13t
-	./.ci/sid-root
+	./.ci/setup-tests
 
 build: setup
 	$(CARGO) build --release --bins
@@ -63,13 +64,13 @@ fuzz-long: setup
 	FUZZ_SECONDS=3600 ./.ci/fuzz
 
 # The peers benchmark (profiler-daemon/benches/peers): profilerd next to py-spy and perf.
-bench: setup
+bench: setup-tests
 	$(CARGO) bench -p profiler-daemon --bench peers
 
 # A few seconds per case, into target/bench-smoke: checks that the harness runs and writes a
 # well-formed report, never its timings. Built with the dev profile of the tests, so that CI
 # does not build everything a second time.
-bench-smoke: setup
+bench-smoke: setup-tests
 	mkdir -p target/bench-smoke
 	$(CARGO) bench --profile dev -p profiler-daemon --bench peers -- --smoke --out $(CURDIR)/target/bench-smoke/BENCHMARKS.md
 
