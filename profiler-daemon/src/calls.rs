@@ -235,7 +235,6 @@ impl CallTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::{Linkage, layout};
 
     #[derive(Debug, Default)]
     struct FakeProbes {
@@ -259,17 +258,7 @@ mod tests {
     }
 
     fn python(eval_frame_offset: Option<u64>) -> PythonProcess {
-        PythonProcess {
-            version: (3, 11, 2),
-            linkage: Linkage::Static,
-            layout_source: "offsets from table",
-            layout: layout::table(3, 11).unwrap(),
-            code_type: 0,
-            interp: 0,
-            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
-            interpreter_path: "/usr/bin/python3.11".into(),
-            eval_frame_offset,
-        }
+        PythonProcess::for_tests(eval_frame_offset)
     }
 
     fn key(tgid: u32, code: u64) -> CallKey {

@@ -266,20 +266,9 @@ fn read_bytes(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<Vec<u8>, Co
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::{Linkage, layout};
 
     fn python() -> PythonProcess {
-        PythonProcess {
-            version: (3, 11, 2),
-            linkage: Linkage::Static,
-            layout_source: "offsets from table",
-            layout: layout::table(3, 11).unwrap(),
-            code_type: 0,
-            interp: 0,
-            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
-            interpreter_path: "/usr/bin/python3.11".into(),
-            eval_frame_offset: None,
-        }
+        PythonProcess::for_tests(None)
     }
 
     #[test]

@@ -72,6 +72,22 @@ impl PythonProcess {
             (a, b, c) => format!("CPython {a}.{b}.{c}"),
         }
     }
+
+    /// A static CPython 3.11.2 with the 3.11 table and nothing in memory, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(eval_frame_offset: Option<u64>) -> PythonProcess {
+        PythonProcess {
+            version: (3, 11, 2),
+            linkage: Linkage::Static,
+            layout_source: "offsets from table",
+            layout: layout::table(3, 11).expect("a 3.11 table"),
+            code_type: 0,
+            interp: 0,
+            interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
+            interpreter_path: "/usr/bin/python3.11".into(),
+            eval_frame_offset,
+        }
+    }
 }
 
 impl fmt::Display for PythonProcess {
