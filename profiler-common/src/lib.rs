@@ -5,5 +5,6 @@
 #![no_std]
 
 pub mod counters;
+pub mod off_cpu;
 pub mod python;
 pub mod sample;

@@ -88,6 +88,17 @@ pub struct PyProcess {
     pub exec_id: u32,
     /// Explicit padding.
     pub _pad: u32,
+    /// Address of the GIL's `int locked` (1 while some thread holds it); 0 when the GIL is
+    /// unknown, and then every other `gil_*` address is 0 too.
+    pub gil_locked: u64,
+    /// Address of the GIL's `last_holder`, the holder's `PyThreadState *` while `locked` is 1.
+    pub gil_holder: u64,
+    /// Address of the GIL's condition variable `cond` (48 bytes): a thread waiting for the GIL
+    /// sleeps in `futex` on a word inside it.
+    pub gil_cond: u64,
+    /// Address of the GIL's `int enabled` in a free-threaded build, where the GIL exists only
+    /// while it is not 0; 0 in a build with a GIL.
+    pub gil_enabled: u64,
 }
 
 /// One recorded Python frame.
@@ -134,6 +145,20 @@ pub const FLAG_PY_TRUNCATED: u32 = 1 << 4;
 pub const FLAG_PY_NO_THREAD: u32 = 1 << 5;
 /// Header flag: reading the interpreter's memory failed part way.
 pub const FLAG_PY_READ_ERROR: u32 = 1 << 6;
+/// Header flag: whether the thread holds the GIL is known, and [`FLAG_PY_HOLDS_GIL`] says it:
+/// the process has a GIL (not a free-threaded build running without one), the thread's
+/// `PyThreadState` was found, and the GIL's state could be read.
+pub const FLAG_PY_GIL_KNOWN: u32 = 1 << 7;
+/// Header flag: the thread held the GIL (`locked` was 1 and `last_holder` was its
+/// `PyThreadState`) when the sample was taken; for an off-CPU record, when it left the CPU
+/// (blocked in C code that did not release it, or preempted).
+pub const FLAG_PY_HOLDS_GIL: u32 = 1 << 8;
+/// Header flag (off-CPU records): the thread left the CPU waiting for the GIL, asleep in a
+/// `futex` wait on a word of the GIL's condition variable.
+pub const FLAG_PY_GIL_WAIT: u32 = 1 << 9;
+/// Bytes of the GIL's condition variable (`pthread_cond_t` on Linux, glibc and musl, x86_64
+/// and aarch64).
+pub const GIL_COND_BYTES: u64 = 48;
 
 #[cfg(feature = "user")]
 // SAFETY: repr(C), no padding, any bit pattern valid.
@@ -144,5 +169,5 @@ unsafe impl aya::Pod for PyProcess {}
 unsafe impl aya::Pod for CallKey {}
 
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 80);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 112);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 16);

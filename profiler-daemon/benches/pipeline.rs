@@ -20,7 +20,8 @@ use std::{hint::black_box, sync::Arc};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use profiler_daemon::{
     aggregate::{
-        Frame, FrameKind, Labels, MergedProfile, Module, Stack, StackSample, Window, WindowBuilder,
+        Frame, FrameKind, Labels, MergedProfile, Mode, Module, SampleKind, Stack, StackSample,
+        Window, WindowBuilder,
     },
     export::{
         ProfileView, flamegraph, folded, pprof, speedscope,
@@ -167,6 +168,9 @@ fn samples() -> Vec<StackSample> {
             time_ns: 0,
             labels: labels[i % labels.len()].clone(),
             stack: stacks[(i / labels.len()) % stacks.len()].clone(),
+            kind: SampleKind::Cpu,
+            value: 10_101_010,
+            tid: 0,
         })
         .collect()
 }
@@ -344,7 +348,7 @@ fn merged(samples: &[StackSample]) -> MergedProfile {
             builder.close(start + WINDOW_NS, &stats.drops())
         })
         .collect();
-    MergedProfile::merge(&windows, &Selector::default())
+    MergedProfile::merge(&windows, &Selector::default(), Mode::Cpu, false)
 }
 
 fn formats(c: &mut Criterion) {

@@ -29,18 +29,19 @@ fn queries(c: &mut Criterion) {
         status.file_bytes as f64 / 24.0 / f64::from(1 << 20)
     );
     let end = start + WINDOWS_PER_DAY * 10 * S;
+    use profiler_daemon::aggregate::Mode;
     let all = Selector::default();
     let mut group = c.benchmark_group("store_query");
     group.sample_size(10);
     group.bench_function("last_1h_of_24h", |b| {
-        b.iter(|| black_box(store.merge(end - 3600 * S, end, &all).unwrap()));
+        b.iter(|| black_box(store.merge(end - 3600 * S, end, &all, Mode::Cpu).unwrap()));
     });
     group.bench_function("all_24h", |b| {
-        b.iter(|| black_box(store.merge(start, end, &all).unwrap()));
+        b.iter(|| black_box(store.merge(start, end, &all, Mode::Cpu).unwrap()));
     });
     let one: Selector = "pid=1003".parse().unwrap();
     group.bench_function("last_1h_of_24h_one_process", |b| {
-        b.iter(|| black_box(store.merge(end - 3600 * S, end, &one).unwrap()));
+        b.iter(|| black_box(store.merge(end - 3600 * S, end, &one, Mode::Cpu).unwrap()));
     });
     group.finish();
     // The worst case of a dictionary sweep: every record is read, and nothing is forgotten.

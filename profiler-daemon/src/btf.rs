@@ -1,18 +1,23 @@
 //! Struct member offsets from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
 //!
-//! The kernel program needs one kernel offset: where the user thread pointer lives in
-//! `task_struct` (`thread.fsbase` on x86_64, `thread.uw.tp_value` on aarch64), to match
-//! CPython 3.9/3.10 thread states, which only record `pthread_self()`. This reader parses
-//! just enough of the BTF format (types and strings) to resolve a member path.
+//! The kernel programs read a few `task_struct` members by offset: where the user thread
+//! pointer lives (`thread.fsbase` on x86_64, `thread.uw.tp_value` on aarch64), to match
+//! CPython 3.9/3.10 thread states, which only record `pthread_self()`; the process identity;
+//! and the thread id, flags and state of the tasks a context switch exchanges. The off-CPU
+//! program also needs to know how many arguments the `sched_switch` tracepoint passes. This
+//! reader parses just enough of the BTF format (types and strings) to resolve a member path
+//! and count a function type's parameters.
 
 use std::collections::HashMap;
 
 use thiserror::Error;
 
 const MAGIC: u16 = 0xeb9f;
+const KIND_PTR: u32 = 2;
 const KIND_STRUCT: u32 = 4;
 const KIND_UNION: u32 = 5;
 const KIND_TYPEDEF: u32 = 8;
+const KIND_FUNC_PROTO: u32 = 13;
 const KIND_VOLATILE: u32 = 9;
 const KIND_CONST: u32 = 10;
 const KIND_RESTRICT: u32 = 11;
@@ -38,8 +43,10 @@ struct Member {
 struct Type {
     name: u32,
     kind: u32,
-    /// The referenced type, for typedefs and qualifiers.
+    /// The referenced type, for typedefs, pointers and qualifiers.
     referenced: u32,
+    /// Number of members, enumerators or parameters.
+    vlen: u32,
     members: Vec<Member>,
 }
 
@@ -86,7 +93,8 @@ impl Btf {
             .ok_or(BtfError::Malformed("string section"))?
             .to_vec();
         // Type id 0 is void.
-        let mut types = vec![Type { name: 0, kind: 0, referenced: 0, members: Vec::new() }];
+        let mut types =
+            vec![Type { name: 0, kind: 0, referenced: 0, vlen: 0, members: Vec::new() }];
         let mut at = 0;
         while at < types_data.len() {
             let name = u32_at(types_data, at)?;
@@ -117,7 +125,7 @@ impl Btf {
                 _ => 0,
             };
             at += extra;
-            types.push(Type { name, kind, referenced: size_or_type, members });
+            types.push(Type { name, kind, referenced: size_or_type, vlen: vlen as u32, members });
         }
         let mut btf = Btf { types, strings, by_name: HashMap::new() };
         for (id, t) in btf.types.iter().enumerate() {
@@ -168,6 +176,49 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Where a process's resident page counts lie: (offset of `mm` in `task_struct`, offset of
+    /// the first counter in `mm_struct`, bytes between counters). The counters are indexed
+    /// file, anonymous, swap, shared memory; they are `atomic_long_t`s in `mm_rss_stat` before
+    /// Linux 6.2 and the `count` of a `percpu_counter` each since.
+    pub fn rss_counters(&self) -> Result<(u32, u32, u32), BtfError> {
+        let mm = self.member_offset("task_struct", "mm")?;
+        let rss = self.member_offset("mm_struct", "rss_stat")?;
+        if let Ok(count) = self.member_offset("mm_rss_stat", "count") {
+            return Ok((mm, rss + count, 8));
+        }
+        let count = self.member_offset("percpu_counter", "count")?;
+        Ok((mm, rss + count, self.struct_size("percpu_counter")?))
+    }
+
+    /// Size in bytes of struct `structure`.
+    pub fn struct_size(&self, structure: &str) -> Result<u32, BtfError> {
+        let id = *self
+            .by_name
+            .get(structure)
+            .ok_or_else(|| BtfError::Missing(format!("struct {structure}")))?;
+        Ok(self.types[id as usize].referenced)
+    }
+
+    /// Number of parameters of the function that `typedef` points to, for example
+    /// `btf_trace_sched_switch`, the type the kernel gives a tracepoint's BPF programs (its
+    /// first parameter is the tracepoint's private data, then come the tracepoint's
+    /// arguments).
+    pub fn function_pointer_params(&self, typedef: &str) -> Result<u32, BtfError> {
+        let missing = || BtfError::Missing(format!("typedef {typedef}"));
+        let t = self
+            .types
+            .iter()
+            .find(|t| t.kind == KIND_TYPEDEF && self.string(t.name) == typedef)
+            .ok_or_else(missing)?;
+        let pointer =
+            self.resolve(t.referenced).filter(|t| t.kind == KIND_PTR).ok_or_else(missing)?;
+        let function = self
+            .resolve(pointer.referenced)
+            .filter(|t| t.kind == KIND_FUNC_PROTO)
+            .ok_or_else(missing)?;
+        Ok(function.vlen)
+    }
+
     fn find_member(&self, ty: &Type, name: &str) -> Option<(u32, u32)> {
         for m in &ty.members {
             if self.string(m.name) == name {
@@ -216,6 +267,42 @@ mod tests {
             Err(BtfError::Missing(_))
         ));
         assert!(matches!(btf.member_offset("no_such_struct", "x"), Err(BtfError::Missing(_))));
+    }
+
+    #[test]
+    fn counts_the_arguments_of_the_running_kernels_sched_switch() {
+        let Ok(btf) = Btf::from_sys() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        // (data, preempt, prev, next), and prev_state since Linux 5.18.
+        let params = btf.function_pointer_params("btf_trace_sched_switch").unwrap();
+        assert!(params == 4 || params == 5, "{params} parameters");
+        if let Some(version) =
+            crate::kernel::running_release().and_then(|r| crate::kernel::KernelVersion::parse(&r))
+            && version >= crate::kernel::KernelVersion::new(5, 18)
+        {
+            assert_eq!(params, 5);
+        }
+        assert!(matches!(
+            btf.function_pointer_params("btf_trace_no_such_tracepoint"),
+            Err(BtfError::Missing(_))
+        ));
+        // A typedef that is not a function pointer.
+        assert!(matches!(btf.function_pointer_params("pid_t"), Err(BtfError::Missing(_))));
+    }
+
+    #[test]
+    fn finds_the_resident_page_counters_of_the_running_kernel() {
+        let Ok(btf) = Btf::from_sys() else {
+            eprintln!("skipped: no kernel BTF");
+            return;
+        };
+        assert_eq!(btf.struct_size("list_head").unwrap(), 16);
+        let (mm, first, stride) = btf.rss_counters().unwrap();
+        // Four counters of at least a word each, inside mm_struct.
+        let mm_size = btf.struct_size("mm_struct").unwrap();
+        assert!(mm > 0 && stride >= 8 && first + 4 * stride <= mm_size, "{mm} {first} {stride}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::{
 use profiler_common::python::CallKey;
 use thiserror::Error;
 
-use crate::python::PythonProcess;
+use crate::{loader::LoadError, python::PythonProcess};
 
 /// Which processes get the call probe when they are found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -31,14 +31,14 @@ pub enum CallsMode {
 /// Attaches and detaches the probe; the sampler in the daemon, a fake in tests.
 pub trait CallProbes: Send + std::fmt::Debug {
     /// Attaches the probe at `offset` in `path` for process `pid`; returns a handle.
-    fn attach(&mut self, pid: u32, path: &Path, offset: u64) -> Result<u64, String>;
+    fn attach(&mut self, pid: u32, path: &Path, offset: u64) -> Result<u64, LoadError>;
     /// Detaches a probe.
     fn detach(&mut self, handle: u64);
 }
 
 impl CallProbes for crate::loader::Sampler {
-    fn attach(&mut self, pid: u32, path: &Path, offset: u64) -> Result<u64, String> {
-        self.attach_calls(pid, path, offset).map_err(|e| e.to_string())
+    fn attach(&mut self, pid: u32, path: &Path, offset: u64) -> Result<u64, LoadError> {
+        self.attach_calls(pid, path, offset)
     }
 
     fn detach(&mut self, handle: u64) {
@@ -47,7 +47,7 @@ impl CallProbes for crate::loader::Sampler {
 }
 
 /// Why calls could not be turned on or off for a process.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Error)]
 pub enum CallsError {
     /// No such process.
     #[error("no process {0} is running")]
@@ -67,13 +67,17 @@ pub enum CallsError {
     )]
     NoEntryPoint(u32),
     /// The kernel refused the probe.
-    #[error("attaching the call probe to process {pid} failed: {reason}")]
+    #[error("attaching the call probe to process {pid} failed: {source}")]
     Attach {
         /// Process id.
         pid: u32,
         /// The kernel's or loader's reason.
-        reason: String,
+        #[source]
+        source: LoadError,
     },
+    /// The daemon runs without the probe (tests without BPF).
+    #[error("the call probe is not loaded")]
+    NotLoaded,
 }
 
 #[derive(Debug)]
@@ -113,6 +117,9 @@ pub struct Poll {
 #[derive(Debug)]
 pub struct CallTracker {
     mode: CallsMode,
+    /// The kernel refused a probe for want of a capability: processes are not probed
+    /// automatically any more (each would fail the same way).
+    refused: bool,
     budget: u64,
     states: HashMap<u32, State>,
     last: HashMap<CallKey, u64>,
@@ -121,12 +128,18 @@ pub struct CallTracker {
 impl CallTracker {
     /// A tracker in `mode`, detaching processes above `budget` calls per second.
     pub fn new(mode: CallsMode, budget: u64) -> CallTracker {
-        CallTracker { mode, budget, states: HashMap::new(), last: HashMap::new() }
+        CallTracker { mode, refused: false, budget, states: HashMap::new(), last: HashMap::new() }
     }
 
     /// The mode processes start in.
     pub fn mode(&self) -> CallsMode {
         self.mode
+    }
+
+    /// Whether a newly detected CPython process gets the probe: in mode `all`, until the
+    /// kernel refused one for want of privileges.
+    pub fn probes_new_processes(&self) -> bool {
+        self.mode == CallsMode::All && !self.refused
     }
 
     /// Whether any process has (or had, with counts not yet read) the probe. When none has,
@@ -149,9 +162,12 @@ impl CallTracker {
         let offset = py.eval_frame_offset.ok_or(CallsError::NoEntryPoint(pid))?;
         let path = crate::host::readable_file(pid, &py.interpreter_path, py.interpreter_file)
             .unwrap_or_else(|| py.interpreter_path.clone());
-        let handle = probes
-            .attach(pid, &path, offset)
-            .map_err(|reason| CallsError::Attach { pid, reason })?;
+        let handle = probes.attach(pid, &path, offset).map_err(|source| {
+            if matches!(source, LoadError::UprobePrivileges) {
+                self.refused = true;
+            }
+            CallsError::Attach { pid, source }
+        })?;
         self.states.insert(pid, State::On { handle, since: Instant::now() });
         Ok(())
     }
@@ -241,12 +257,18 @@ mod tests {
         attached: Vec<(u32, u64)>,
         detached: Vec<u64>,
         refuse: bool,
+        /// Refuse as the kernel does a daemon without CAP_SYS_ADMIN, counting the attempts.
+        refuse_uprobes: u32,
     }
 
     impl CallProbes for FakeProbes {
-        fn attach(&mut self, pid: u32, _path: &Path, offset: u64) -> Result<u64, String> {
+        fn attach(&mut self, pid: u32, _path: &Path, offset: u64) -> Result<u64, LoadError> {
             if self.refuse {
-                return Err("permission denied".into());
+                return Err(LoadError::Privileges { missing: "missing CAP_PERFMON".into() });
+            }
+            if self.refuse_uprobes > 0 {
+                self.refuse_uprobes += 1;
+                return Err(LoadError::UprobePrivileges);
             }
             self.attached.push((pid, offset));
             Ok(self.attached.len() as u64)
@@ -309,11 +331,39 @@ mod tests {
     fn enabling_explains_what_is_missing() {
         let mut probes = FakeProbes::default();
         let mut t = CallTracker::new(CallsMode::Off, 100);
-        assert_eq!(t.enable(&mut probes, 7, &python(None)), Err(CallsError::NoEntryPoint(7)));
+        assert!(matches!(
+            t.enable(&mut probes, 7, &python(None)),
+            Err(CallsError::NoEntryPoint(7))
+        ));
         probes.refuse = true;
         let err = t.enable(&mut probes, 7, &python(Some(1))).unwrap_err().to_string();
-        assert_eq!(err, "attaching the call probe to process 7 failed: permission denied");
+        assert!(
+            err.starts_with(
+                "attaching the call probe to process 7 failed: profilerd lacks the privileges to \
+                 use BPF (missing CAP_PERFMON)"
+            ),
+            "{err}"
+        );
         assert_eq!(t.describe(7), None);
+    }
+
+    #[test]
+    fn after_a_refusal_for_privileges_new_processes_are_not_probed() {
+        let mut probes = FakeProbes { refuse_uprobes: 1, ..FakeProbes::default() };
+        let mut t = CallTracker::new(CallsMode::All, 100);
+        assert!(t.probes_new_processes());
+        let err = t.enable(&mut probes, 7, &python(Some(1))).unwrap_err().to_string();
+        assert!(err.contains("creating one takes CAP_SYS_ADMIN"), "{err}");
+        assert!(!t.probes_new_processes(), "each would be refused the same way");
+        assert_eq!(t.mode(), CallsMode::All, "the mode asked for is still reported");
+        // Asked for by hand, it is tried again (and explained again).
+        assert!(t.enable(&mut probes, 8, &python(Some(1))).is_err());
+        assert_eq!(probes.refuse_uprobes, 3);
+        // Other failures do not stop the others.
+        let mut probes = FakeProbes { refuse: true, ..FakeProbes::default() };
+        let mut t = CallTracker::new(CallsMode::All, 100);
+        assert!(t.enable(&mut probes, 7, &python(Some(1))).is_err());
+        assert!(t.probes_new_processes());
     }
 
     #[test]

@@ -203,6 +203,43 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub no_thread_labels: bool,
 
+    /// Record CPU time only: do not follow threads off the CPU from the scheduler's context
+    /// switches (the wall and off-cpu query modes then show CPU time only).
+    #[arg(long)]
+    pub no_off_cpu: bool,
+
+    /// The off-CPU sampler's interval: a thread's switch off the CPU is recorded with
+    /// probability (time since its last recorded switch) / interval, so a thread that blocks
+    /// rarely is recorded at every block and a busy one about once an interval.
+    #[arg(long, default_value = "10ms", value_parser = parse_off_cpu_interval)]
+    pub off_cpu_interval: Duration,
+
+    /// Recorded context switches per second, host-wide, above which the off-CPU sampler
+    /// records a smaller share of every thread's switches (a record costs a few microseconds
+    /// in the kernel). The weights keep time estimates unbiased.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub off_cpu_budget: u64,
+
+    /// Record CPU and off-CPU time only: do not sample page faults (the memory query mode
+    /// then has no samples).
+    #[arg(long)]
+    pub no_memory: bool,
+
+    /// One page fault in this many is recorded, with the stacks of the thread that touched the
+    /// new memory, and weighted with the bytes of all of them (64 faults of 4 KiB pages: one
+    /// sample per 256 KiB of growth).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub memory_fault_period: u64,
+
+    /// How often each profiled process's resident memory is read, for `profctl memory`
+    /// timelines (between 100ms and 1h); the finest point of a timeline is one window.
+    #[arg(long, default_value = "1s", value_parser = parse_resident_interval)]
+    pub resident_interval: Duration,
+
+    /// Do not read resident memory (`profctl memory` then has no timelines).
+    #[arg(long)]
+    pub no_resident: bool,
+
     /// Count Python calls (cProfile's ncalls) with a probe on the interpreter's entry point:
     /// `off` (enable per process with `profctl calls enable --pid N`) or `all`.
     #[arg(long, value_enum, default_value_t = CallsMode::Off)]
@@ -222,9 +259,159 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
 
+    /// Push every window to these OTLP profiles receivers (an OpenTelemetry Collector or any
+    /// OTLP receiver): http://HOST:PORT or https://HOST:PORT, comma-separated (default:
+    /// OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT, if set).
+    #[arg(long, value_name = "URLS")]
+    pub export_otlp: Option<ExportTargets>,
+
+    /// The protocol of --export-otlp: grpc, or http/protobuf (POST /v1development/profiles)
+    /// (default: OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL or OTEL_EXPORTER_OTLP_PROTOCOL if set,
+    /// else grpc).
+    #[arg(long, value_enum, value_name = "PROTOCOL")]
+    pub export_otlp_protocol: Option<OtlpProtocol>,
+
+    /// Push every window to these Grafana Pyroscope servers (or Grafana Alloy's
+    /// pyroscope.receive_http), through Pyroscope's push API: http://HOST:PORT or
+    /// https://HOST:PORT, comma-separated.
+    #[arg(long, value_name = "URLS")]
+    pub export_pyroscope: Option<ExportTargets>,
+
+    /// CA certificates (PEM) that the certificates of https:// export receivers must come
+    /// from, instead of the system's CA certificates.
+    #[arg(long, value_name = "PATH")]
+    pub export_ca_file: Option<PathBuf>,
+
+    /// A client certificate chain (PEM) for https:// export receivers that require mutual TLS;
+    /// needs --export-client-key and --export-ca-file.
+    #[arg(long, value_name = "PATH")]
+    pub export_client_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --export-client-cert.
+    #[arg(long, value_name = "PATH")]
+    pub export_client_key: Option<PathBuf>,
+
+    /// A file of headers to send with each export, one KEY=VALUE per line (for example
+    /// `authorization=Bearer TOKEN`, or `x-scope-orgid=TENANT` for a multi-tenant Pyroscope),
+    /// so that secrets stay out of the command line and the config file (default:
+    /// OTEL_EXPORTER_OTLP_HEADERS, comma-separated, if set).
+    #[arg(long, value_name = "PATH")]
+    pub export_headers_file: Option<PathBuf>,
+
+    /// Directories of separate debug files (Debian's -dbgsym packages, Fedora's -debuginfo),
+    /// each laid out as DIR/.build-id/NN/REST.debug, comma-separated: the functions of a
+    /// stripped binary are named from its debug file when one is there (by build-id, or
+    /// through .gnu_debuglink under DIR at the binary's path), in the root of its process
+    /// (a container's) and in the host's. An empty value turns them off.
+    #[arg(long, value_name = "DIRS", default_value = crate::debuginfo::DEFAULT_DIR)]
+    pub debug_dirs: Dirs,
+
+    /// Download the debug files of stripped binaries that have none in --debug-dirs from these
+    /// debuginfod servers: http://HOST:PORT or https://HOST:PORT, comma-separated (default:
+    /// DEBUGINFOD_URLS, space-separated, if set). The build-ids of the host's stripped
+    /// binaries are sent to them.
+    #[arg(long, value_name = "URLS")]
+    pub debuginfod_urls: Option<DebuginfodUrls>,
+
+    /// Bytes of downloaded debug files kept (under the data directory's debuginfo/); the
+    /// oldest go first.
+    #[arg(long, default_value = "2GiB", value_parser = parse_bytes)]
+    pub debuginfod_cache_size: u64,
+
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// The protocol of the OTLP exporters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    /// gRPC (`ProfilesService/Export`).
+    Grpc,
+    /// HTTP with a binary protobuf body (`POST /v1development/profiles`).
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+}
+
+/// Receivers to export to: `http://` or `https://` URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportTargets(pub Vec<String>);
+
+/// An export target list that could not be parsed.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid export endpoint {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
+pub struct ExportTargetsError(String);
+
+impl FromStr for ExportTargets {
+    type Err = ExportTargetsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_urls(s).map(ExportTargets).map_err(ExportTargetsError)
+    }
+}
+
+/// Comma-separated `http://` or `https://` URLs, at least one; the first bad one otherwise.
+fn parse_urls(s: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> =
+        s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect();
+    for url in &urls {
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+            return Err(url.clone());
+        }
+    }
+    if urls.is_empty() {
+        return Err(s.to_owned());
+    }
+    Ok(urls)
+}
+
+/// debuginfod servers: `http://` or `https://` URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DebuginfodUrls(pub Vec<String>);
+
+/// A debuginfod server list that could not be parsed.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("invalid debuginfod server {0:?}: expected http://HOST:PORT or https://HOST:PORT")]
+pub struct DebuginfodUrlsError(String);
+
+impl FromStr for DebuginfodUrls {
+    type Err = DebuginfodUrlsError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_urls(s).map(DebuginfodUrls).map_err(DebuginfodUrlsError)
+    }
+}
+
+impl std::fmt::Display for DebuginfodUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+/// Directories, comma-separated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dirs(pub Vec<PathBuf>);
+
+impl FromStr for Dirs {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Dirs(s.split(',').map(str::trim).filter(|d| !d.is_empty()).map(PathBuf::from).collect()))
+    }
+}
+
+impl std::fmt::Display for Dirs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dirs: Vec<_> = self.0.iter().map(|d| d.to_string_lossy()).collect();
+        f.write_str(&dirs.join(","))
+    }
+}
+
+impl std::fmt::Display for ExportTargets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
 }
 
 impl DaemonArgs {
@@ -723,6 +910,22 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 10s, 5m, 24h)"))
 }
 
+fn parse_off_cpu_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_micros(100) || d > Duration::from_secs(10) {
+        return Err("the off-CPU interval must be between 100us and 10s".into());
+    }
+    Ok(d)
+}
+
+fn parse_resident_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+        return Err("the resident memory interval must be between 100ms and 1h".into());
+    }
+    Ok(d)
+}
+
 fn parse_window(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {
@@ -760,6 +963,16 @@ fn parse_ring_size(s: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_targets_are_comma_separated_http_urls() {
+        let targets: ExportTargets = "http://a:4317, https://b.example:443".parse().unwrap();
+        assert_eq!(targets.0, ["http://a:4317", "https://b.example:443"]);
+        assert_eq!(targets.to_string(), "http://a:4317,https://b.example:443");
+        for bad in ["a:4317", "http://", "grpc://a:4317", "", "http:///path"] {
+            assert!(bad.parse::<ExportTargets>().is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn defaults_parse() {

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use profiler_proto::v1;
 
 use crate::{
+    aggregate::Mode,
     client,
     config::parse_duration,
     export::{self, ProfileView, top::SortKey},
@@ -76,6 +77,90 @@ pub enum Command {
     Watch(WatchArgs),
     /// The processes seen in a time range, with their runtime, samples and labels.
     Targets(TargetsArgs),
+    /// Resident memory over time, per process, like mprof: a table with each process's
+    /// growth, the processes that grew most (--top), CSV, or an SVG plot.
+    Memory(MemoryArgs),
+}
+
+/// Output formats of `memory`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MemoryFormat {
+    /// A table per process.
+    Table,
+    /// One row per point: time, pid, comm, rss_bytes, anon_bytes, file_bytes, readings.
+    Csv,
+    /// An mprof-style plot.
+    Svg,
+}
+
+/// Arguments of `memory`.
+#[derive(Debug, clap::Args)]
+pub struct MemoryArgs {
+    /// The time range.
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Which processes.
+    #[command(flatten)]
+    pub select: SelectorArgs,
+    /// Time between points (rounded up to whole windows); by default at most 200 points.
+    #[arg(long, value_parser = parse_duration)]
+    pub step: Option<Duration>,
+    /// Rank the processes by growth over the range instead of listing each timeline.
+    #[arg(long, conflicts_with = "format")]
+    pub top: bool,
+    /// Output format.
+    #[arg(long, short = 'f', value_enum, default_value_t = MemoryFormat::Table)]
+    pub format: MemoryFormat,
+    /// Processes in --top, and lines in the plot (those that grew most).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Write to this file instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+}
+
+/// What a profile measures: `--mode` and `--idle`, shared by every command that reads
+/// profiles.
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct ModeArgs {
+    /// What to measure: cpu (time on a CPU), wall (elapsed time: on the CPU plus blocked or
+    /// waiting, as cProfile and line_profiler count it), off-cpu (only the time off the CPU,
+    /// by reason: runnable, sleep, lock, io, wait, gil) or gil (Python threads' time on a CPU
+    /// holding the GIL plus their time waiting for it).
+    #[arg(long, value_enum, default_value_t = ModeArg::Cpu)]
+    pub mode: ModeArg,
+    /// In the wall, off-cpu and gil modes, also count threads that never ran on a CPU in the
+    /// range (idle pool workers), which are left out by default.
+    #[arg(long)]
+    pub idle: bool,
+}
+
+/// The values of `--mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Time on a CPU.
+    #[default]
+    Cpu,
+    /// Time on and off a CPU.
+    Wall,
+    /// Time off a CPU.
+    OffCpu,
+    /// Time holding Python's GIL on a CPU, and waiting for it.
+    Gil,
+    /// Memory growth: bytes touched for the first time (page faults).
+    Memory,
+}
+
+impl ModeArg {
+    fn to_proto(self) -> v1::Mode {
+        match self {
+            ModeArg::Cpu => v1::Mode::Cpu,
+            ModeArg::Wall => v1::Mode::Wall,
+            ModeArg::OffCpu => v1::Mode::OffCpu,
+            ModeArg::Gil => v1::Mode::Gil,
+            ModeArg::Memory => v1::Mode::Memory,
+        }
+    }
 }
 
 /// Arguments of `watch`.
@@ -84,6 +169,9 @@ pub struct WatchArgs {
     /// Which samples to show.
     #[command(flatten)]
     pub filter: SelectorArgs,
+    /// What to measure.
+    #[command(flatten)]
+    pub mode: ModeArgs,
     /// Rows per window.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
@@ -135,6 +223,9 @@ pub struct QueryArgs {
     /// Which samples.
     #[command(flatten)]
     pub select: SelectorArgs,
+    /// What to measure.
+    #[command(flatten)]
+    pub mode: ModeArgs,
     /// Output format.
     #[arg(long, short = 'f', value_enum, default_value_t = Format::Top)]
     pub format: Format,
@@ -217,14 +308,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Flamegraph(args) => flamegraph(&mut client, &args).await?,
         Command::Diff(args) => diff(&mut client, &args).await?,
         Command::Watch(args) => watch(&mut client, &args).await?,
+        Command::Memory(args) => memory(&mut client, &args).await?,
         Command::Targets(args) => {
             let range = last(args.since, crate::clock::now_ns());
-            let (profile, _) = fetch(&mut client, range, &args.filter.selector()?).await?;
+            let selector = args.filter.selector()?;
+            let (profile, _) = fetch(&mut client, range, &selector, ModeArgs::default()).await?;
             print!("{}", export::live::render_targets(&ProfileView::new(&profile)?));
         }
         Command::Query(args) => {
             let range = args.range.range(crate::clock::now_ns());
-            let (profile, stats) = fetch(&mut client, range, &args.select.selector()?).await?;
+            let selector = args.select.selector()?;
+            let (profile, stats) = fetch(&mut client, range, &selector, args.mode).await?;
             let bytes = match args.format {
                 Format::Pprof => {
                     if args.output.is_none() && std::io::stdout().is_terminal() {
@@ -254,7 +348,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 }
                 Format::Top => {
                     let view = ProfileView::new(&profile)?;
-                    let mut out = render_header(&stats, view.period_ns);
+                    let mut out = render_header(&stats, view.mode);
                     out.push_str(&export::top::render(&view, args.sort, args.limit));
                     out.into_bytes()
                 }
@@ -265,12 +359,56 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `profctl memory`.
+async fn memory(
+    client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
+    args: &MemoryArgs,
+) -> anyhow::Result<()> {
+    let range = args.range.range(crate::clock::now_ns());
+    let request = v1::MemoryTimelineRequest {
+        range: Some(range),
+        filter: Some(args.select.selector()?.to_proto()),
+        step_nanos: args.step.map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+    };
+    let response = client
+        .memory_timeline(request)
+        .await
+        .map_err(|s| anyhow::anyhow!("MemoryTimeline failed: {}", s.message()))?
+        .into_inner();
+    let bytes = if args.top {
+        export::memory::render_top(&response, args.limit).into_bytes()
+    } else {
+        match args.format {
+            MemoryFormat::Table => export::memory::render_table(&response).into_bytes(),
+            MemoryFormat::Csv => export::memory::render_csv(&response).into_bytes(),
+            MemoryFormat::Svg => {
+                let end = if range.end_unix_nanos == 0 {
+                    crate::clock::now_ns()
+                } else {
+                    range.end_unix_nanos
+                };
+                let title = format!(
+                    "resident memory, {} .. {}",
+                    format_time(range.start_unix_nanos),
+                    format_time(end)
+                );
+                export::memory::render_svg(&response, &title, args.limit)?.into_bytes()
+            }
+        }
+    };
+    write_output(args.output.as_deref(), &bytes)
+}
+
 /// `profctl watch`: prints each window until the daemon or the reader goes away.
 async fn watch(
     client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
     args: &WatchArgs,
 ) -> anyhow::Result<()> {
-    let request = v1::WatchRequest { filter: Some(args.filter.selector()?.to_proto()) };
+    let request = v1::WatchRequest {
+        filter: Some(args.filter.selector()?.to_proto()),
+        mode: args.mode.mode.to_proto().into(),
+        idle: args.mode.idle,
+    };
     let mut stream = client
         .watch(request)
         .await
@@ -287,11 +425,11 @@ async fn watch(
             n => format!(", {n} windows missed (this client fell behind)"),
         };
         let header = format!(
-            "{} .. {}: {} samples ({:.2} s of CPU){missed}",
+            "{} .. {}: {} samples ({}){missed}",
             format_time(stats.start_unix_nanos),
             format_time(stats.end_unix_nanos),
             stats.samples,
-            stats.samples as f64 * view.period_ns as f64 / 1e9,
+            amount_words(stats.value, view.mode),
         );
         let table = export::live::render_window(&view, &header, args.limit);
         // On a terminal each window replaces the last; piped, the tables follow each other.
@@ -317,14 +455,32 @@ fn format_time(ns: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The header above the top table: samples, range and drops.
-pub fn render_header(stats: &v1::QueryStats, period_ns: i64) -> String {
+/// A profile's total value in its unit, and what it is, in words.
+fn amount_words(value: u64, mode: Mode) -> String {
+    let secs = value as f64 / 1e9;
+    match mode {
+        Mode::Cpu => format!("{secs:.2} s of CPU"),
+        Mode::Wall => format!("{secs:.2} s of wall time"),
+        Mode::OffCpu => format!("{secs:.2} s off the CPU"),
+        Mode::Gil => format!("{secs:.2} s holding or waiting for the GIL"),
+        Mode::Memory => {
+            format!("{:.1} MiB of memory touched for the first time", value as f64 / MIB)
+        }
+        Mode::Resident => format!("{:.1} MiB resident, summed over readings", value as f64 / MIB),
+    }
+}
+
+/// Bytes in a MiB, as memory_profiler counts.
+const MIB: f64 = 1_048_576.0;
+
+/// The header above the top table: samples, time, range and drops.
+pub fn render_header(stats: &v1::QueryStats, mode: Mode) -> String {
     let mut out = String::new();
-    let cpu_secs = stats.samples as f64 * period_ns as f64 / 1e9;
     let _ = writeln!(
         out,
-        "{} samples ({cpu_secs:.2} s of CPU) from {} to {} ({} windows)",
+        "{} samples ({}) from {} to {} ({} windows)",
         stats.samples,
+        amount_words(stats.value, mode),
         format_time(stats.start_unix_nanos),
         format_time(stats.end_unix_nanos),
         stats.windows
@@ -362,6 +518,27 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             sym.kernel_frames,
             100.0 * sym.hits as f64 / lookups as f64
         );
+        if let Some(d) = &sym.debug_files {
+            let mut line = format!("debug files: {} binaries named from them", d.found);
+            if d.debuginfod {
+                let _ = write!(
+                    line,
+                    "; debuginfod: {} downloaded ({} KiB, {} KiB cached), {} not found, {} failed",
+                    d.downloads,
+                    d.download_bytes / 1024,
+                    d.cache_bytes / 1024,
+                    d.not_found,
+                    d.failures
+                );
+                if d.dropped > 0 {
+                    let _ = write!(line, ", {} not asked (queue full)", d.dropped);
+                }
+                if !d.last_error.is_empty() {
+                    let _ = write!(line, " (last: {})", d.last_error);
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
     }
     if let Some(a) = &s.aggregation {
         let _ = writeln!(
@@ -398,6 +575,12 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             store.unstored,
             store.path
         );
+        let _ = writeln!(
+            out,
+            "dictionary:  {} frames, stacks and label sets stored ({} remembered in memory), {} \
+             forgotten by sweeps",
+            store.dictionary, store.dictionary_cached, store.dictionary_swept
+        );
     }
     if let Some(k) = &s.kubernetes {
         let _ = write!(
@@ -410,8 +593,64 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         }
         out.push('\n');
     }
+    for e in &s.exporters {
+        let delivered = if e.delivered_until_unix_nanos > 0 {
+            format!("up to {}", format_time(e.delivered_until_unix_nanos))
+        } else {
+            "nothing yet".to_owned()
+        };
+        let _ = write!(
+            out,
+            "export:      {}: {} windows ({} requests, {:.1} KiB) delivered, {delivered}; {} failed attempts",
+            e.name,
+            e.windows,
+            e.requests,
+            e.bytes as f64 / 1024.0,
+            e.failures
+        );
+        if e.evicted_windows > 0 {
+            let _ = write!(
+                out,
+                "; {} windows dropped by the store's retention before delivery",
+                e.evicted_windows
+            );
+        }
+        if e.refused_windows > 0 || e.rejected_profiles > 0 {
+            let _ = write!(
+                out,
+                "; refused: {} windows, {} profiles",
+                e.refused_windows, e.rejected_profiles
+            );
+        }
+        if !e.last_error.is_empty() {
+            let _ = write!(out, "; last: {}", e.last_error);
+        }
+        out.push('\n');
+    }
     for r in &s.runtimes {
         let _ = writeln!(out, "runtime:     pid {} ({}): {}", r.pid, r.comm, r.description);
+    }
+    if s.oom_kills_total > 0 {
+        let _ = writeln!(out, "OOM kills:   {} since start", s.oom_kills_total);
+    }
+    for k in &s.oom_kills {
+        let mut place = String::new();
+        if !k.pod.is_empty() {
+            let _ = write!(place, ", pod {}/{}", k.namespace, k.pod);
+        } else if !k.container.is_empty() {
+            let _ = write!(place, ", container {}", &k.container[..k.container.len().min(12)]);
+        }
+        let _ = writeln!(
+            out,
+            "OOM kill:    {} pid {} ({}) at {:.1} MiB{place}; its memory: profctl memory --pid \
+             {} and profctl query --mode memory --pid {}",
+            format_time(k.time_unix_nanos),
+            k.pid,
+            k.comm,
+            k.rss_bytes as f64 / MIB,
+            k.pid,
+            k.pid
+        );
     }
     if s.kernel_run_count > 0 {
         let _ = writeln!(
@@ -447,7 +686,7 @@ pub struct SelectorArgs {
     #[arg(long)]
     pub namespace: Option<String>,
     /// Label selector, for example comm=python3,tid=42 (keys: pid, tid, comm, thread, exe,
-    /// cgroup, container, container_name, pod_uid, pod, namespace, runtime).
+    /// cgroup, container, container_name, pod_uid, pod, namespace, runtime, reason, gil).
     #[arg(long, short = 's')]
     pub selector: Option<Selector>,
 }
@@ -485,6 +724,9 @@ pub struct FlamegraphArgs {
     /// Which processes.
     #[command(flatten)]
     pub select: SelectorArgs,
+    /// What to measure.
+    #[command(flatten)]
+    pub mode: ModeArgs,
     /// Draw an icicle graph: roots at the top, stacks growing down.
     #[arg(long)]
     pub icicle: bool,
@@ -513,6 +755,9 @@ pub struct DiffArgs {
     /// Which processes (in both ranges).
     #[command(flatten)]
     pub select: SelectorArgs,
+    /// What to measure (in both ranges).
+    #[command(flatten)]
+    pub mode: ModeArgs,
     /// Order rows by the largest change of this share.
     #[arg(long, value_enum, default_value_t = export::diff::DiffSort::SelfShare)]
     pub sort: export::diff::DiffSort,
@@ -667,8 +912,14 @@ async fn fetch(
     client: &mut v1::profiler_client::ProfilerClient<tonic::transport::Channel>,
     range: v1::TimeRange,
     selector: &Selector,
+    mode: ModeArgs,
 ) -> anyhow::Result<(v1::Profile, v1::QueryStats)> {
-    let request = v1::QueryRequest { range: Some(range), filter: Some(selector.to_proto()) };
+    let request = v1::QueryRequest {
+        range: Some(range),
+        filter: Some(selector.to_proto()),
+        mode: mode.mode.to_proto().into(),
+        idle: mode.idle,
+    };
     let response = client
         .query(request)
         .await
@@ -698,6 +949,14 @@ pub fn completeness_notes(stats: &v1::QueryStats) -> Vec<String> {
             }
         ));
     }
+    if stats.idle_threads > 0 {
+        notes.push(format!(
+            "{} thread(s) that never ran on a CPU in this range were left out ({:.1} s off the \
+             CPU); --idle includes them",
+            stats.idle_threads,
+            stats.idle_nanos as f64 / 1e9
+        ));
+    }
     if stats.truncated {
         notes.push(format!(
             "the answer was cut to the daemon's entry limit: {} smaller stacks ({} samples) are \
@@ -722,7 +981,7 @@ async fn flamegraph(
     args: &FlamegraphArgs,
 ) -> anyhow::Result<()> {
     let range = args.range.range(crate::clock::now_ns());
-    let (profile, stats) = fetch(client, range, &args.select.selector()?).await?;
+    let (profile, stats) = fetch(client, range, &args.select.selector()?, args.mode).await?;
     let options = export::flamegraph::FlamegraphOptions {
         title: args.title.clone().unwrap_or_else(|| range_title(&stats)),
         icicle: args.icicle,
@@ -741,16 +1000,23 @@ pub fn render_diff(
 ) -> anyhow::Result<(String, Option<Vec<u8>>)> {
     let base_view = ProfileView::new(base.0)?;
     let head_view = ProfileView::new(head.0)?;
+    // A range in which nothing grew is an answer in the memory mode (nothing grew there), as
+    // an empty snapshot difference is for tracemalloc; in the others a range needs samples.
+    let memory = base_view.mode == Mode::Memory;
     for (flag, span, view) in
         [("--base", &args.base, &base_view), ("--head", &args.head, &head_view)]
     {
-        if view.total() == 0 {
+        if view.total() == 0 && !(memory && base_view.total() + head_view.total() > 0) {
             bail!("{flag} {}: no samples in this range for this selector", span.text);
         }
     }
     let mut out = String::new();
     let _ = writeln!(out, "base ({}): {}", args.base.text, range_title(base.1));
     let _ = writeln!(out, "head ({}): {}", args.head.text, range_title(head.1));
+    if memory {
+        out.push_str(&export::diff::render_growth(&base_view, &head_view, args.limit));
+        out.push('\n');
+    }
     out.push_str(&export::diff::render(&base_view, &head_view, args.sort, args.limit));
     let svg = if args.flamegraph {
         let options = export::flamegraph::FlamegraphOptions {
@@ -778,8 +1044,8 @@ async fn diff(
         args.base.resolve(now).map_err(|e| anyhow::anyhow!("--base {}: {e}", args.base.text))?;
     let head_range =
         args.head.resolve(now).map_err(|e| anyhow::anyhow!("--head {}: {e}", args.head.text))?;
-    let base = fetch(client, base_range, &selector).await?;
-    let head = fetch(client, head_range, &selector).await?;
+    let base = fetch(client, base_range, &selector, args.mode).await?;
+    let head = fetch(client, head_range, &selector, args.mode).await?;
     let (table, svg) = render_diff(args, (&base.0, &base.1), (&head.0, &head.1))?;
     if let Some(svg) = svg {
         write_output(args.output.as_deref(), &svg)?;

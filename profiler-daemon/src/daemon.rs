@@ -2,12 +2,12 @@
 //! and stops them in order.
 //!
 //! ```text
-//! kernel ring buffer -> collector (task) -> symbolizer (thread) -> aggregator (task) <- server
-//!                                                                       |                  |
-//!                                                          store writer (thread) -> store <-
+//! ring buffer -> drain (task) -> collector (thread) -> symbolizer (thread) -> aggregator (task)
+//!                                  inspector (thread)                              |    ^
+//!                                                         store writer (thread) <--+  server
 //! ```
-//! Every arrow is a bounded channel; only the collector's send can lose a sample, and it counts
-//! what it loses.
+//! Every arrow is a bounded channel; only the drain's and the collector's sends can lose a
+//! sample, and they count what they lose.
 
 use std::{
     num::NonZeroUsize,
@@ -18,7 +18,7 @@ use std::{
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument as _, error, info, info_span};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
 use crate::{
     aggregate::{
@@ -26,10 +26,17 @@ use crate::{
         actor::{self, AggregatorConfig},
     },
     calls::CallTracker,
-    collector::Collector,
+    collector::{
+        Collector, Waiting,
+        drain::{self, Inbox},
+        inspect::Inspector,
+    },
     config::{DaemonArgs, MetricsListen},
-    loader::{LoadError, Sampler, SamplerConfig},
-    metrics, pods,
+    fleet,
+    loader::{LoadError, MemoryConfig, OffCpuConfig, Sampler, SamplerConfig},
+    metrics,
+    off_cpu::Budget,
+    pods,
     process::ProcessTable,
     python::Detector,
     server::{DaemonInfo, GrpcEndpoint, ListenError, Listener, ProfilerService, serve},
@@ -40,6 +47,9 @@ use crate::{
 
 /// Samples queued between the collector and the symbolizer.
 const SYMBOLIZER_QUEUE: usize = 4096;
+/// The collector's queue holds this many ring buffers' worth of records: seconds of samples
+/// at any rate the ring itself can take.
+const COLLECTOR_QUEUE_RINGS: usize = 4;
 /// Samples queued between the symbolizer and the aggregator.
 const AGGREGATOR_QUEUE: usize = 4096;
 /// Closed windows kept in memory (besides the store), for fast queries of the recent past.
@@ -68,6 +78,27 @@ pub enum DaemonError {
     /// `--kubernetes on`, but the Kubernetes API cannot be used.
     #[error("--kubernetes on: {0}")]
     Pods(#[from] crate::pods::PodsError),
+    /// An exporter's settings cannot be used.
+    #[error(transparent)]
+    Export(#[from] crate::fleet::EndpointError),
+    /// The exporters' headers file cannot be read.
+    #[error("--export-headers-file {path}: {source}")]
+    ExportHeaders {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The exporters' TLS files cannot be used.
+    #[error("export TLS: {0}")]
+    ExportTls(#[source] crate::tls::TlsError),
+    /// An exporter's client certificate without its key, or without the CA to check with.
+    #[error("{0}")]
+    ExportTlsOptions(&'static str),
+    /// The debuginfod settings cannot be used.
+    #[error(transparent)]
+    DebugInfo(#[from] crate::debuginfo::DebugInfoError),
     /// A pipeline stage could not start.
     #[error("starting the {stage} failed: {source}")]
     Start {
@@ -77,6 +108,159 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The exporters that `args` (or the `OTEL_EXPORTER_OTLP_*` variables) ask for, checked but
+/// not connected.
+fn exporters(
+    args: &DaemonArgs,
+) -> Result<Vec<(Arc<fleet::ExporterStats>, fleet::Exporter)>, DaemonError> {
+    use crate::config::OtlpProtocol;
+    let env = |vars: &[&str]| {
+        vars.iter().find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+    };
+    let otlp = match &args.export_otlp {
+        Some(targets) => targets.0.clone(),
+        None => env(&["OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"])
+            .map(|url| vec![url.trim().to_owned()])
+            .unwrap_or_default(),
+    };
+    let protocol = match args.export_otlp_protocol {
+        Some(protocol) => protocol,
+        None => match env(&["OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"])
+            .as_deref()
+            .map(str::trim)
+        {
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            _ => OtlpProtocol::Grpc,
+        },
+    };
+    let headers: Vec<String> = match &args.export_headers_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|source| DaemonError::ExportHeaders { path: path.clone(), source })?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect(),
+        None => env(&["OTEL_EXPORTER_OTLP_HEADERS"])
+            .map(|v| v.split(',').filter(|h| !h.trim().is_empty()).map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    let source = fleet::Source {
+        host: fleet::otlp::Host {
+            name: host_name(),
+            node_name: args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()),
+        },
+        period_ns: args.period_ns(),
+        max_request_bytes: fleet::MAX_REQUEST_BYTES,
+    };
+    let tls = export_tls(args)?;
+    let tls = tls.as_ref();
+    let mut out = Vec::new();
+    for url in &otlp {
+        let encoder = fleet::OtlpEncoder(source.clone());
+        let (name, exporter) = match protocol {
+            OtlpProtocol::Grpc => (
+                format!("otlp {url}"),
+                fleet::Exporter::OtlpGrpc(fleet::grpc::GrpcSink::new(url, &headers, encoder, tls)?),
+            ),
+            OtlpProtocol::HttpProtobuf => (
+                format!("otlp/http {url}"),
+                fleet::Exporter::OtlpHttp(fleet::http::OtlpHttpSink::new(
+                    url, &headers, encoder, tls,
+                )?),
+            ),
+        };
+        out.push((Arc::new(fleet::ExporterStats::new(name)), exporter));
+    }
+    for url in args.export_pyroscope.iter().flat_map(|t| &t.0) {
+        let encoder = fleet::pyroscope::PyroscopeEncoder(source.clone());
+        let sink = fleet::pyroscope::PyroscopeSink::new(url, &headers, encoder, tls)?;
+        let stats = Arc::new(fleet::ExporterStats::new(format!("pyroscope {url}")));
+        out.push((stats, fleet::Exporter::Pyroscope(sink)));
+    }
+    Ok(out)
+}
+
+/// The exporters' TLS settings: a CA file, and a client certificate with its key.
+fn export_tls(args: &DaemonArgs) -> Result<Option<crate::tls::ClientTls>, DaemonError> {
+    use crate::tls::PemFile;
+    let client = match (&args.export_client_cert, &args.export_client_key) {
+        (Some(cert), Some(key)) => Some((
+            PemFile { option: "--export-client-cert", path: cert },
+            PemFile { option: "--export-client-key", path: key },
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(DaemonError::ExportTlsOptions(
+                "--export-client-cert and --export-client-key go together",
+            ));
+        }
+    };
+    let Some(ca) = &args.export_ca_file else {
+        if client.is_some() {
+            return Err(DaemonError::ExportTlsOptions(
+                "--export-client-cert needs --export-ca-file, the CA that signed the receivers' \
+                 certificates",
+            ));
+        }
+        return Ok(None);
+    };
+    crate::tls::client_config(PemFile { option: "--export-ca-file", path: ca }, client, None)
+        .map(Some)
+        .map_err(DaemonError::ExportTls)
+}
+
+/// This host's name, as `uname` gives it.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Raises the soft limit on open files to the hard one: the daemon keeps each mapped binary and
+/// each profiled process's `statm` open, more than the usual soft limit of 1024 on a busy host.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into a valid struct, and setrlimit reads it.
+    let raised = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    if raised {
+        debug!(open_files = limit.rlim_cur, "raised the open files limit");
+    } else {
+        warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise the open files limit; on a busy host some binaries and memory readings may be missed"
+        );
+    }
+}
+
+/// The debug directories and debuginfod servers that `args` (or `DEBUGINFOD_URLS`) ask for;
+/// `None` when there are neither. Downloads start on the current runtime.
+fn debug_info(args: &DaemonArgs) -> Result<Option<Arc<crate::debuginfo::DebugInfo>>, DaemonError> {
+    use crate::debuginfo::{DebugInfo, DebugInfoStats, fetch::Fetcher};
+    let servers: Vec<String> = match &args.debuginfod_urls {
+        Some(urls) => urls.0.clone(),
+        None => std::env::var("DEBUGINFOD_URLS")
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+    };
+    if args.debug_dirs.0.is_empty() && servers.is_empty() {
+        return Ok(None);
+    }
+    let stats = Arc::new(DebugInfoStats::default());
+    let mut info = DebugInfo::new(args.debug_dirs.0.clone(), stats.clone());
+    if !servers.is_empty() {
+        let cache = args.data_dir.join("debuginfo");
+        let fetcher = Fetcher::spawn(servers, cache.clone(), args.debuginfod_cache_size, stats)?;
+        info = info.with_fetcher(fetcher, cache);
+    }
+    Ok(Some(Arc::new(info)))
 }
 
 /// Runs the daemon until `shutdown` is cancelled. `ready` is called once the programs are
@@ -90,8 +274,11 @@ pub async fn run(
     // is a configuration error, reported before anything is loaded.
     let endpoint = GrpcEndpoint::from_args(&args)?;
     let pods = pods::configure(args.kubernetes, args.node_name.clone()).await?;
+    let exporters = exporters(&args)?;
+    let debug_info = debug_info(&args)?;
     crate::loader::require_privileges()?;
     crate::loader::require_kernel()?;
+    raise_open_files_limit();
     // The store next: a damaged or locked store should stop the daemon before it attaches.
     let store = Arc::new(Store::open(
         &args.data_dir,
@@ -103,6 +290,12 @@ pub async fn run(
         include_idle: args.include_idle,
         bpf_stats: args.bpf_stats,
         ring_buffer_bytes: args.ring_buffer_size,
+        off_cpu: (!args.no_off_cpu).then(|| OffCpuConfig {
+            interval_ns: u64::try_from(args.off_cpu_interval.as_nanos()).unwrap_or(u64::MAX),
+            raw_tracepoint: false,
+            skip_pid: std::process::id(),
+        }),
+        memory: (!args.no_memory).then_some(MemoryConfig { period: args.memory_fault_period }),
     })?;
     let listener = Listener::bind(&endpoint).await?;
     let metrics_listener = match args.metrics_listen {
@@ -114,11 +307,13 @@ pub async fn run(
     let counters = sampler.take_counters()?;
     let py_procs = sampler.take_python_procs()?;
     let py_calls = sampler.take_python_calls()?;
+    let off_cpu_scale = if args.no_off_cpu { None } else { Some(sampler.take_off_cpu_scale()?) };
     let cpus = u32::try_from(sampler.cpus().len()).unwrap_or(u32::MAX);
     let program_id = sampler.program_id();
     let runtimes = Arc::new(std::sync::Mutex::new(Vec::new()));
 
     let stats = Arc::new(PipelineStats::default());
+    stats.set_off_cpu_scale(crate::off_cpu::SCALE_ONE);
     let symbolizer_stats = Arc::new(SymbolizerStats::default());
     let processes = Arc::new(AtomicU64::new(0));
     let (raw_tx, raw_rx) = mpsc::channel(SYMBOLIZER_QUEUE);
@@ -126,8 +321,9 @@ pub async fn run(
 
     let capacity = NonZeroUsize::new(usize::try_from(args.symbol_cache_size).unwrap_or(usize::MAX))
         .unwrap_or(NonZeroUsize::MIN);
-    let symbolizer = symbolize::spawn(raw_rx, sample_tx, capacity, symbolizer_stats.clone())
-        .map_err(|source| DaemonError::Start { stage: "symbolizer thread", source })?;
+    let symbolizer =
+        symbolize::spawn(raw_rx, sample_tx, capacity, symbolizer_stats.clone(), debug_info)
+            .map_err(|source| DaemonError::Start { stage: "symbolizer thread", source })?;
 
     let (writer, writer_thread) = store::writer::spawn(store.clone())
         .map_err(|source| DaemonError::Start { stage: "store writer thread", source })?;
@@ -146,13 +342,33 @@ pub async fn run(
         Some(Box::new(move |window| writer.write(window))),
     );
 
+    let resident_targets = (!args.no_resident).then(crate::resident::Targets::default);
+    let oom_kills = Arc::<crate::oom::KillLog>::default();
+    let resident_latest = crate::resident::Latest::default();
+    if let Some(targets) = &resident_targets {
+        crate::resident::spawn(
+            targets.clone(),
+            resident_latest.clone(),
+            args.resident_interval,
+            raw_tx.downgrade(),
+            stats.clone(),
+        )
+        .map_err(|source| DaemonError::Start { stage: "resident memory thread", source })?;
+    }
+    let queue_bytes = usize::try_from(args.ring_buffer_size)
+        .unwrap_or(usize::MAX)
+        .saturating_mul(COLLECTOR_QUEUE_RINGS);
+    let (queue, inbox) = drain::queue(queue_bytes, stats.clone());
     let collector = Collector {
         processes: ProcessTable::new(usize::try_from(args.max_processes).unwrap_or(usize::MAX)),
         by_thread: !args.no_thread_labels,
+        cpu_period_ns: u64::try_from(args.period_ns()).unwrap_or(0),
         output: raw_tx,
         stats: stats.clone(),
         processes_gauge: processes.clone(),
-        detector: Detector::default(),
+        inspector: Inspector::spawn(Detector::default(), queue.waker())
+            .map_err(|source| DaemonError::Start { stage: "inspector thread", source })?,
+        waiting: Waiting::default(),
         py_procs: Some(py_procs),
         runtimes: runtimes.clone(),
         calls: CallTracker::new(args.python_calls, args.python_calls_budget),
@@ -160,13 +376,15 @@ pub async fn run(
         probes: Some(Box::new(sampler)),
         py_calls: Some(py_calls),
         pods: pods.as_ref().map(|(names, _)| names.clone()),
+        off_cpu: off_cpu_scale.map(|scale| (scale, Budget::new(args.off_cpu_budget))),
+        resident: resident_targets.clone(),
+        oom_kills: oom_kills.clone(),
+        leaf_rules: crate::leaf::LeafRules::default(),
     };
     let (command_tx, command_rx) = mpsc::channel(16);
-    let collector_shutdown = shutdown.child_token();
-    let collector_task = tokio::spawn(
-        collector
-            .run(ring, counters, command_rx, collector_shutdown.clone())
-            .instrument(info_span!("collector")),
+    let collector_thread = spawn_collector(collector, inbox, counters, command_rx)?;
+    let drain_task = tokio::spawn(
+        drain::drain(ring, queue, shutdown.child_token()).instrument(info_span!("drain")),
     );
 
     let info = Arc::new(DaemonInfo {
@@ -181,7 +399,14 @@ pub async fn run(
         program_id,
         runtimes,
         pods: pods.as_ref().map(|(names, _)| names.clone()),
+        oom_kills,
+        resident: resident_latest,
+        exporters: exporters.iter().map(|(stats, _)| stats.clone()).collect(),
     });
+    let export_tasks: Vec<_> = exporters
+        .into_iter()
+        .map(|(stats, exporter)| exporter.spawn(store.clone(), stats, shutdown.clone()))
+        .collect();
     let service = ProfilerService::new(aggregator.clone(), info.clone())
         .with_collector(command_tx)
         .with_store(store.clone());
@@ -213,10 +438,17 @@ pub async fn run(
     if let Some((_, task)) = pods {
         let _ = task.await;
     }
-    match collector_task.await {
+    for task in export_tasks {
+        let _ = task.await;
+    }
+    match drain_task.await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => error!(error = %e, "the collector failed"),
-        Err(e) => error!(error = %e, "the collector panicked"),
+        Ok(Err(e)) => error!(error = %e, "draining the ring buffer failed"),
+        Err(e) => error!(error = %e, "the drain panicked"),
+    }
+    // The drain has stopped: the collector handles what it queued, then stops.
+    if let Ok(Err(_)) = tokio::task::spawn_blocking(move || collector_thread.join()).await {
+        error!("the collector panicked");
     }
     let _ = tokio::task::spawn_blocking(move || symbolizer.join()).await;
     // The aggregator stops once the symbolizer has; it hands the last window to the writer.
@@ -224,4 +456,18 @@ pub async fn run(
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("profilerd stopped");
     served.map_err(DaemonError::from)
+}
+
+/// Starts the collector's thread.
+fn spawn_collector(
+    collector: Collector,
+    inbox: Inbox,
+    counters: crate::loader::KernelCounters,
+    commands: mpsc::Receiver<crate::collector::Command>,
+) -> Result<std::thread::JoinHandle<()>, DaemonError> {
+    let span = info_span!("collector");
+    std::thread::Builder::new()
+        .name("collector".into())
+        .spawn(move || span.in_scope(|| collector.run(inbox, counters, commands)))
+        .map_err(|source| DaemonError::Start { stage: "collector thread", source })
 }

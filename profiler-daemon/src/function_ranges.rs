@@ -49,6 +49,13 @@ impl FunctionRanges {
         (offset < range.end).then_some(&range.name)
     }
 
+    /// Forgets the ranges of `file` (its names came from a source now replaced).
+    pub fn forget(&mut self, file: FileKey) {
+        if let Some(ranges) = self.files.remove(&file) {
+            self.len -= ranges.len();
+        }
+    }
+
     /// Ranges held.
     pub fn len(&self) -> usize {
         self.len

@@ -29,6 +29,15 @@ pub fn process_root(pid: u32) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/{pid}/root")).ok()
 }
 
+/// `/proc/PID/root` when process `pid` runs in another root than this daemon (a container, a
+/// chroot), `None` when it shares the daemon's root or is gone.
+pub fn foreign_root(pid: u32) -> Option<PathBuf> {
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let theirs = std::fs::metadata(&root).ok()?;
+    let ours = std::fs::metadata("/").ok()?;
+    (file_key(&theirs) != file_key(&ours)).then_some(root)
+}
+
 /// `path`, as `/proc` shows it to this daemon, turned into the path the process itself uses:
 /// the kernel shows the files of a process chrooted into `root` under `root`'s path
 /// (`/srv/root/usr/bin/python3.14`), while the process knows them as `/usr/bin/python3.14`.
@@ -44,17 +53,22 @@ pub fn own_path(root: Option<&Path>, path: &Path) -> PathBuf {
 /// is used only when it names that same file. The process's `/usr/lib/libz.so.1` may be
 /// another root's, and the one on this machine another library.
 pub fn readable_file(pid: u32, path: &Path, key: FileKey) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt as _;
     let found = readable_path(pid, path)?;
     if found.starts_with("/proc") {
         return Some(found);
     }
     let meta = std::fs::metadata(&found).ok()?;
+    (file_key(&meta) == key).then_some(found)
+}
+
+/// The identity of the file `meta` describes, as `/proc/PID/maps` shows it.
+pub fn file_key(meta: &std::fs::Metadata) -> FileKey {
+    use std::os::unix::fs::MetadataExt as _;
     // glibc's dev_t encoding.
     let dev = meta.dev();
     let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff);
     let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0xff);
-    (FileKey { dev: (major << 32) | minor, inode: meta.ino() } == key).then_some(found)
+    FileKey { dev: (major << 32) | minor, inode: meta.ino() }
 }
 
 /// Whether the unit tests run under qemu-user, where `.ci/cross-aarch64` sets

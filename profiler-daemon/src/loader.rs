@@ -2,12 +2,16 @@
 //!
 //! [`Sampler::load`] checks privileges, the kernel's version and BTF first, so that the common
 //! failures get an actionable message rather than a raw errno or a verifier log. Dropping the [`Sampler`] detaches every program.
+//!
+//! With [`SamplerConfig::off_cpu`] set, the off-CPU program is attached to `sched_switch` as
+//! well: as a BTF tracepoint, or as a raw tracepoint where the BTF tracepoint cannot be loaded
+//! or attached.
 
 use std::{collections::HashMap, io, num::NonZeroU32, path::Path, time::Instant};
 
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
-    maps::{MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         PerfEvent, ProgramError, UProbe,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -20,6 +24,10 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use crate::kernel::{self, KernelError};
+
+mod off_cpu;
+
+pub use off_cpu::{OffCpuAttachment, OffCpuConfig, OffCpuScale, OptionalHelpers};
 
 /// The kernel object, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -39,6 +47,32 @@ pub struct SamplerConfig {
     pub bpf_stats: bool,
     /// Size of the sample ring buffer in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// Record a sampled subset of context switches (off-CPU samples); `None` leaves the
+    /// off-CPU program unloaded.
+    pub off_cpu: Option<OffCpuConfig>,
+    /// Record one page fault in every `period` (memory samples); `None` leaves the page-fault
+    /// program unloaded.
+    pub memory: Option<MemoryConfig>,
+}
+
+/// How page faults are sampled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryConfig {
+    /// One fault in this many is recorded, weighted with the bytes of all of them.
+    pub period: u64,
+}
+
+impl MemoryConfig {
+    /// The bytes one recorded fault stands for: the period's faults of one page each.
+    pub fn bytes_per_sample(&self) -> u64 {
+        self.period.saturating_mul(page_size())
+    }
+}
+
+/// The size of a page (4 KiB on x86_64; 4, 16 or 64 KiB on aarch64).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory arguments.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1)
 }
 
 /// Why the programs could not be loaded or attached.
@@ -46,11 +80,11 @@ pub struct SamplerConfig {
 pub enum LoadError {
     /// Missing capabilities.
     #[error(
-        "profilerd lacks the privileges to use BPF (missing {missing}). Run it as root, or grant \
+        "profilerd lacks the privileges to use BPF ({missing}). Run it as root, or grant \
          CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE (for example with the shipped systemd unit)"
     )]
     Privileges {
-        /// The capabilities that are missing.
+        /// What is missing (`missing CAP_BPF, …`), or what the kernel said.
         missing: String,
     },
     /// `perf_event_open` was refused by a distribution's `perf_event_paranoid` level above 2,
@@ -66,6 +100,17 @@ pub enum LoadError {
         /// The sysctl's value.
         level: i64,
     },
+    /// The kernel refused to create the call probe's uprobe to a daemon without
+    /// `CAP_SYS_ADMIN`: current kernels take it for uprobe perf events, where `CAP_PERFMON`
+    /// once sufficed.
+    #[error(
+        "the kernel refused the uprobe that counts Python calls: creating one takes \
+         CAP_SYS_ADMIN on this kernel (CAP_PERFMON is not enough), which profilerd does not \
+         have. CPU, wall-clock and memory profiles are unaffected. To count calls, grant \
+         CAP_SYS_ADMIN too (under the shipped systemd unit, a drop-in that adds it to \
+         CapabilityBoundingSet= and AmbientCapabilities=), or leave --python-calls off"
+    )]
+    UprobePrivileges,
     /// The kernel is too old for the programs.
     #[error(transparent)]
     Kernel(#[from] KernelError),
@@ -113,6 +158,47 @@ pub enum LoadError {
     /// The online CPUs could not be listed.
     #[error("listing the online CPUs failed ({0}): {1}")]
     Cpus(&'static str, #[source] io::Error),
+    /// The page-fault event could not be opened or the program attached to it.
+    #[error(
+        "attaching the page-fault program to CPU {cpu} failed: {source}. Memory profiles need \
+         the page-faults software event; run with --no-memory to profile without them"
+    )]
+    Faults {
+        /// The CPU.
+        cpu: u32,
+        /// The kernel's reason.
+        #[source]
+        source: ProgramError,
+    },
+    /// The off-CPU interval is 0.
+    #[error("the off-CPU sampling interval must be above 0")]
+    OffCpuInterval,
+    /// The kernel's BTF lacks a `task_struct` member the off-CPU program reads.
+    #[error(
+        "off-CPU sampling needs the offset of task_struct.{member} from the kernel's BTF, which \
+         failed: {source}. Run profilerd without off-CPU sampling on this kernel"
+    )]
+    OffCpuBtf {
+        /// The member.
+        member: &'static str,
+        /// The cause.
+        #[source]
+        source: crate::btf::BtfError,
+    },
+    /// Neither the BTF tracepoint nor the raw tracepoint `sched_switch` could be used.
+    #[error(
+        "off-CPU sampling could not be attached to the sched_switch tracepoint: as a BTF \
+         tracepoint the kernel said: {btf}; as a raw tracepoint it said: {raw}. Off-CPU \
+         sampling needs BPF tracing programs (CONFIG_BPF_EVENTS) and kernel BTF; run profilerd \
+         without off-CPU sampling on this kernel"
+    )]
+    OffCpuAttach {
+        /// Why the BTF tracepoint failed.
+        btf: Box<ProgramError>,
+        /// Why the raw tracepoint failed.
+        #[source]
+        raw: ProgramError,
+    },
 }
 
 /// The loaded and attached programs. Dropping it detaches them.
@@ -121,6 +207,8 @@ pub struct Sampler {
     ebpf: Ebpf,
     cpus: Vec<u32>,
     program_id: u32,
+    off_cpu: Option<(OffCpuAttachment, u32)>,
+    memory_program_id: Option<u32>,
     call_links: HashMap<u64, UProbeLinkId>,
     next_call_link: u64,
     _stats: Option<std::os::fd::OwnedFd>,
@@ -159,6 +247,17 @@ fn fdinfo_cost(fdinfo: &str, program_id: u32) -> Option<KernelCost> {
 impl Sampler {
     /// Loads the programs and attaches one `cpu-clock` perf event per online CPU.
     pub fn load(config: &SamplerConfig) -> Result<Sampler, LoadError> {
+        let helpers =
+            if config.off_cpu.is_some() { OptionalHelpers::probe() } else { OptionalHelpers::NONE };
+        Sampler::load_with(config, helpers)
+    }
+
+    /// Loads as [`Sampler::load`] does, using of the optional helpers only those in `helpers`
+    /// (which the kernel must have): this runs the fallbacks of older kernels on a newer one.
+    pub fn load_with(
+        config: &SamplerConfig,
+        helpers: OptionalHelpers,
+    ) -> Result<Sampler, LoadError> {
         let started = Instant::now();
         check_privileges(effective_capabilities())?;
         require_kernel()?;
@@ -191,13 +290,52 @@ impl Sampler {
                 0
             })
         });
+        let off_cpu_globals = config
+            .off_cpu
+            .map(|c| off_cpu::globals(c, helpers, btf.as_ref()))
+            .transpose()?
+            .unwrap_or_default();
+        let fault_bytes = config.memory.map_or(0, |m| m.bytes_per_sample());
+        // mark_victim passes the victim's task since Linux 6.9 (a private pointer, then the
+        // task and its uid), and only its pid before.
+        let oom_arg_is_task = btf
+            .as_ref()
+            .ok()
+            .and_then(|btf| btf.function_pointer_params("btf_trace_mark_victim").ok())
+            .map_or(0u32, |params| u32::from(params >= 3));
+        let oom_task = ["pid", "tgid", "comm"].map(|path| task_offset(path).unwrap_or(0));
+        let oom_rss = btf
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(crate::btf::Btf::rss_counters)
+            .map(|(mm, first, stride)| [mm, first, stride].map(u64::from))
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "no resident page counters; OOM kills are recorded without the victim's size");
+                [0; 3]
+            });
         let mut ebpf = EbpfLoader::new()
             .override_global("INCLUDE_IDLE", &include_idle, true)
+            .override_global("FAULT_PERIOD_BYTES", &fault_bytes, true)
+            .override_global("OFF_CPU_INTERVAL_NS", &off_cpu_globals.interval_ns, true)
+            .override_global("OFF_CPU_SKIP_PID", &off_cpu_globals.skip_pid, true)
+            .override_global("TASK_PID", &off_cpu_globals.task_pid, true)
+            .override_global("TASK_FLAGS", &off_cpu_globals.task_flags, true)
+            .override_global("TASK_STATE", &off_cpu_globals.task_state, true)
+            .override_global("SWITCH_HAS_PREV_STATE", &off_cpu_globals.has_prev_state, true)
+            .override_global("TICK_NS", &off_cpu_globals.tick_ns, true)
+            .override_global("TASK_PT_REGS", &off_cpu_globals.task_pt_regs, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TASK_THREAD_POINTER", &thread_pointer, true)
             .override_global("TASK_GROUP_LEADER", &identity[0], true)
             .override_global("TASK_START_BOOTTIME", &identity[1], true)
             .override_global("TASK_SELF_EXEC_ID", &identity[2], true)
+            .override_global("OOM_ARG_IS_TASK", &oom_arg_is_task, true)
+            .override_global("OOM_TASK_PID", &oom_task[0], true)
+            .override_global("OOM_TASK_TGID", &oom_task[1], true)
+            .override_global("OOM_TASK_COMM", &oom_task[2], true)
+            .override_global("OOM_TASK_MM", &oom_rss[0], true)
+            .override_global("OOM_RSS_FIRST", &oom_rss[1], true)
+            .override_global("OOM_RSS_STRIDE", &oom_rss[2], true)
             .map_max_entries("SAMPLES", config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;
@@ -225,6 +363,27 @@ impl Sampler {
             .try_into()
             .map_err(LoadError::Program)?;
         calls.load().map_err(|e| privileges_or(e, LoadError::Program))?;
+        let off_cpu = match config.off_cpu {
+            Some(c) => Some(off_cpu::attach(&mut ebpf, c.raw_tracepoint)?),
+            None => None,
+        };
+        let memory_program_id = match config.memory {
+            Some(m) => Some(attach_faults(&mut ebpf, &cpus, m)?),
+            None => None,
+        };
+        // A kernel without the tracepoint (or its BTF) still profiles; it does not see kills.
+        match attach_oom(&mut ebpf) {
+            Ok(()) => {}
+            Err(e) if is_permission_error(&e) => return Err(privileges_or(e, LoadError::Program)),
+            Err(e) => warn!(error = %e, "OOM kills are not recorded: mark_victim failed"),
+        }
+        // Without it a new program is read at its first sample, which a short-lived one may
+        // not outlive.
+        match attach_btf_tracepoint(&mut ebpf, "process_exec", "sched_process_exec") {
+            Ok(()) => {}
+            Err(e) if is_permission_error(&e) => return Err(privileges_or(e, LoadError::Program)),
+            Err(e) => warn!(error = %e, "execve is not traced: sched_process_exec failed"),
+        }
         let stats = config
             .bpf_stats
             .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
@@ -236,6 +395,7 @@ impl Sampler {
         info!(
             cpus = cpus.len(),
             frequency = config.frequency,
+            off_cpu = ?off_cpu.map(|(how, _)| how),
             load_ms = started.elapsed().as_millis(),
             "sampler attached"
         );
@@ -243,6 +403,8 @@ impl Sampler {
             ebpf,
             cpus,
             program_id,
+            off_cpu,
+            memory_program_id,
             call_links: HashMap::new(),
             next_call_link: 0,
             _stats: stats,
@@ -261,7 +423,14 @@ impl Sampler {
                 target,
                 UProbeScope::OneProcess(pid),
             )
-            .map_err(|e| privileges_or(e, LoadError::Program))?;
+            .map_err(|e| {
+                let admin = effective_capabilities() & (1 << CAP_SYS_ADMIN) != 0;
+                if is_permission_error(&e) && !admin {
+                    LoadError::UprobePrivileges
+                } else {
+                    privileges_or(e, LoadError::Program)
+                }
+            })?;
         self.next_call_link += 1;
         self.call_links.insert(self.next_call_link, link);
         Ok(self.next_call_link)
@@ -293,6 +462,26 @@ impl Sampler {
     /// Kernel id of the sampling program.
     pub fn program_id(&self) -> u32 {
         self.program_id
+    }
+
+    /// Kernel id of the page-fault program, when it is attached.
+    pub fn memory_program_id(&self) -> Option<u32> {
+        self.memory_program_id
+    }
+
+    /// Kernel id of the off-CPU program, when it is attached.
+    pub fn off_cpu_program_id(&self) -> Option<u32> {
+        self.off_cpu.map(|(_, id)| id)
+    }
+
+    /// How the off-CPU program is attached, when it is.
+    pub fn off_cpu_attachment(&self) -> Option<OffCpuAttachment> {
+        self.off_cpu.map(|(how, _)| how)
+    }
+
+    /// Takes the scale of the off-CPU capture probability (once).
+    pub fn take_off_cpu_scale(&mut self) -> Result<OffCpuScale, LoadError> {
+        self.take("OFF_CPU_SCALE", Array::try_from).map(OffCpuScale)
     }
 
     /// The CPUs sampled.
@@ -409,7 +598,7 @@ fn check_privileges(caps: u64) -> Result<(), LoadError> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(LoadError::Privileges { missing: missing.join(", ") })
+        Err(LoadError::Privileges { missing: format!("missing {}", missing.join(", ")) })
     }
 }
 
@@ -449,13 +638,31 @@ fn raise_memlock_limit() {
     }
 }
 
+/// Whether `err` says that privileges are missing. The verifier refusing a program fails with
+/// `EACCES` too, but then it explains why in its log, and no privilege would help.
 fn is_permission_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    if is_verifier_rejection(err) {
+        return false;
+    }
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::PermissionDenied)
         {
             return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Whether `err` is the verifier refusing a program: a failed load with a verifier log.
+fn is_verifier_rejection(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(ProgramError::LoadError { verifier_log, .. }) = e.downcast_ref::<ProgramError>()
+        {
+            return !verifier_log.to_string().trim().is_empty();
         }
         cur = e.source();
     }
@@ -501,6 +708,48 @@ fn paranoid_refusal(level: Option<i64>, caps: u64) -> Option<LoadError> {
         }
         _ => None,
     }
+}
+
+/// Loads `sample_fault` and attaches it to the `page-faults` software event of every CPU in
+/// `cpus`, one event in every `period` faults. Returns its kernel id.
+fn attach_faults(ebpf: &mut Ebpf, cpus: &[u32], config: MemoryConfig) -> Result<u32, LoadError> {
+    let program: &mut PerfEvent = ebpf
+        .program_mut("sample_fault")
+        .ok_or(LoadError::Program(ProgramError::UnexpectedProgramType))?
+        .try_into()
+        .map_err(LoadError::Program)?;
+    program.load().map_err(|e| privileges_or(e, LoadError::Program))?;
+    let id = program.info().map_err(LoadError::Program)?.id();
+    for &cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::PageFaults),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(config.period),
+                true,
+            )
+            .map_err(|source| LoadError::Faults { cpu, source })?;
+    }
+    Ok(id)
+}
+
+/// Loads `oom_victim` and attaches it to the `mark_victim` BTF tracepoint.
+fn attach_oom(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
+    attach_btf_tracepoint(ebpf, "oom_victim", "mark_victim")
+}
+
+/// Loads `program` and attaches it to the BTF tracepoint `tracepoint`.
+fn attach_btf_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &str,
+    tracepoint: &str,
+) -> Result<(), ProgramError> {
+    let btf = aya::Btf::from_sys_fs()?;
+    let program: &mut aya::programs::BtfTracePoint =
+        ebpf.program_mut(program).ok_or(ProgramError::UnexpectedProgramType)?.try_into()?;
+    program.load(tracepoint, &btf)?;
+    program.attach()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -550,6 +799,25 @@ mod tests {
         assert_eq!(fdinfo_cost(fdinfo, 372), None);
         // A map's or a file's fdinfo.
         assert_eq!(fdinfo_cost("pos:\t0\nflags:\t02\nmap_type:\t27\nmap_id:\t371\n", 371), None);
+    }
+
+    #[test]
+    fn a_verifier_rejection_is_not_a_privilege_problem() {
+        let load_error = |errno: i32, log: &str| ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(log.to_owned()),
+        };
+        let rejected = load_error(libc::EACCES, "273: (bf) r7 = r6\nR6 !read_ok\n");
+        assert!(!is_permission_error(&rejected));
+        let err = privileges_or(rejected, LoadError::Program).to_string();
+        assert!(err.starts_with("preparing the sampling program failed"), "{err}");
+        assert!(err.contains("R6 !read_ok"), "{err}");
+        // Without CAP_BPF the kernel refuses before verifying: no log.
+        assert!(is_permission_error(&load_error(libc::EPERM, "")));
+        assert!(matches!(
+            privileges_or(load_error(libc::EPERM, ""), LoadError::Program),
+            LoadError::Privileges { .. }
+        ));
     }
 
     #[test]

@@ -200,6 +200,10 @@ fn judge(since_drain: Option<Duration>, aggregator_answers: bool) -> Result<(), 
     Ok(())
 }
 
+/// Processes in `profilerd_process_resident_bytes` (those with the most): a bound on the
+/// series a host exports whatever runs on it.
+const MAX_PROCESS_SERIES: usize = 100;
+
 /// The Prometheus exposition text of every metric, read now.
 pub async fn render(sources: &Sources) -> String {
     let aggregation = aggregator_status(&sources.aggregator).await;
@@ -244,6 +248,51 @@ pub async fn render(sources: &Sources) -> String {
         Kind::Counter,
         "Sample records the kernel wrote to the ring buffer.",
         stats.kernel_sampled(),
+    );
+    out.single(
+        "profilerd_off_cpu_switches_recorded_total",
+        Kind::Counter,
+        "Switches off the CPU the kernel recorded (the off-CPU sampler's captures).",
+        stats.off_cpu_captured(),
+    );
+    out.single(
+        "profilerd_oom_kills_total",
+        Kind::Counter,
+        "Processes the kernel killed for lack of memory (the global OOM killer or a cgroup's); \
+         profctl status names the most recent.",
+        stats.oom_kills(),
+    );
+    exporter_metrics(&mut out, &info.exporters);
+    {
+        let mut latest =
+            info.resident.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        latest.sort_by_key(|(l, s)| (std::cmp::Reverse(s.resident), l.pid));
+        let mut family = out.family(
+            "profilerd_process_resident_bytes",
+            Kind::Gauge,
+            "Resident memory of the processes with the most, at the last reading (alert on \
+             growth with deriv()); profctl memory has the history.",
+        );
+        for (labels, statm) in latest.iter().take(MAX_PROCESS_SERIES) {
+            let pid = labels.pid.to_string();
+            family.sample(
+                &[
+                    ("pid", &pid),
+                    ("comm", &labels.comm),
+                    ("container", &labels.container),
+                    ("namespace", &labels.namespace),
+                    ("pod", &labels.pod),
+                ],
+                statm.resident,
+            );
+        }
+    }
+    out.single(
+        "profilerd_off_cpu_scale",
+        Kind::Gauge,
+        "Factor on every thread's capture probability that keeps the off-CPU sampler inside \
+         --off-cpu-budget (1 when it is within budget).",
+        stats.off_cpu_scale(),
     );
     out.single(
         "profilerd_kernel_idle_samples_skipped_total",
@@ -310,6 +359,43 @@ pub async fn render(sources: &Sources) -> String {
         "Frame lookups that went to the symbolizer.",
         sym.misses.load(Relaxed),
     );
+    out.single(
+        "profilerd_symbolizer_restarts_total",
+        Kind::Counter,
+        "Times the symbolizer was started afresh to close the files it held (64 at most).",
+        sym.restarts.load(Relaxed),
+    );
+    if let Some(d) = sym.debug_files.get() {
+        out.single(
+            "profilerd_debug_files_found_total",
+            Kind::Counter,
+            "Stripped binaries named through a separate debug file found locally.",
+            d.found.load(Relaxed),
+        );
+        if d.debuginfod.load(Relaxed) {
+            out.family(
+                "profilerd_debuginfod_requests_total",
+                Kind::Counter,
+                "Debug files asked of the debuginfod servers, by result.",
+            )
+            .sample(&[("result", "downloaded")], d.downloads.load(Relaxed))
+            .sample(&[("result", "not_found")], d.not_found.load(Relaxed))
+            .sample(&[("result", "failed")], d.failures.load(Relaxed))
+            .sample(&[("result", "dropped")], d.dropped.load(Relaxed));
+            out.single(
+                "profilerd_debuginfod_download_bytes_total",
+                Kind::Counter,
+                "Bytes of debug files downloaded.",
+                d.download_bytes.load(Relaxed),
+            );
+            out.single(
+                "profilerd_debuginfod_cache_bytes",
+                Kind::Gauge,
+                "Bytes of downloaded debug files kept (--debuginfod-cache-size).",
+                d.cache_bytes.load(Relaxed),
+            );
+        }
+    }
     out.family("profilerd_symbol_cache_entries", Kind::Gauge, "Frames in the symbol caches.")
         .sample(&[("kind", "user")], sym.user_frames.load(Relaxed))
         .sample(&[("kind", "kernel")], sym.kernel_frames.load(Relaxed));
@@ -380,6 +466,12 @@ pub async fn render(sources: &Sources) -> String {
             Kind::Counter,
             "Frames, stacks and label sets forgotten once no stored window referred to them.",
             s.dictionary_swept,
+        );
+        out.single(
+            "profilerd_store_dictionary_cached_entries",
+            Kind::Gauge,
+            "Dictionary entries whose ids are remembered in memory for writing (bounded).",
+            s.dictionary_cached,
         );
     }
 
@@ -453,6 +545,57 @@ fn python_version(description: &str) -> &str {
 enum Kind {
     Counter,
     Gauge,
+}
+
+/// Each exporter's deliveries and failures, labelled by its name.
+fn exporter_metrics(out: &mut Exposition, exporters: &[Arc<crate::fleet::ExporterStats>]) {
+    if exporters.is_empty() {
+        return;
+    }
+    type Read = fn(&crate::fleet::ExporterStats) -> u64;
+    let counters: [(&'static str, &str, Read); 6] = [
+        (
+            "profilerd_export_evicted_windows_total",
+            "Windows the store's retention dropped before they were delivered.",
+            |e| e.evicted_windows.load(Relaxed),
+        ),
+        ("profilerd_export_windows_total", "Windows delivered to the receiver.", |e| {
+            e.windows.load(Relaxed)
+        }),
+        ("profilerd_export_bytes_total", "Bytes of requests delivered to the receiver.", |e| {
+            e.bytes.load(Relaxed)
+        }),
+        (
+            "profilerd_export_failures_total",
+            "Failed export attempts (each retried with backoff unless refused).",
+            |e| e.failures.load(Relaxed),
+        ),
+        (
+            "profilerd_export_refused_windows_total",
+            "Windows the receiver refused as invalid, which were skipped.",
+            |e| e.refused_windows.load(Relaxed),
+        ),
+        (
+            "profilerd_export_rejected_profiles_total",
+            "Profiles the receiver reported rejecting in requests it accepted.",
+            |e| e.rejected_profiles.load(Relaxed),
+        ),
+    ];
+    for (name, help, read) in counters {
+        let mut family = out.family(name, Kind::Counter, help);
+        for e in exporters {
+            family.sample(&[("exporter", &e.name)], read(e));
+        }
+    }
+    let mut family = out.family(
+        "profilerd_export_delivered_until_seconds",
+        Kind::Gauge,
+        "End of the last window delivered, in seconds since the Unix epoch (time() minus this \
+         is the exporter's lag).",
+    );
+    for e in exporters {
+        family.sample(&[("exporter", &e.name)], e.delivered_until_ns.load(Relaxed) as f64 / 1e9);
+    }
 }
 
 /// A sample value: integers stay exact, floats use Prometheus's spelling of the specials.
@@ -602,6 +745,9 @@ mod tests {
             program_id: 0,
             runtimes: Arc::new(Mutex::new(runtimes)),
             pods: None,
+            oom_kills: Default::default(),
+            resident: Default::default(),
+            exporters: Vec::new(),
         });
         (Sources { info, aggregator, store, grpc: Arc::default() }, tx)
     }
@@ -656,6 +802,14 @@ mod tests {
         let (sources, _input) =
             sources(&["CPython 3.11.2, static, offsets from table"], Some(store));
         sources.info.stats.record_drop(DropReason::SymbolizerQueueFull);
+        sources.info.resident.lock().unwrap().push((
+            Arc::new(crate::aggregate::Labels {
+                pid: 42,
+                comm: "api".into(),
+                ..crate::aggregate::Labels::default()
+            }),
+            crate::resident::Statm { resident: 1 << 20, shared: 0 },
+        ));
         let text = render(&sources).await;
         let _ = std::fs::remove_dir_all(&dir);
         let families = check_well_formed(&text);
@@ -663,6 +817,7 @@ mod tests {
             "profilerd_samples_total",
             "profilerd_late_samples_total",
             "profilerd_kernel_samples_total",
+            "profilerd_oom_kills_total",
             "profilerd_dropped_samples_total",
             "profilerd_processes",
             "profilerd_python_processes",
@@ -686,8 +841,33 @@ mod tests {
             assert!(families.contains(name), "{name} missing:\n{text}");
         }
         assert!(text.contains("\nprofilerd_processes 7\n"), "{text}");
+        assert!(
+            text.contains(
+                "\nprofilerd_process_resident_bytes{pid=\"42\",comm=\"api\",container=\"\",\
+                 namespace=\"\",pod=\"\"} 1048576\n"
+            ),
+            "{text}"
+        );
         assert!(text.contains("\nprofilerd_symbol_cache_entries{kind=\"kernel\"} 0\n"), "{text}");
         assert!(text.contains("\nprofilerd_grpc_requests_total{method=\"SetPythonCalls\"} 0\n"));
+    }
+
+    #[tokio::test]
+    async fn debug_file_series_appear_once_debug_files_are_on() {
+        let (sources, _input) = sources(&[], None);
+        let without = render(&sources).await;
+        assert!(!without.contains("debug"), "{without}");
+        let debug = Arc::new(crate::debuginfo::DebugInfoStats::default());
+        debug.debuginfod.store(true, Relaxed);
+        debug.downloads.store(2, Relaxed);
+        debug.failures.store(3, Relaxed);
+        sources.info.symbolizer.debug_files.set(debug).unwrap();
+        let text = render(&sources).await;
+        let families = check_well_formed(&text);
+        assert!(families.contains("profilerd_debug_files_found_total"), "{text}");
+        assert!(text.contains("\nprofilerd_debuginfod_requests_total{result=\"downloaded\"} 2\n"));
+        assert!(text.contains("\nprofilerd_debuginfod_requests_total{result=\"failed\"} 3\n"));
+        assert!(text.contains("\nprofilerd_debuginfod_cache_bytes 0\n"), "{text}");
     }
 
     #[tokio::test]

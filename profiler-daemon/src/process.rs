@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::{
     aggregate::{Labels, Module},
-    host::{FileKey, own_path, process_root, readable_file},
+    host::{FileKey, file_key, own_path, process_root, readable_file},
     pods::PodDirectory,
     python::PythonProcess,
 };
@@ -32,6 +32,9 @@ const YOUNG_PROCESS: Duration = Duration::from_secs(2);
 const EXE_RECHECK: Duration = Duration::from_millis(20);
 /// How long an exited process is kept, so that samples still in flight find it.
 const EXITED_GRACE: Duration = Duration::from_secs(30);
+/// Mapped files held open at most; each is one file descriptor. The daemon raises its
+/// descriptor limit at start (`raise_open_files_limit`).
+pub const MAX_HELD_FILES: usize = 16_384;
 /// Thread label entries kept per process before the cache is reset.
 const MAX_THREADS_PER_PROCESS: usize = 4096;
 
@@ -42,6 +45,24 @@ pub struct MappedFile {
     pub key: FileKey,
     /// Path and build-id, as shown in profiles.
     pub module: Arc<Module>,
+    /// The file itself, opened when a process was first seen mapping it and kept open while
+    /// any process in the table maps it: its symbols can then be read after the process has
+    /// exited and the file was deleted or replaced. `None` when it could not be opened, or
+    /// while [`MAX_HELD_FILES`] others are held.
+    pub held: Option<std::fs::File>,
+}
+
+impl MappedFile {
+    /// A path that opens this very file for as long as it is held.
+    pub fn held_path(&self) -> Option<PathBuf> {
+        self.held.as_ref().map(fd_path)
+    }
+}
+
+/// The path through which this process opens its own descriptor of `file`.
+fn fd_path(file: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd as _;
+    PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
 /// A user address after normalization.
@@ -92,6 +113,8 @@ pub enum Runtime {
     Unsupported(String),
     /// A CPython interpreter that was not initialized when last looked at.
     Pending(Instant),
+    /// Being looked at by the inspector thread; native stacks until it answers.
+    Inspecting,
 }
 
 impl Runtime {
@@ -119,6 +142,10 @@ impl Runtime {
             Runtime::Python(p) => Some(p.to_string()),
             Runtime::Unsupported(why) => Some(format!("{why}; native stacks only")),
             Runtime::Pending(_) => Some("CPython, interpreter not initialized yet".to_owned()),
+            Runtime::Inspecting => Some(
+                "being inspected (its interpreter is starting, or its memory is slow to read)"
+                    .to_owned(),
+            ),
             Runtime::Unknown | Runtime::Native => None,
         }
     }
@@ -172,12 +199,23 @@ pub struct ProcessInfo {
     exe_checked_at: Instant,
     maps: Vec<Mapping>,
     maps_read_at: Instant,
+    /// When [`read_process`] began, in nanoseconds of `CLOCK_BOOTTIME` (the samples' clock).
+    read_boot_ns: i64,
     last_seen: Instant,
     exited_at: Option<Instant>,
     threads: HashMap<u32, Arc<Labels>>,
 }
 
 impl ProcessInfo {
+    /// Lets the next sample whose leaf is outside the maps have them read again at once,
+    /// however recently they were read: maps read at an `execve` hold the program and its
+    /// loader, not yet the libraries the loader is about to map.
+    pub fn expect_new_mappings(&mut self) {
+        if let Some(earlier) = Instant::now().checked_sub(MAPS_REFRESH_INTERVAL) {
+            self.maps_read_at = earlier;
+        }
+    }
+
     /// Whether the process has probably called `execve` since it was read: its main thread's
     /// name changed, or (while it is young, when a fork is usually followed by an exec) its
     /// executable changed.
@@ -231,6 +269,11 @@ impl ProcessInfo {
     }
 
     /// The labels of thread `tid` named `thread_name`, grouped by thread or not.
+    /// Whether the process was seen to exit.
+    pub fn has_exited(&self) -> bool {
+        self.exited_at.is_some()
+    }
+
     pub fn labels(&mut self, tid: u32, thread_name: &[u8], by_thread: bool) -> Arc<Labels> {
         let tid = if by_thread { tid } else { 0 };
         if let Some(labels) = self.threads.get(&tid)
@@ -258,6 +301,8 @@ impl ProcessInfo {
                 .and_then(|p| p.container.clone())
                 .unwrap_or_else(|| "".into()),
             runtime: self.runtime.label().into(),
+            reason: "".into(),
+            gil: "".into(),
         });
         self.threads.insert(tid, labels.clone());
         labels
@@ -353,12 +398,37 @@ impl ProcessTable {
         comm: &[u8],
         identity: Identity,
     ) -> &mut ProcessInfo {
+        self.observe_at(pid, tid, comm, identity, 0)
+    }
+
+    /// [`ProcessTable::observe`] for a sample taken at `sample_ns` (`CLOCK_BOOTTIME`).
+    ///
+    /// A process that is new to the table is often first sampled inside its `execve` (a page
+    /// fault of the forked child), and read at once; when its first sample after the `execve`
+    /// arrives, a short-lived program may have exited already, and reading it again finds
+    /// nothing. If the first read began after that sample was taken, it was after the
+    /// `execve` too, and what it found is the new program's: it is kept.
+    pub fn observe_at(
+        &mut self,
+        pid: u32,
+        tid: u32,
+        comm: &[u8],
+        identity: Identity,
+        sample_ns: i64,
+    ) -> &mut ProcessInfo {
         let replaced = self.procs.get_mut(&pid).is_some_and(|p| {
             if identity.is_known() { p.identity != identity } else { p.exec_suspected(tid, comm) }
         });
+        let mut before_exec = None;
         if replaced {
-            self.procs.remove(&pid);
+            let old = self.procs.remove(&pid);
             self.evicted.push(pid);
+            before_exec = old.filter(|old| {
+                identity.is_known()
+                    && old.identity.start_ns == identity.start_ns
+                    && sample_ns > 0
+                    && old.read_boot_ns > sample_ns
+            });
         }
         if !self.procs.contains_key(&pid) && self.procs.len() >= self.max_processes {
             let forgotten = self.sweep();
@@ -374,8 +444,15 @@ impl ProcessTable {
             }
         }
         let files = &mut self.files;
-        let info =
-            self.procs.entry(pid).or_insert_with(|| read_process(pid, comm, identity, files));
+        let info = self.procs.entry(pid).or_insert_with(|| {
+            let fresh = read_process(pid, comm, identity, files);
+            match before_exec {
+                Some(read_after_exec) if fresh.exited_at.is_some() => {
+                    ProcessInfo { identity, exited_at: fresh.exited_at, ..read_after_exec }
+                }
+                _ => fresh,
+            }
+        });
         if tid == pid && info.main_comm.is_empty() {
             info.main_comm = comm.to_vec();
         }
@@ -484,6 +561,7 @@ fn read_process(
         exe_checked_at: now,
         maps: Vec::new(),
         maps_read_at: now,
+        read_boot_ns: crate::clock::boot_ns(),
         last_seen: now,
         exited_at: None,
         threads: HashMap::new(),
@@ -584,9 +662,13 @@ fn read_maps(
         let target = match &m.pathname {
             MMapPath::Path(path) => {
                 let key = FileKey { dev: makedev(m.dev), inode: m.inode };
+                let held_files = files.len();
                 let file = files.entry(key).or_insert_with(|| {
                     let path = own_path(root.as_deref(), path);
-                    Arc::new(MappedFile { key, module: Arc::new(read_module(pid, &path, key)) })
+                    let held = (held_files < MAX_HELD_FILES)
+                        .then(|| open_mapped(pid, m.address, &path, key))
+                        .flatten();
+                    Arc::new(MappedFile::new(pid, key, &path, held))
                 });
                 MappingTarget::File(file.clone())
             }
@@ -604,11 +686,40 @@ fn makedev((major, minor): (i32, i32)) -> u64 {
     ((major as u64) << 32) | (minor as u64 & 0xffff_ffff)
 }
 
-fn read_module(pid: u32, path: &Path, key: FileKey) -> Module {
-    let build_id = readable_file(pid, path, key)
-        .and_then(|p| blazesym::helper::read_elf_build_id(&p).ok().flatten())
-        .map(|id| hex(&id).into());
-    Module { path: path.to_string_lossy().into(), build_id }
+impl MappedFile {
+    /// The file `key`, which process `pid` maps from `path`, with its build-id read from `held`
+    /// (or else found through the process).
+    pub(crate) fn new(
+        pid: u32,
+        key: FileKey,
+        path: &Path,
+        held: Option<std::fs::File>,
+    ) -> MappedFile {
+        let build_id = held
+            .as_ref()
+            .map(fd_path)
+            .or_else(|| readable_file(pid, path, key))
+            .and_then(|p| blazesym::helper::read_elf_build_id(&p).ok().flatten())
+            .map(|id| hex(&id).into());
+        let module = Arc::new(Module { path: path.to_string_lossy().into(), build_id });
+        MappedFile { key, module, held }
+    }
+}
+
+/// Opens the file that process `pid` maps at `start..end` from `path`: through the mapping itself
+/// (`map_files`, which reaches a file already deleted), else through the process's root. A
+/// file opened by path is kept only if it is still file `key`.
+fn open_mapped(
+    pid: u32,
+    (start, end): (u64, u64),
+    path: &Path,
+    key: FileKey,
+) -> Option<std::fs::File> {
+    let mapping = format!("/proc/{pid}/map_files/{start:x}-{end:x}");
+    std::fs::File::open(mapping)
+        .ok()
+        .or_else(|| readable_file(pid, path, key).and_then(|p| std::fs::File::open(p).ok()))
+        .filter(|f| f.metadata().is_ok_and(|m| file_key(&m) == key))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -702,6 +813,25 @@ mod tests {
     }
 
     #[test]
+    fn maps_read_at_an_execve_are_read_again_at_the_first_unknown_leaf() {
+        if skip_under_qemu_user(
+            "maps_read_at_an_execve_are_read_again_at_the_first_unknown_leaf",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(16);
+        table.observe(pid, pid, b"test", Identity::default());
+        let read = table.procs[&pid].maps_read_at;
+        table.normalize(pid, &[6]);
+        assert_eq!(table.procs[&pid].maps_read_at, read, "read a moment ago: not again");
+        table.procs.get_mut(&pid).unwrap().expect_new_mappings();
+        table.normalize(pid, &[6]);
+        assert!(table.procs[&pid].maps_read_at > read, "read again at once");
+    }
+
+    #[test]
     fn labels_are_shared_per_thread_and_renamed_threads_get_new_ones() {
         let mut table = ProcessTable::new(16);
         let info = table.observe(std::process::id(), 0, b"test", Identity::default());
@@ -712,6 +842,43 @@ mod tests {
         assert_eq!(&*renamed.thread, "renamed");
         let process_only = info.labels(7, b"worker", false);
         assert_eq!((process_only.tid, &*process_only.thread), (0, ""));
+    }
+
+    #[test]
+    fn a_program_read_after_its_execve_keeps_what_was_read_once_it_has_exited() {
+        if skip_under_qemu_user(
+            "a_program_read_after_its_execve_keeps_what_was_read_once_it_has_exited",
+            "the kernel's view of processes is qemu's",
+        ) {
+            return;
+        }
+        let mut child = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        let pid = child.id();
+        let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        while !exe().ends_with("sleep") {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: sysconf has no memory arguments.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+        let start_ns = read_start_time(pid).unwrap() * (1_000_000_000 / hz);
+        let (before, after) =
+            (Identity { start_ns, exec_id: 1 }, Identity { start_ns, exec_id: 2 });
+        // The first sample was taken inside the execve; the process is read after it.
+        let exec_ns = crate::clock::boot_ns();
+        let mut table = ProcessTable::new(16);
+        let first = table.observe_at(pid, pid, b"test", before, exec_ns - 1_000);
+        assert!(first.exe.ends_with("sleep") && !first.maps.is_empty());
+        child.wait().unwrap();
+        // The first sample after the execve (taken before that read) arrives once the program
+        // has exited: what the read found is the program's.
+        let kept = table.observe_at(pid, pid, b"sleep", after, exec_ns);
+        assert_eq!(kept.identity, after);
+        assert!(kept.exited_at.is_some());
+        assert!(kept.exe.ends_with("sleep") && !kept.maps.is_empty(), "{kept:?}");
+        // A later execve, sampled after every read: nothing to keep.
+        let later = Identity { start_ns, exec_id: 3 };
+        let gone = table.observe_at(pid, pid, b"sleep", later, crate::clock::boot_ns());
+        assert!(gone.exited_at.is_some() && gone.maps.is_empty() && gone.exe.is_empty());
     }
 
     #[test]
@@ -774,5 +941,42 @@ mod tests {
         table.sweep();
         assert_eq!(table.len(), 1, "kept for samples still in flight");
         assert_eq!(&*table.observe(pid, 0, b"sleep", Identity::default()).exe, "/usr/bin/sleep");
+    }
+
+    #[test]
+    fn a_mapped_binary_is_held_open_after_its_process_exits_and_it_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("sleeper");
+        std::fs::copy("/usr/bin/sleep", &copy).unwrap();
+        let mut child = std::process::Command::new(&copy).arg("30").spawn().unwrap();
+        let pid = child.id();
+        // The kernel renames the process before it maps the new program: wait for its code.
+        let mapped = || {
+            std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(" r-xp ") && l.ends_with("/sleeper"))
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !mapped() {
+            if Instant::now() >= deadline {
+                child.kill().unwrap();
+                panic!("the child never mapped its program");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut table = ProcessTable::new(16);
+        let info = table.observe(pid, 0, b"sleeper", Identity::default());
+        let exe = info.maps.iter().find_map(|m| match &m.target {
+            MappingTarget::File(f) if f.module.path.ends_with("/sleeper") => Some(f.clone()),
+            _ => None,
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let exe = exe.expect("the program's code is mapped");
+        std::fs::remove_file(&copy).unwrap();
+        let held = exe.held_path().expect("the mapped file is held open");
+        assert_eq!(std::fs::read(held).unwrap(), std::fs::read("/usr/bin/sleep").unwrap());
+        assert!(exe.module.build_id.is_some(), "Debian's sleep has a build-id");
     }
 }

@@ -13,7 +13,8 @@ use thiserror::Error;
 
 use crate::{
     aggregate::{
-        AggregatorHandle, Frame, Labels, MergedProfile, Stack, Window, window::PersistState,
+        AggregatorHandle, Frame, Labels, MergedProfile, Mode, Stack, Tally, Window,
+        window::PersistState,
     },
     selector::Selector,
     store::{Store, StoreError},
@@ -49,6 +50,10 @@ pub struct QueryPlan {
     pub end_ns: i64,
     /// Which samples to keep.
     pub selector: Selector,
+    /// What the profile measures.
+    pub mode: Mode,
+    /// Whether threads that never ran keep their blocked time (wall and off-CPU modes).
+    pub idle: bool,
     /// Bounds on the answer.
     pub limits: QueryLimits,
 }
@@ -64,8 +69,8 @@ pub struct Answer {
     pub missing_windows: u64,
     /// Entries folded into `[other]` (zero when the answer is complete).
     pub folded_entries: u64,
-    /// Samples in the folded entries.
-    pub folded_samples: u64,
+    /// Samples and value in the folded entries.
+    pub folded: Tally,
 }
 
 /// Why a query failed.
@@ -115,10 +120,11 @@ pub fn answer(
 ) -> Result<Answer, QueryError> {
     let (start, end) = (plan.start_ns, plan.end_ns);
     let mut out = Answer::default();
-    let (mut merged, memory) = match store {
+    let mut merged = MergedProfile::new(plan.mode, plan.idle);
+    let memory = match store {
         Some(store) => {
             let (snapshot, unstored) = store.snapshot(windows)?;
-            let merged = snapshot.merge(start, end, &plan.selector)?;
+            snapshot.merge_into(start, end, &plan.selector, &mut merged)?;
             let lost = store.lost().overlapping(start, end);
             let in_memory: HashSet<i64> = unstored
                 .iter()
@@ -128,40 +134,44 @@ pub fn answer(
             out.unstored_windows = lost.len() as u64;
             out.missing_windows =
                 lost.iter().filter(|(s, _)| !in_memory.contains(s)).count() as u64;
-            (merged, unstored)
+            unstored
         }
-        None => (MergedProfile::default(), windows),
+        None => windows,
     };
     for window in &memory {
         merged.add(window, &plan.selector);
     }
-    (out.folded_entries, out.folded_samples) = truncate(&mut merged, plan.limits.max_entries);
+    merged.finish();
+    (out.folded_entries, out.folded) = truncate(&mut merged, plan.limits.max_entries);
     out.merged = merged;
     Ok(out)
 }
 
-/// Keeps the `max` largest entries and folds the others into one `[other]` entry (which takes
-/// one of the `max` places). Returns the entries and samples folded.
-pub fn truncate(merged: &mut MergedProfile, max: usize) -> (u64, u64) {
+/// Keeps the `max` largest entries (by value) and folds the others into one `[other]` entry
+/// (which takes one of the `max` places). Returns the entries folded and their sum.
+pub fn truncate(merged: &mut MergedProfile, max: usize) -> (u64, Tally) {
     if merged.entries.len() <= max {
-        return (0, 0);
+        return (0, Tally::default());
     }
     let mut entries: Vec<_> = std::mem::take(&mut merged.entries).into_iter().collect();
     // Largest first; ties in a stable order so that equal queries give equal answers.
     entries.sort_unstable_by(|((la, sa), ca), ((lb, sb), cb)| {
-        cb.cmp(ca).then_with(|| la.cmp(lb)).then_with(|| {
+        (cb.value, cb.count).cmp(&(ca.value, ca.count)).then_with(|| la.cmp(lb)).then_with(|| {
             let names = |s: &Stack| s.iter().map(|f| f.function.clone()).collect::<Vec<_>>();
             names(sa).cmp(&names(sb))
         })
     });
     let keep = max.saturating_sub(1);
     let folded = entries.split_off(keep.min(entries.len()));
-    let folded_samples: u64 = folded.iter().map(|(_, c)| c).sum();
+    let mut sum = Tally::default();
+    for (_, t) in &folded {
+        sum.add(*t);
+    }
     merged.entries = entries.into_iter().collect();
     let other: Stack = Arc::from([Arc::new(Frame::marker(OTHER_FRAME))]);
     let labels = Arc::new(Labels { comm: OTHER_FRAME.into(), ..Labels::default() });
-    *merged.entries.entry((labels, other)).or_insert(0) += folded_samples;
-    (folded.len() as u64, folded_samples)
+    merged.entries.entry((labels, other)).or_default().add(sum);
+    (folded.len() as u64, sum)
 }
 
 #[cfg(test)]
@@ -174,7 +184,7 @@ mod tests {
         for (i, &count) in counts.iter().enumerate() {
             let labels = Arc::new(Labels { pid: 1, comm: "app".into(), ..Labels::default() });
             let frame = Frame { kind: FrameKind::Native, ..Frame::marker(&format!("f{i}")) };
-            merged.entries.insert((labels, Arc::from([Arc::new(frame)])), count);
+            merged.entries.insert((labels, Arc::from([Arc::new(frame)])), Tally::one(count));
             merged.samples += count;
         }
         merged
@@ -183,23 +193,23 @@ mod tests {
     #[test]
     fn an_answer_over_the_limit_keeps_the_largest_and_folds_the_rest_into_other() {
         let mut merged = profile(&[50, 1, 40, 2, 30, 3]);
-        let (entries, samples) = truncate(&mut merged, 4);
-        assert_eq!((entries, samples), (3, 6));
+        let (entries, folded) = truncate(&mut merged, 4);
+        assert_eq!((entries, folded), (3, Tally { count: 3, value: 6 }));
         assert_eq!(merged.entries.len(), 4);
         let mut kept: Vec<(String, u64)> =
-            merged.entries.iter().map(|((_, s), c)| (s[0].function.to_string(), *c)).collect();
+            merged.entries.iter().map(|((_, s), t)| (s[0].function.to_string(), t.value)).collect();
         kept.sort();
         assert_eq!(
             kept,
             [("[other]".into(), 6), ("f0".into(), 50), ("f2".into(), 40), ("f4".into(), 30)]
         );
-        assert_eq!(merged.entries.values().sum::<u64>(), merged.samples, "no sample is lost");
+        assert_eq!(merged.entries.values().map(|t| t.value).sum::<u64>(), 126, "no time is lost");
     }
 
     #[test]
     fn an_answer_within_the_limit_is_left_alone() {
         let mut merged = profile(&[5, 4, 3]);
-        assert_eq!(truncate(&mut merged, 3), (0, 0));
+        assert_eq!(truncate(&mut merged, 3), (0, Tally::default()));
         assert_eq!(merged.entries.len(), 3);
     }
 }

@@ -4,7 +4,8 @@
 //! example `comm=python3,pid=4242`. Keys: `pid`, `tid`, `comm`, `thread`, `exe`, `cgroup`,
 //! `container` and `runtime` (both match a prefix, so a short container id or `CPython 3.11`
 //! works), `container_name`, `pod_uid`, and `pod` and `namespace` (names from the Kubernetes
-//! API).
+//! API), and `reason` (why an off-CPU sample's thread was off the CPU: `runnable`, `sleep`,
+//! `lock`, `io`, `wait`, `gil`), and `gil` (`held` or `released`, for Python threads).
 
 use std::{fmt, str::FromStr};
 
@@ -40,11 +41,15 @@ pub enum LabelKey {
     Namespace,
     /// Runtime, for example `CPython 3.11.2` (a prefix is enough).
     Runtime,
+    /// Why an off-CPU sample's thread was off the CPU.
+    Reason,
+    /// Whether a Python thread held the GIL (`held` or `released`).
+    Gil,
 }
 
 impl LabelKey {
     /// Every key, in documentation order.
-    pub const ALL: [LabelKey; 12] = [
+    pub const ALL: [LabelKey; 14] = [
         LabelKey::Pid,
         LabelKey::Tid,
         LabelKey::Comm,
@@ -57,6 +62,8 @@ impl LabelKey {
         LabelKey::Pod,
         LabelKey::Namespace,
         LabelKey::Runtime,
+        LabelKey::Reason,
+        LabelKey::Gil,
     ];
 
     /// The key as written in selectors and pprof labels.
@@ -74,6 +81,8 @@ impl LabelKey {
             LabelKey::Pod => "pod",
             LabelKey::Namespace => "namespace",
             LabelKey::Runtime => "runtime",
+            LabelKey::Reason => "reason",
+            LabelKey::Gil => "gil",
         }
     }
 
@@ -102,7 +111,7 @@ pub enum SelectorError {
     /// A key this profiler does not know.
     #[error(
         "unknown selector key {0:?}; known keys: pid, tid, comm, thread, exe, cgroup, container, \
-         container_name, pod_uid, pod, namespace, runtime"
+         container_name, pod_uid, pod, namespace, runtime, reason, gil"
     )]
     UnknownKey(String),
     /// A numeric key with a non-numeric value.
@@ -161,6 +170,8 @@ impl Matcher {
             LabelKey::Pod => *labels.pod == *self.value,
             LabelKey::Namespace => *labels.namespace == *self.value,
             LabelKey::Runtime => !self.value.is_empty() && labels.runtime.starts_with(&*self.value),
+            LabelKey::Reason => *labels.reason == *self.value,
+            LabelKey::Gil => *labels.gil == *self.value,
         }
     }
 }

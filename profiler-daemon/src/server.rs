@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, transport::ServerTlsConfig};
 use tracing::warn;
 
 use crate::{
-    aggregate::{AggregatorHandle, MergedProfile, Window},
+    aggregate::{AggregatorHandle, MergedProfile, Mode, SampleKind, Window},
     calls::CallsError,
     clock::now_ns,
     collector,
@@ -37,9 +37,10 @@ use crate::{
     export,
     query::{self, QueryError, QueryLimits, QueryPlan},
     selector::Selector,
-    stats::{DropSnapshot, PipelineStats},
+    stats::{DropReason, DropSnapshot, PipelineStats},
     store::Store,
     symbolize::SymbolizerStats,
+    timeline,
     tls::{self, PemFile, TlsError},
 };
 
@@ -68,6 +69,12 @@ pub struct DaemonInfo {
     pub runtimes: Arc<std::sync::Mutex<Vec<crate::collector::RuntimeStatus>>>,
     /// Pod names from the Kubernetes API, when on.
     pub pods: Option<crate::pods::PodNames>,
+    /// The most recent OOM kills.
+    pub oom_kills: Arc<crate::oom::KillLog>,
+    /// The latest resident memory reading of each process.
+    pub resident: crate::resident::Latest,
+    /// The exporters' counters.
+    pub exporters: Vec<Arc<crate::fleet::ExporterStats>>,
 }
 
 impl DaemonInfo {
@@ -87,12 +94,19 @@ pub enum GrpcMethod {
     Status,
     /// `SetPythonCalls`.
     SetPythonCalls,
+    /// `MemoryTimeline`.
+    MemoryTimeline,
 }
 
 impl GrpcMethod {
     /// Every method, in reporting order.
-    pub const ALL: [GrpcMethod; 4] =
-        [GrpcMethod::Query, GrpcMethod::Watch, GrpcMethod::Status, GrpcMethod::SetPythonCalls];
+    pub const ALL: [GrpcMethod; 5] = [
+        GrpcMethod::Query,
+        GrpcMethod::Watch,
+        GrpcMethod::Status,
+        GrpcMethod::SetPythonCalls,
+        GrpcMethod::MemoryTimeline,
+    ];
 
     /// The method's name in the proto service.
     pub const fn name(self) -> &'static str {
@@ -101,6 +115,7 @@ impl GrpcMethod {
             GrpcMethod::Watch => "Watch",
             GrpcMethod::Status => "Status",
             GrpcMethod::SetPythonCalls => "SetPythonCalls",
+            GrpcMethod::MemoryTimeline => "MemoryTimeline",
         }
     }
 }
@@ -208,6 +223,20 @@ impl ProfilerService {
     }
 }
 
+/// A request's selector, and its range with an open end (0) made now.
+fn selector_and_range(
+    filter: Option<v1::Filter>,
+    range: Option<v1::TimeRange>,
+) -> Result<(Selector, v1::TimeRange), Status> {
+    let selector = Selector::from_proto(&filter.unwrap_or_default())
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let mut range = range.unwrap_or_default();
+    if range.end_unix_nanos == 0 {
+        range.end_unix_nanos = now_ns() + 1;
+    }
+    Ok((selector, range))
+}
+
 fn drop_counts(drops: &DropSnapshot) -> Vec<v1::DropCount> {
     drops.iter().map(|(r, count)| v1::DropCount { reason: r.name().to_owned(), count }).collect()
 }
@@ -220,12 +249,15 @@ impl Profiler for ProfilerService {
     ) -> Result<Response<v1::QueryResponse>, Status> {
         let call = self.grpc.call(GrpcMethod::Query);
         let request = request.into_inner();
-        let selector = Selector::from_proto(&request.filter.unwrap_or_default())
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let range = request.range.unwrap_or_default();
-        let end_ns = if range.end_unix_nanos == 0 { now_ns() + 1 } else { range.end_unix_nanos };
-        let plan =
-            QueryPlan { start_ns: range.start_unix_nanos, end_ns, selector, limits: self.limits };
+        let (selector, range) = selector_and_range(request.filter, request.range)?;
+        let plan = QueryPlan {
+            start_ns: range.start_unix_nanos,
+            end_ns: range.end_unix_nanos,
+            selector,
+            mode: mode_of(request.mode)?,
+            idle: request.idle,
+            limits: self.limits,
+        };
         let answer =
             query::run(&self.aggregator, self.store.clone(), plan).await.map_err(query_status)?;
         let period = self.info.period_ns();
@@ -234,10 +266,74 @@ impl Profiler for ProfilerService {
         stats.missing_windows = answer.missing_windows;
         stats.truncated = answer.folded_entries > 0;
         stats.folded_entries = answer.folded_entries;
-        stats.folded_samples = answer.folded_samples;
+        stats.folded_samples = answer.folded.count;
         call.ok(v1::QueryResponse {
             profile: Some(export::pprof::build(&answer.merged, period)),
             stats: Some(stats),
+        })
+    }
+
+    async fn memory_timeline(
+        &self,
+        request: Request<v1::MemoryTimelineRequest>,
+    ) -> Result<Response<v1::MemoryTimelineResponse>, Status> {
+        let call = self.grpc.call(GrpcMethod::MemoryTimeline);
+        let request = request.into_inner();
+        let (selector, range) = selector_and_range(request.filter, request.range)?;
+        let end_ns = range.end_unix_nanos;
+        let start_ns = if range.start_unix_nanos == 0 {
+            end_ns - 3_600_000_000_000
+        } else {
+            range.start_unix_nanos
+        };
+        if start_ns >= end_ns || request.step_nanos < 0 {
+            return Err(Status::invalid_argument(format!(
+                "empty time range or negative step: start {start_ns}, end {end_ns}, step {}",
+                request.step_nanos
+            )));
+        }
+        let window_ns = i64::try_from(self.info.window.as_nanos()).unwrap_or(i64::MAX);
+        let step_ns = timeline::step(start_ns, end_ns, request.step_nanos, window_ns);
+        let windows = self
+            .aggregator
+            .windows(start_ns, end_ns)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let store = self.store.clone();
+        let timelines = tokio::task::spawn_blocking(move || {
+            timeline::build(store.as_deref(), &windows, (start_ns, end_ns), step_ns, &selector)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(query_status)?;
+        let series = timelines
+            .series
+            .into_iter()
+            .map(|((pid, _), s)| v1::MemorySeries {
+                pid,
+                comm: s.labels.comm.to_string(),
+                exe: s.labels.exe.to_string(),
+                container: s.labels.container.to_string(),
+                pod: s.labels.pod.to_string(),
+                namespace: s.labels.namespace.to_string(),
+                points: s
+                    .points
+                    .iter()
+                    .map(|p| v1::MemoryPoint {
+                        time_unix_nanos: p.time_ns,
+                        rss_bytes: p.rss(),
+                        anon_bytes: p.anon,
+                        file_bytes: p.file,
+                        readings: p.readings,
+                        oom_kills: p.oom_kills,
+                    })
+                    .collect(),
+            })
+            .collect();
+        call.ok(v1::MemoryTimelineResponse {
+            series,
+            step_nanos: timelines.step_ns,
+            missing_windows: timelines.missing_windows,
         })
     }
 
@@ -248,15 +344,17 @@ impl Profiler for ProfilerService {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let call = self.grpc.call(GrpcMethod::Watch);
-        let selector = Selector::from_proto(&request.into_inner().filter.unwrap_or_default())
+        let request = request.into_inner();
+        let selector = Selector::from_proto(&request.filter.unwrap_or_default())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (mode, idle) = (mode_of(request.mode)?, request.idle);
         let closed = self.aggregator.subscribe();
         let period = self.info.period_ns();
         // A small queue per client: while it is full, this client's task waits and the
         // broadcast buffer fills; beyond that the client misses windows, and is told.
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(forward_windows(closed, tx, move |window| {
-            let merged = MergedProfile::merge([window], &selector);
+            let merged = MergedProfile::merge([window], &selector, mode, idle);
             v1::WatchResponse {
                 profile: Some(export::pprof::build(&merged, period)),
                 stats: Some(query_stats(&merged)),
@@ -289,6 +387,17 @@ impl Profiler for ProfilerService {
                 kernel_frames: sym.kernel_frames.load(Relaxed),
                 hits: sym.hits.load(Relaxed),
                 misses: sym.misses.load(Relaxed),
+                debug_files: sym.debug_files.get().map(|d| v1::DebugFilesStatus {
+                    found: d.found.load(Relaxed),
+                    debuginfod: d.debuginfod.load(Relaxed),
+                    downloads: d.downloads.load(Relaxed),
+                    download_bytes: d.download_bytes.load(Relaxed),
+                    not_found: d.not_found.load(Relaxed),
+                    failures: d.failures.load(Relaxed),
+                    dropped: d.dropped.load(Relaxed),
+                    cache_bytes: d.cache_bytes.load(Relaxed),
+                    last_error: d.last_error(),
+                }),
             }),
             aggregation: Some(v1::AggregationStatus {
                 window_seconds: info.window.as_secs(),
@@ -325,6 +434,7 @@ impl Profiler for ProfilerService {
                     dictionary: s.dictionary,
                     unstored: s.unstored,
                     dictionary_swept: s.dictionary_swept,
+                    dictionary_cached: s.dictionary_cached,
                 }
             }),
             kubernetes: info.pods.as_ref().map(|pods| {
@@ -337,6 +447,38 @@ impl Profiler for ProfilerService {
                     last_error: h.last_error.unwrap_or_default(),
                 }
             }),
+            oom_kills_total: info.stats.oom_kills(),
+            oom_kills: info
+                .oom_kills
+                .recent()
+                .into_iter()
+                .map(|k| v1::OomKill {
+                    time_unix_nanos: k.time_ns,
+                    pid: k.labels.pid,
+                    comm: k.labels.comm.to_string(),
+                    exe: k.labels.exe.to_string(),
+                    container: k.labels.container.to_string(),
+                    pod: k.labels.pod.to_string(),
+                    namespace: k.labels.namespace.to_string(),
+                    rss_bytes: k.rss_bytes,
+                })
+                .collect(),
+            exporters: info
+                .exporters
+                .iter()
+                .map(|e| v1::ExporterStatus {
+                    name: e.name.clone(),
+                    windows: e.windows.load(Relaxed),
+                    requests: e.requests.load(Relaxed),
+                    bytes: e.bytes.load(Relaxed),
+                    failures: e.failures.load(Relaxed),
+                    refused_windows: e.refused_windows.load(Relaxed),
+                    rejected_profiles: e.rejected_profiles.load(Relaxed),
+                    delivered_until_unix_nanos: e.delivered_until_ns.load(Relaxed),
+                    last_error: e.last_error(),
+                    evicted_windows: e.evicted_windows.load(Relaxed),
+                })
+                .collect(),
         })
     }
 
@@ -402,8 +544,44 @@ fn query_stats(merged: &MergedProfile) -> v1::QueryStats {
         samples: merged.samples,
         start_unix_nanos: merged.start_ns,
         end_unix_nanos: merged.end_ns,
-        drops: drop_counts(&merged.drops),
+        // Losses of kinds this mode does not read do not concern its answer.
+        drops: drop_counts(&merged.drops)
+            .into_iter()
+            .zip(DropReason::ALL)
+            .filter(|(_, r)| concerns(*r, merged.mode))
+            .map(|(d, _)| d)
+            .collect(),
+        idle_threads: merged.idle_threads,
+        idle_nanos: merged.idle_left_out.value,
+        value: merged.value(),
         ..v1::QueryStats::default()
+    }
+}
+
+/// Whether losses for `reason` concern an answer in `mode`: those of a kind of sample the
+/// mode does not read do not.
+fn concerns(reason: DropReason, mode: Mode) -> bool {
+    match reason {
+        DropReason::OffCpuRingBufferFull
+        | DropReason::OffCpuBlocksFull
+        | DropReason::OffCpuEndLost => mode.reads(SampleKind::OffCpu),
+        DropReason::MemoryRingBufferFull => mode.reads(SampleKind::Memory),
+        DropReason::OomRingBufferFull => mode.reads(SampleKind::OomKill),
+        _ => true,
+    }
+}
+
+/// The mode of a request.
+fn mode_of(mode: i32) -> Result<Mode, Status> {
+    match v1::Mode::try_from(mode) {
+        Ok(v1::Mode::Cpu) => Ok(Mode::Cpu),
+        Ok(v1::Mode::Wall) => Ok(Mode::Wall),
+        Ok(v1::Mode::OffCpu) => Ok(Mode::OffCpu),
+        Ok(v1::Mode::Gil) => Ok(Mode::Gil),
+        Ok(v1::Mode::Memory) => Ok(Mode::Memory),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown mode {mode}: this daemon knows cpu, wall, off-cpu, gil and memory"
+        ))),
     }
 }
 
@@ -422,6 +600,7 @@ fn calls_status(e: &CallsError) -> Status {
             Status::failed_precondition(e.to_string())
         }
         CallsError::Attach { .. } => Status::internal(e.to_string()),
+        CallsError::NotLoaded => Status::failed_precondition(e.to_string()),
     }
 }
 
@@ -716,6 +895,19 @@ async fn serve_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_answer_leaves_out_losses_of_off_cpu_samples() {
+        let mut merged = MergedProfile::new(Mode::Cpu, false);
+        merged.drops.0[DropReason::OffCpuEndLost as usize] = 3;
+        merged.drops.0[DropReason::RingBufferFull as usize] = 2;
+        let listed = |m: &MergedProfile| -> Vec<String> {
+            query_stats(m).drops.into_iter().filter(|d| d.count > 0).map(|d| d.reason).collect()
+        };
+        assert_eq!(listed(&merged), ["ring_buffer_full"]);
+        merged.mode = Mode::Wall;
+        assert_eq!(listed(&merged), ["ring_buffer_full", "off_cpu_end_lost"]);
+    }
 
     fn window(start_ns: i64) -> Arc<Window> {
         Arc::new(Window {

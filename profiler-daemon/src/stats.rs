@@ -36,11 +36,25 @@ pub enum DropReason {
     PythonTruncated,
     /// A Python call was not counted: the kernel's call table was full.
     CallTableFull,
+    /// A thread's switch off the CPU was not recorded: the ring buffer was full.
+    OffCpuRingBufferFull,
+    /// A blocked thread was not followed: the table of open blocks was full.
+    OffCpuBlocksFull,
+    /// The end of a block never arrived; its time after the last window close is missing, or
+    /// counted up to the thread's next sample.
+    OffCpuEndLost,
+    /// The collector's input queue was full: it fell behind the ring buffer's drain.
+    /// (Stored drop counts are indexed by position: new reasons go last.)
+    CollectorQueueFull,
+    /// A page fault's memory sample was not recorded: the ring buffer was full.
+    MemoryRingBufferFull,
+    /// An OOM kill was not recorded: the ring buffer was full.
+    OomRingBufferFull,
 }
 
 impl DropReason {
     /// Every reason, in reporting order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RingBufferFull,
         DropReason::KernelStackError,
         DropReason::UserStackError,
@@ -51,6 +65,12 @@ impl DropReason {
         DropReason::PythonReadError,
         DropReason::PythonTruncated,
         DropReason::CallTableFull,
+        DropReason::OffCpuRingBufferFull,
+        DropReason::OffCpuBlocksFull,
+        DropReason::OffCpuEndLost,
+        DropReason::CollectorQueueFull,
+        DropReason::MemoryRingBufferFull,
+        DropReason::OomRingBufferFull,
     ];
 
     /// Stable snake_case name used on the wire and in metrics.
@@ -61,11 +81,17 @@ impl DropReason {
             DropReason::UserStackError => Counter::UserStackError.name(),
             DropReason::MalformedRecord => "malformed_record",
             DropReason::SymbolizerQueueFull => "symbolizer_queue_full",
+            DropReason::CollectorQueueFull => "collector_queue_full",
+            DropReason::MemoryRingBufferFull => Counter::MemoryRingBufFull.name(),
+            DropReason::OomRingBufferFull => Counter::OomRingBufFull.name(),
             DropReason::StackTableFull => "stack_table_full",
             DropReason::PythonThreadNotFound => Counter::PythonNoThread.name(),
             DropReason::PythonReadError => Counter::PythonReadError.name(),
             DropReason::PythonTruncated => Counter::PythonTruncated.name(),
             DropReason::CallTableFull => Counter::CallTableFull.name(),
+            DropReason::OffCpuRingBufferFull => Counter::OffCpuRingBufFull.name(),
+            DropReason::OffCpuBlocksFull => "off_cpu_blocks_full",
+            DropReason::OffCpuEndLost => "off_cpu_end_lost",
         }
     }
 }
@@ -77,6 +103,12 @@ pub struct PipelineStats {
     kernel_sampled: AtomicU64,
     /// Idle-task samples skipped in the kernel (mirrored from `COUNTERS`).
     kernel_idle_skipped: AtomicU64,
+    /// Switches off the CPU the kernel recorded (mirrored from `COUNTERS`).
+    off_cpu_captured: AtomicU64,
+    /// OOM kills the kernel saw (mirrored from `COUNTERS`).
+    oom_kills: AtomicU64,
+    /// The off-CPU sampler's scale, in 1/65536.
+    off_cpu_scale: AtomicU64,
     /// Samples that reached the aggregator.
     aggregated: AtomicU64,
     /// Samples that arrived after their window had closed.
@@ -172,10 +204,32 @@ impl PipelineStats {
         self.kernel_idle_skipped.load(Relaxed)
     }
 
+    /// Switches off the CPU the kernel recorded since start.
+    pub fn off_cpu_captured(&self) -> u64 {
+        self.off_cpu_captured.load(Relaxed)
+    }
+
+    /// Processes the kernel killed for lack of memory since start.
+    pub fn oom_kills(&self) -> u64 {
+        self.oom_kills.load(Relaxed)
+    }
+
+    /// Notes the off-CPU sampler's scale (65536 = every thread at its full probability).
+    pub fn set_off_cpu_scale(&self, scale: u32) {
+        self.off_cpu_scale.store(u64::from(scale), Relaxed);
+    }
+
+    /// The off-CPU sampler's scale, as a fraction.
+    pub fn off_cpu_scale(&self) -> f64 {
+        self.off_cpu_scale.load(Relaxed) as f64 / 65_536.0
+    }
+
     /// Stores the kernel's per-CPU totals, summed over CPUs, indexed by [`Counter`].
     pub fn set_kernel_counters(&self, totals: &[u64; Counter::COUNT as usize]) {
         self.kernel_sampled.store(totals[Counter::Sampled as usize], Relaxed);
         self.kernel_idle_skipped.store(totals[Counter::IdleSkipped as usize], Relaxed);
+        self.off_cpu_captured.store(totals[Counter::OffCpuCaptured as usize], Relaxed);
+        self.oom_kills.store(totals[Counter::OomKills as usize], Relaxed);
         for (counter, reason) in [
             (Counter::RingBufFull, DropReason::RingBufferFull),
             (Counter::KernelStackError, DropReason::KernelStackError),
@@ -184,6 +238,9 @@ impl PipelineStats {
             (Counter::PythonReadError, DropReason::PythonReadError),
             (Counter::PythonTruncated, DropReason::PythonTruncated),
             (Counter::CallTableFull, DropReason::CallTableFull),
+            (Counter::OffCpuRingBufFull, DropReason::OffCpuRingBufferFull),
+            (Counter::MemoryRingBufFull, DropReason::MemoryRingBufferFull),
+            (Counter::OomRingBufFull, DropReason::OomRingBufferFull),
         ] {
             self.drops[reason as usize].store(totals[counter as usize], Relaxed);
         }

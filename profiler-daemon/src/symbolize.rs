@@ -26,17 +26,23 @@ use blazesym::{
 };
 use lru::LruCache;
 use profiler_common::{
-    python::{FLAG_PY_TRUNCATED, PyFrame},
+    python::{FLAG_PY_GIL_KNOWN, FLAG_PY_GIL_WAIT, FLAG_PY_HOLDS_GIL, FLAG_PY_TRUNCATED, PyFrame},
     sample::{FLAG_KERNEL_TRUNCATED, FLAG_USER_TRUNCATED},
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::{
-    aggregate::{CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack, StackSample},
+    aggregate::kind::{GIL_HELD, GIL_RELEASED},
+    aggregate::{
+        BlockEnd, BlockStart, CallSample, Frame, FrameKind, Labels, Module, Resolved, SampleKind,
+        Stack, StackSample,
+    },
     calls::CallDeltas,
+    debuginfo::{DebugInfo, Lookup, Wanted, elf::Layout},
     function_ranges::FunctionRanges,
     host::{FileKey, readable_file},
+    off_cpu::{self, Reason},
     process::{MappedFile, UserAddr},
     python::{PythonProcess, code::CodeCache},
 };
@@ -48,8 +54,20 @@ pub const TRUNCATED_FRAME: &str = "[truncated]";
 /// before it is tried again. Its frames are unknown meanwhile.
 const FAILED_FILE_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How often the files whose debug file is being downloaded are looked at again.
+const PENDING_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Where the names of a file's functions come from.
+#[derive(Debug)]
+enum SymbolFile {
+    /// The file's own symbol tables.
+    Own,
+    /// A separate debug file with the same addresses (the file itself is stripped).
+    Debug { path: PathBuf, layout: Layout },
+}
+
 /// A sample whose user addresses are normalized, waiting for symbols.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct RawStack {
     /// When the sample was taken, in nanoseconds since the Unix epoch.
     pub time_ns: i64,
@@ -63,6 +81,26 @@ pub struct RawStack {
     pub python: Option<(Arc<PythonProcess>, Vec<PyFrame>)>,
     /// `FLAG_*` bits from the sample record.
     pub flags: u32,
+    /// The sampled thread.
+    pub tid: u32,
+    /// What the sample measures (off-CPU samples also carry `block`).
+    pub kind: SampleKind,
+    /// For a CPU sample, the sampling period in nanoseconds; for a memory sample, the bytes
+    /// its page faults stand for.
+    pub value: u64,
+    /// For a thread captured as it left the CPU: the switch.
+    pub block: Option<RawBlock>,
+}
+
+/// The switch of a thread captured as it left the CPU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawBlock {
+    /// Kernel time of the switch (boot clock), which the block's end names.
+    pub boot_ns: u64,
+    /// Inverse of the capture probability, in units of 1/65536.
+    pub weight: u64,
+    /// The task state the scheduler saw (0 when preempted).
+    pub state: u32,
 }
 
 /// Python call counts of one process, waiting for their functions' names.
@@ -83,6 +121,12 @@ pub enum Work {
     Stack(u32, RawStack),
     /// Call counts.
     Calls(RawCalls),
+    /// The end of a captured block (nothing to resolve; it keeps its place in the queue).
+    BlockEnd(BlockEnd),
+    /// Every record of the kernel up to this time (Unix nanoseconds) is ahead in the queue.
+    Watermark(i64),
+    /// Samples that need no resolving (resident memory readings, OOM kills).
+    Resolved(Vec<StackSample>),
 }
 
 /// Cache sizes and hit counts, shared with `Status`.
@@ -98,7 +142,16 @@ pub struct SymbolizerStats {
     pub hits: AtomicU64,
     /// Lookups that went to blazesym.
     pub misses: AtomicU64,
+    /// Times blazesym was started afresh to close the files it held.
+    pub restarts: AtomicU64,
+    /// The counts of separate debug files, when they are on.
+    pub debug_files: std::sync::OnceLock<Arc<crate::debuginfo::DebugInfoStats>>,
 }
+
+/// Files blazesym keeps open (mapped, with their parsed symbol tables) before it is started
+/// afresh: it never closes one by itself, and on a busy host every build leaves new binaries
+/// behind. The frame caches keep what was symbolized.
+const MAX_OPEN_FILES: usize = 64;
 
 /// The caches and the blazesym instance.
 #[derive(Debug)]
@@ -107,12 +160,22 @@ pub struct Resolver {
     user: LruCache<(FileKey, u64), Option<Arc<Frame>>>,
     kernel: LruCache<u64, Arc<Frame>>,
     kernel_module: Arc<Module>,
-    /// The path each file was last opened by.
+    /// The path each file was last opened by; cleared with blazesym's files.
     paths: HashMap<FileKey, PathBuf>,
+    /// Files blazesym was handed since it was started.
+    opened: std::collections::HashSet<FileKey>,
     /// Files that could not be symbolized, and when that was last tried.
     failed: HashMap<FileKey, std::time::Instant>,
     /// Functions met, so that other addresses inside them need no symbolization.
     ranges: FunctionRanges,
+    /// Separate debug files, when configured.
+    debug: Option<Arc<DebugInfo>>,
+    /// Where each file's names come from, once decided.
+    sources: HashMap<FileKey, SymbolFile>,
+    /// Stripped files whose debug file is being downloaded, with their build-ids.
+    pending: HashMap<FileKey, Arc<str>>,
+    /// When `pending` was last looked at.
+    polled: std::time::Instant,
     truncated: Arc<Frame>,
     /// Shared with the Python reader thread, which fills it ahead of symbolization.
     codes: Arc<Mutex<CodeCache>>,
@@ -133,21 +196,30 @@ impl Resolver {
     ) -> Resolver {
         stats.user_capacity.store(capacity.get() as u64, Relaxed);
         Resolver {
-            symbolizer: Symbolizer::builder()
-                .enable_code_info(false)
-                .enable_inlined_fns(false)
-                .enable_demangling(true)
-                .build(),
+            symbolizer: new_symbolizer(),
             user: LruCache::new(capacity),
             kernel: LruCache::new(capacity),
             kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
             paths: HashMap::new(),
+            opened: std::collections::HashSet::new(),
             failed: HashMap::new(),
             ranges: FunctionRanges::new(capacity.get()),
+            debug: None,
+            sources: HashMap::new(),
+            pending: HashMap::new(),
+            polled: std::time::Instant::now(),
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
             codes,
             stats,
         }
+    }
+
+    /// Names the functions of stripped files from their separate debug files, found (or
+    /// downloaded) through `debug`.
+    pub fn with_debug_info(mut self, debug: Arc<DebugInfo>) -> Resolver {
+        let _ = self.stats.debug_files.set(debug.stats().clone());
+        self.debug = Some(debug);
+        self
     }
 
     /// The merged stack of one sample, leaf first: kernel frames, then native user frames,
@@ -158,6 +230,7 @@ impl Resolver {
     /// own frames are replaced by the Python frames they run. Below the first frame without
     /// a frame pointer the unwound addresses are unreliable, so they are dropped.
     pub fn resolve(&mut self, pid: u32, raw: &RawStack) -> Stack {
+        self.poll_pending();
         let mut frames = Vec::with_capacity(raw.kernel.len() + raw.user.len() + 1);
         self.kernel_frames(&raw.kernel, &mut frames);
         if raw.flags & FLAG_KERNEL_TRUNCATED != 0 && raw.user.is_empty() {
@@ -311,17 +384,38 @@ impl Resolver {
 
     /// Symbolizes `offsets` of `file` into the cache; false when the file could not be read.
     fn symbolize_file(&mut self, pid: u32, file: &MappedFile, offsets: &[u64]) -> bool {
+        if self.opened.insert(file.key) && self.opened.len() > MAX_OPEN_FILES {
+            // blazesym's files and the kernel's symbols go; they are opened again on a miss.
+            self.symbolizer = new_symbolizer();
+            self.paths.clear();
+            self.opened.clear();
+            self.opened.insert(file.key);
+            self.stats.restarts.fetch_add(1, Relaxed);
+        }
+        if let Some(held) = file.held_path() {
+            // The very file the process mapped, whether or not it still exists or runs.
+            return match self.symbolize_with(pid, file, &held, offsets) {
+                Ok(results) => {
+                    self.cache_results(file, offsets, results);
+                    true
+                }
+                Err(e) => {
+                    debug!(path = %file.module.path, error = %e, "symbolization failed");
+                    false
+                }
+            };
+        }
         let fresh_path = || readable_file(pid, std::path::Path::new(&*file.module.path), file.key);
         // The path that worked last time (the file key pins the file), else this process's view.
         let cached = self.paths.get(&file.key).cloned();
         let mut path = cached.clone().or_else(fresh_path);
-        let mut results = path.as_deref().map(|p| symbolize_elf(&self.symbolizer, p, offsets));
+        let mut results = path.as_deref().map(|p| self.symbolize_with(pid, file, p, offsets));
         if cached.is_some() && !matches!(results, Some(Ok(_))) {
             // That path went away (it was another process's root, which exited, or a container
             // stopped): look again through this process.
             self.paths.remove(&file.key);
             path = fresh_path();
-            results = path.as_deref().map(|p| symbolize_elf(&self.symbolizer, p, offsets));
+            results = path.as_deref().map(|p| self.symbolize_with(pid, file, p, offsets));
         }
         let results = match results {
             Some(Ok(results)) => results,
@@ -335,25 +429,139 @@ impl Resolver {
                 return false;
             }
         };
-        for (i, &offset) in offsets.iter().enumerate() {
-            let frame = match results.get(i) {
-                Some(Symbolized::Sym(sym)) => {
-                    let name: Arc<str> = sym.name.as_ref().into();
-                    if let Some(size) = sym.size {
-                        let start = offset.saturating_sub(sym.offset as u64);
-                        self.ranges.insert(file.key, start, start + size as u64, name.clone());
-                    }
-                    Some(native_frame(name, &file.module, offset))
-                }
-                // Unknown frames carry the process's address, so they are not cached as frames.
-                _ => None,
-            };
-            self.user.put((file.key, offset), frame);
-        }
+        self.cache_results(file, offsets, results);
         if let Some(path) = path {
             self.paths.insert(file.key, path);
         }
         true
+    }
+
+    /// Names `offsets` of `file`, read at `path`, from the file's own symbols, and those its
+    /// own symbols leave unnamed from its debug file.
+    ///
+    /// A stripped library still exports its public functions, and their exported names are the
+    /// ones users know: the debug file often has an internal alias at the same address
+    /// (`__clock_nanosleep` for `clock_nanosleep`), so it is asked only for the rest.
+    fn symbolize_with(
+        &mut self,
+        pid: u32,
+        file: &MappedFile,
+        path: &std::path::Path,
+        offsets: &[u64],
+    ) -> Result<Vec<Option<Found>>, blazesym::Error> {
+        if !self.sources.contains_key(&file.key) {
+            let source = self.choose_source(pid, file, path);
+            if self.sources.len() >= self.user.cap().get() {
+                self.sources.clear();
+            }
+            self.sources.insert(file.key, source);
+        }
+        let own = symbolize_elf(&self.symbolizer, path, offsets);
+        let Some(SymbolFile::Debug { path: debug_file, layout }) = self.sources.get(&file.key)
+        else {
+            return own;
+        };
+        let unnamed: Vec<usize> = match &own {
+            Ok(results) => (0..offsets.len()).filter(|&i| results[i].is_none()).collect(),
+            Err(_) => (0..offsets.len()).collect(),
+        };
+        if unnamed.is_empty() {
+            return own;
+        }
+        // The debug file has the stripped file's addresses, not its offsets.
+        let rest: Vec<u64> = unnamed.iter().map(|&i| offsets[i]).collect();
+        let addrs: Vec<u64> = rest.iter().map(|&o| layout.address(o).unwrap_or(u64::MAX)).collect();
+        let src = Source::Elf(Elf { debug_syms: false, ..Elf::new(debug_file.as_path()) });
+        match self.symbolizer.symbolize(&src, Input::VirtOffset(&addrs)) {
+            Ok(results) => {
+                let mut all = own.unwrap_or_else(|_| offsets.iter().map(|_| None).collect());
+                for (i, named) in unnamed.into_iter().zip(found(&rest, results)) {
+                    all[i] = named;
+                }
+                Ok(all)
+            }
+            Err(e) => {
+                debug!(path = %debug_file.display(), error = %e, "debug file unreadable");
+                self.sources.insert(file.key, SymbolFile::Own);
+                own
+            }
+        }
+    }
+
+    /// Where the names of `file` (read at `path`, mapped by process `pid`) come from: its own
+    /// symbol table if it has one, else its debug file, if there is one.
+    fn choose_source(&mut self, pid: u32, file: &MappedFile, path: &std::path::Path) -> SymbolFile {
+        let Some(debug) = &self.debug else { return SymbolFile::Own };
+        let Some(layout) = Layout::read(path) else { return SymbolFile::Own };
+        let build_id = file.module.build_id.as_deref();
+        if layout.symtab || (build_id.is_none() && layout.debuglink.is_none()) {
+            return SymbolFile::Own;
+        }
+        let root = crate::host::foreign_root(pid);
+        let wanted = Wanted {
+            build_id,
+            debuglink: layout.debuglink.as_ref(),
+            path: std::path::Path::new(&*file.module.path),
+            root: root.as_deref(),
+        };
+        match debug.find(&wanted) {
+            Lookup::Found(path) => {
+                debug.stats().found.fetch_add(1, Relaxed);
+                SymbolFile::Debug { path, layout }
+            }
+            Lookup::Pending => {
+                if let Some(build_id) = &file.module.build_id {
+                    self.pending.insert(file.key, build_id.clone());
+                }
+                SymbolFile::Own
+            }
+            Lookup::Missing => SymbolFile::Own,
+        }
+    }
+
+    /// Switches the files whose debug file has arrived over to it, dropping the frames that
+    /// were named without it.
+    fn poll_pending(&mut self) {
+        if self.pending.is_empty() || self.polled.elapsed() < PENDING_POLL {
+            return;
+        }
+        self.polled = std::time::Instant::now();
+        let Some(debug) = self.debug.clone() else { return };
+        let pending: Vec<(FileKey, Arc<str>)> =
+            self.pending.iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (key, build_id) in pending {
+            match debug.lookup(&build_id) {
+                Lookup::Pending => continue,
+                Lookup::Missing => {}
+                Lookup::Found(_) => {
+                    // Decided again (with the layout) at the next miss.
+                    self.sources.remove(&key);
+                    let stale: Vec<(FileKey, u64)> =
+                        self.user.iter().map(|(k, _)| *k).filter(|k| k.0 == key).collect();
+                    for k in stale {
+                        self.user.pop(&k);
+                    }
+                    self.ranges.forget(key);
+                    self.failed.remove(&key);
+                    debug!(build_id = %build_id, "debug file arrived");
+                }
+            }
+            self.pending.remove(&key);
+        }
+    }
+
+    /// Caches what blazesym found at `offsets` of `file`.
+    fn cache_results(&mut self, file: &MappedFile, offsets: &[u64], results: Vec<Option<Found>>) {
+        for (&offset, found) in offsets.iter().zip(results) {
+            // Unknown frames carry the process's address, so they are not cached as frames.
+            let frame = found.map(|Found { name, range }| {
+                if let Some((start, end)) = range {
+                    self.ranges.insert(file.key, start, end, name.clone());
+                }
+                native_frame(name, &file.module, offset)
+            });
+            self.user.put((file.key, offset), frame);
+        }
     }
 
     fn count(&self, lookups: usize, misses: usize) {
@@ -388,14 +596,48 @@ fn lookup_user(depth: usize, ua: &UserAddr) -> UserAddr {
     }
 }
 
-/// Names `offsets` of the ELF file at `path`.
-fn symbolize_elf<'s>(
-    symbolizer: &'s Symbolizer,
+fn new_symbolizer() -> Symbolizer {
+    Symbolizer::builder()
+        .enable_code_info(false)
+        .enable_inlined_fns(false)
+        .enable_demangling(true)
+        .build()
+}
+
+/// A function found at a file offset.
+struct Found {
+    name: Arc<str>,
+    /// The function's range of file offsets, when its size is known.
+    range: Option<(u64, u64)>,
+}
+
+/// Names `offsets` of the ELF file at `path`, each `None` where no function is known.
+fn symbolize_elf(
+    symbolizer: &Symbolizer,
     path: &std::path::Path,
     offsets: &[u64],
-) -> Result<Vec<Symbolized<'s>>, blazesym::Error> {
+) -> Result<Vec<Option<Found>>, blazesym::Error> {
     let src = Source::Elf(Elf { debug_syms: false, ..Elf::new(path) });
-    symbolizer.symbolize(&src, Input::FileOffset(offsets))
+    let results = symbolizer.symbolize(&src, Input::FileOffset(offsets))?;
+    Ok(found(offsets, results))
+}
+
+/// What blazesym found at `offsets`, each `None` where no function is known.
+fn found(offsets: &[u64], results: Vec<Symbolized<'_>>) -> Vec<Option<Found>> {
+    offsets
+        .iter()
+        .zip(results)
+        .map(|(&offset, result)| match result {
+            Symbolized::Sym(sym) => {
+                let start = offset.saturating_sub(sym.offset as u64);
+                Some(Found {
+                    name: sym.name.as_ref().into(),
+                    range: sym.size.map(|size| (start, start + size as u64)),
+                })
+            }
+            Symbolized::Unknown(_) => None,
+        })
+        .collect()
 }
 
 /// The frame of native function `name` at `offset` in `module`.
@@ -446,6 +688,7 @@ pub fn spawn(
     output: mpsc::Sender<Resolved>,
     capacity: NonZeroUsize,
     stats: Arc<SymbolizerStats>,
+    debug: Option<Arc<DebugInfo>>,
 ) -> std::io::Result<JoinHandle<()>> {
     let codes = Arc::new(Mutex::new(CodeCache::new(capacity)));
     let shared = codes.clone();
@@ -464,18 +707,27 @@ pub fn spawn(
     })?;
     std::thread::Builder::new().name("symbolizer".into()).spawn(move || {
         let mut resolver = Resolver::sharing(capacity, stats, shared);
+        if let Some(debug) = debug {
+            resolver = resolver.with_debug_info(debug);
+        }
         resolver.warm_up();
         while let Some(work) = ahead.blocking_recv() {
             let resolved = match work {
                 Work::Stack(pid, raw) => {
                     let stack = resolver.resolve(pid, &raw);
-                    Resolved::Sample(StackSample {
-                        time_ns: raw.time_ns,
-                        labels: raw.labels,
-                        stack,
-                    })
+                    resolved_sample(raw, stack)
                 }
                 Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
+                Work::BlockEnd(end) => Resolved::BlockEnd(end),
+                Work::Watermark(t) => Resolved::Watermark(t),
+                Work::Resolved(samples) => {
+                    for sample in samples {
+                        if output.blocking_send(Resolved::Sample(sample)).is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
             };
             // Blocking here only backs up the symbolizer's queue; the collector never waits
             // on it and counts what it cannot enqueue.
@@ -490,6 +742,60 @@ pub fn spawn(
     })
 }
 
+/// The `gil` label of a sample with header flags `flags`.
+fn gil_label(flags: u32) -> &'static str {
+    if flags & FLAG_PY_GIL_KNOWN == 0 {
+        ""
+    } else if flags & FLAG_PY_HOLDS_GIL != 0 {
+        GIL_HELD
+    } else {
+        GIL_RELEASED
+    }
+}
+
+/// A resolved CPU or memory sample, or the start of an off-CPU block with its reason.
+fn resolved_sample(raw: RawStack, stack: Stack) -> Resolved {
+    let gil = gil_label(raw.flags);
+    let Some(block) = raw.block else {
+        let labels = if gil.is_empty() {
+            raw.labels
+        } else {
+            Arc::new(Labels { gil: gil.into(), ..Labels::clone(&raw.labels) })
+        };
+        return Resolved::Sample(StackSample {
+            time_ns: raw.time_ns,
+            labels,
+            stack,
+            kind: raw.kind,
+            value: raw.value,
+            tid: raw.tid,
+        });
+    };
+    let reason = if raw.flags & FLAG_PY_GIL_WAIT != 0 {
+        Reason::Gil
+    } else {
+        Reason::of(block.state, &stack)
+    };
+    let labels = Arc::new(Labels {
+        reason: reason.name().into(),
+        gil: gil.into(),
+        ..Labels::clone(&raw.labels)
+    });
+    Resolved::BlockStart(BlockStart {
+        sample: StackSample {
+            time_ns: raw.time_ns,
+            labels,
+            stack: off_cpu::shape(&stack, reason),
+            kind: SampleKind::OffCpu,
+            value: 0,
+            tid: raw.tid,
+        },
+        tid: raw.tid,
+        boot_ns: block.boot_ns,
+        weight: block.weight,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +807,19 @@ mod tests {
     #[inline(never)]
     fn a_named_function_for_the_symbolizer() -> u64 {
         a_named_function_for_the_symbolizer as *const () as u64 + 4
+    }
+
+    /// This process's labels, and the file, offset and address of
+    /// [`a_named_function_for_the_symbolizer`] in it.
+    fn own_function() -> (Arc<Labels>, Arc<MappedFile>, u64, u64) {
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(4);
+        let labels = table.observe(pid, pid, b"t", Identity::default()).labels(pid, b"t", true);
+        let addr = a_named_function_for_the_symbolizer();
+        let UserAddr::File { file, offset, .. } = table.normalize(pid, &[addr]).remove(0) else {
+            panic!("own code is file-backed");
+        };
+        (labels, file, offset, addr)
     }
 
     fn resolver() -> (Resolver, Arc<SymbolizerStats>) {
@@ -527,6 +846,7 @@ mod tests {
             user: table.normalize(pid, &[addr, 16]),
             python: None,
             flags: 0,
+            ..RawStack::default()
         };
         let (mut resolver, stats) = resolver();
         let stack = resolver.resolve(pid, &raw);
@@ -548,6 +868,255 @@ mod tests {
     }
 
     #[test]
+    fn a_binary_deleted_after_its_process_exited_is_named_through_the_file_held_open() {
+        if skip_under_qemu_user(
+            "a_binary_deleted_after_its_process_exited_is_named_through_the_file_held_open",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
+        let (labels, _, offset, addr) = own_function();
+        // A copy of this test's program stands for a binary that a process mapped, which has
+        // exited since, and which a deploy then deleted.
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("deployed");
+        std::fs::copy(std::env::current_exe().unwrap(), &copy).unwrap();
+        let key = crate::host::file_key(&std::fs::metadata(&copy).unwrap());
+        let held = std::fs::File::open(&copy).unwrap();
+        let file = Arc::new(MappedFile::new(u32::MAX, key, &copy, Some(held)));
+        std::fs::remove_file(&copy).unwrap();
+        let raw = RawStack {
+            time_ns: 0,
+            labels,
+            kernel: vec![],
+            user: vec![UserAddr::File { file, offset, addr }],
+            python: None,
+            flags: 0,
+            ..RawStack::default()
+        };
+        let (mut resolver, _) = resolver();
+        let stack = resolver.resolve(u32::MAX, &raw);
+        assert!(
+            stack[0].function.contains("a_named_function_for_the_symbolizer"),
+            "{}",
+            stack[0].function
+        );
+    }
+
+    /// How a test program's debug file is found.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Split {
+        /// By build-id, in `dir/debug/.build-id/`.
+        BuildId,
+        /// Through `.gnu_debuglink`, in `dir/.debug/p.debug` (the program has no build-id).
+        Debuglink,
+        /// A static program (`-static`), by build-id, in `dir/debug/.build-id/`.
+        Static,
+    }
+
+    /// A C program split as distributions ship it: `dir/p`, stripped of its symbol table, and
+    /// its debug file, placed as `split` says. Returns the stripped file (held open, as the
+    /// process table holds it) and the file offsets of `internal_sum`, a function only the
+    /// debug file names, and of `public_product`, an exported function whose debug file also
+    /// has a local alias at its address, `__public_product`. The program sleeps for the
+    /// seconds its first argument says.
+    fn stripped_program(dir: &std::path::Path, split: Split) -> (Arc<MappedFile>, u64, u64) {
+        use object::{Object as _, ObjectSymbol as _};
+        let run = |cmd: &mut std::process::Command| {
+            assert!(cmd.status().unwrap().success(), "{cmd:?}");
+        };
+        let src = dir.join("p.c");
+        std::fs::write(
+            &src,
+            "#include <stdlib.h>\n\
+             #include <unistd.h>\n\
+             static __attribute__((noinline)) int internal_sum(int n) {\n\
+               int s = 0; for (int i = 0; i < n; i++) s += i * i; return s;\n\
+             }\n\
+             static __attribute__((noinline, used)) int __public_product(int n) {\n\
+               int p = 1; for (int i = 0; i < n; i++) p *= i | 1; return p;\n\
+             }\n\
+             extern int public_product(int n) __attribute__((alias(\"__public_product\")));\n\
+             int main(int argc, char **argv) {\n\
+               if (argc > 1) sleep(atoi(argv[1]));\n\
+               return (internal_sum(argc) + public_product(argc)) & 1;\n\
+             }\n",
+        )
+        .unwrap();
+        let (full, debug, stripped) = (dir.join("full"), dir.join("p.debug"), dir.join("p"));
+        let mut cc = std::process::Command::new("cc");
+        cc.args(["-O1", "-rdynamic"]);
+        match split {
+            Split::BuildId => {}
+            Split::Debuglink => {
+                cc.arg("-Wl,--build-id=none");
+            }
+            Split::Static => {
+                cc.arg("-static");
+            }
+        }
+        run(cc.arg(&src).arg("-o").arg(&full));
+        run(std::process::Command::new("objcopy").arg("--only-keep-debug").arg(&full).arg(&debug));
+        run(std::process::Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(&full));
+        let data = std::fs::read(&full).unwrap();
+        let elf = object::File::parse(&*data).unwrap();
+        let layout = Layout::parse(&data).unwrap();
+        let offset_of = |name: &str| {
+            let addr = elf.symbols().find(|s| s.name() == Ok(name)).unwrap().address();
+            let seg =
+                layout.segments.iter().find(|s| (s.address..s.address + s.size).contains(&addr));
+            addr - seg.unwrap().address + seg.unwrap().offset
+        };
+        let (internal, public) = (offset_of("internal_sum"), offset_of("public_product"));
+        if split == Split::Debuglink {
+            // The link records the debug file's name and CRC.
+            run(std::process::Command::new("objcopy")
+                .current_dir(dir)
+                .arg("--add-gnu-debuglink=p.debug")
+                .arg(&stripped));
+        }
+        let key = crate::host::file_key(&std::fs::metadata(&stripped).unwrap());
+        let held = std::fs::File::open(&stripped).unwrap();
+        let file = Arc::new(MappedFile::new(u32::MAX, key, &stripped, Some(held)));
+        let target = match &file.module.build_id {
+            Some(build_id) => crate::debuginfo::build_id_path(&dir.join("debug"), build_id),
+            None => dir.join(".debug/p.debug"),
+        };
+        assert_eq!(file.module.build_id.is_none(), split == Split::Debuglink);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::rename(&debug, &target).unwrap();
+        (file, internal, public)
+    }
+
+    #[test]
+    fn a_stripped_binary_is_named_from_its_debug_file_and_not_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, offset, _) = stripped_program(dir.path(), Split::BuildId);
+        let raw = RawStack {
+            user: vec![UserAddr::File { file, offset: offset + 4, addr: 0x1000 }],
+            ..RawStack::default()
+        };
+        let (mut plain, _) = resolver();
+        let unnamed = plain.resolve(u32::MAX, &raw);
+        assert!(unnamed[0].function.starts_with("[unknown] 0x1000 (p+"), "{}", unnamed[0].function);
+
+        let (resolver, stats) = resolver();
+        let debug_stats = Arc::new(crate::debuginfo::DebugInfoStats::default());
+        let dirs = vec![dir.path().join("nothing here"), dir.path().join("debug")];
+        let debug = Arc::new(DebugInfo::new(dirs, debug_stats.clone()));
+        let mut resolver = resolver.with_debug_info(debug);
+        let named = resolver.resolve(u32::MAX, &raw);
+        assert_eq!(&*named[0].function, "internal_sum");
+        assert_eq!(named[0].address, offset + 4, "the frame keeps the binary's own offset");
+        assert_eq!(debug_stats.found.load(Relaxed), 1);
+        assert!(stats.debug_files.get().is_some(), "Status sees the counts");
+    }
+
+    #[test]
+    fn an_exported_function_keeps_its_exported_name_when_a_debug_file_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, internal, public) = stripped_program(dir.path(), Split::BuildId);
+        let raw = RawStack {
+            user: vec![
+                UserAddr::File { file: file.clone(), offset: public + 4, addr: 0x1000 },
+                UserAddr::File { file, offset: internal + 4, addr: 0x2000 },
+            ],
+            ..RawStack::default()
+        };
+        let dirs = vec![dir.path().join("debug")];
+        let debug_stats = Arc::new(crate::debuginfo::DebugInfoStats::default());
+        let (resolver, _) = resolver();
+        let mut resolver =
+            resolver.with_debug_info(Arc::new(DebugInfo::new(dirs, debug_stats.clone())));
+        let named = resolver.resolve(u32::MAX, &raw);
+        // The exported name, not the debug file's local alias at the same address.
+        assert_eq!(&*named[0].function, "public_product");
+        assert_eq!(&*named[1].function, "internal_sum", "the rest from the debug file");
+        assert_eq!(debug_stats.found.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_binary_without_a_build_id_is_named_through_its_debuglink_whose_crc_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, internal, public) = stripped_program(dir.path(), Split::Debuglink);
+        // A file of the linked name right next to the binary, looked at first, but not the
+        // one the link's CRC names: the one in .debug/ is.
+        std::fs::write(dir.path().join("p.debug"), b"not the debug file").unwrap();
+        let raw = RawStack {
+            user: vec![
+                UserAddr::File { file: file.clone(), offset: internal + 4, addr: 0x1000 },
+                UserAddr::File { file, offset: public + 4, addr: 0x2000 },
+            ],
+            ..RawStack::default()
+        };
+        let debug_stats = Arc::new(crate::debuginfo::DebugInfoStats::default());
+        let dirs = vec![dir.path().join("debug")];
+        let (resolver, _) = resolver();
+        let mut resolver =
+            resolver.with_debug_info(Arc::new(DebugInfo::new(dirs, debug_stats.clone())));
+        let named = resolver.resolve(u32::MAX, &raw);
+        assert_eq!(&*named[0].function, "internal_sum");
+        assert_eq!(&*named[1].function, "public_product");
+        assert_eq!(debug_stats.found.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_debug_file_is_found_in_the_root_its_process_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // The debug file is at /debug/.build-id/… in the process's root, and nowhere in the
+        // daemon's: as a container's /usr/lib/debug is.
+        let (file, internal, _) = stripped_program(&root, Split::Static);
+        assert!(!std::path::Path::new("/debug").exists());
+        let mut child = std::process::Command::new("chroot")
+            .arg(&root)
+            .args(["/p", "60"])
+            .spawn()
+            .expect("chroot runs (the tests run as root)");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while crate::host::foreign_root(pid).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let raw = RawStack {
+            user: vec![UserAddr::File { file, offset: internal + 4, addr: 0x1000 }],
+            ..RawStack::default()
+        };
+        let debug_stats = Arc::new(crate::debuginfo::DebugInfoStats::default());
+        let (resolver, _) = resolver();
+        let dirs = vec![std::path::PathBuf::from("/debug")];
+        let mut resolver = resolver.with_debug_info(Arc::new(DebugInfo::new(dirs, debug_stats)));
+        let named = resolver.resolve(pid, &raw);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(&*named[0].function, "internal_sum");
+    }
+
+    #[test]
+    fn blazesym_is_started_afresh_once_it_holds_too_many_files() {
+        let (mut resolver, stats) = resolver();
+        let pid = std::process::id();
+        let module = Arc::new(Module { path: "/nonexistent/lib.so".into(), build_id: None });
+        for inode in 0..=MAX_OPEN_FILES as u64 {
+            let file =
+                MappedFile { key: FileKey { dev: 1, inode }, module: module.clone(), held: None };
+            resolver.symbolize_file(pid, &file, &[0x10]);
+        }
+        assert_eq!(stats.restarts.load(Relaxed), 1);
+        assert_eq!(resolver.opened.len(), 1, "only the file that came after the restart");
+        // A file met again before the bound does not count twice.
+        let file = MappedFile { key: FileKey { dev: 1, inode: 0 }, module, held: None };
+        resolver.symbolize_file(pid, &file, &[0x10]);
+        resolver.symbolize_file(pid, &file, &[0x20]);
+        assert_eq!(resolver.opened.len(), 2);
+    }
+
+    #[test]
     fn unresolvable_offsets_are_unknown_not_wrong() {
         if skip_under_qemu_user(
             "unresolvable_offsets_are_unknown_not_wrong",
@@ -556,12 +1125,7 @@ mod tests {
             return;
         }
         let pid = std::process::id();
-        let mut table = ProcessTable::new(4);
-        let labels = table.observe(pid, pid, b"t", Identity::default()).labels(pid, b"t", true);
-        let addr = a_named_function_for_the_symbolizer();
-        let UserAddr::File { file, .. } = table.normalize(pid, &[addr]).remove(0) else {
-            panic!("own code is file-backed");
-        };
+        let (labels, file, _, _) = own_function();
         // An offset far beyond the file's code.
         let bogus = UserAddr::File { file: file.clone(), offset: 1 << 40, addr: 0x7f00_0000_0000 };
         let raw = RawStack {
@@ -571,6 +1135,7 @@ mod tests {
             user: vec![bogus],
             python: None,
             flags: FLAG_USER_TRUNCATED,
+            ..RawStack::default()
         };
         let (mut resolver, _) = resolver();
         let stack = resolver.resolve(pid, &raw);
@@ -588,6 +1153,7 @@ mod tests {
         let gone = Arc::new(MappedFile {
             key: FileKey { dev: 0, inode: 1 },
             module: Arc::new(Module { path: "/nonexistent/libgone.so".into(), build_id: None }),
+            held: None,
         });
         let raw = RawStack {
             time_ns: 0,
@@ -600,6 +1166,7 @@ mod tests {
             }],
             python: None,
             flags: 0,
+            ..RawStack::default()
         };
         let (mut resolver, _) = resolver();
         let stack = resolver.resolve(pid, &raw);
@@ -632,6 +1199,7 @@ mod tests {
             user: vec![],
             python: None,
             flags: 0,
+            ..RawStack::default()
         };
         let stack = resolver.resolve(1, &raw);
         assert_eq!(&*stack[0].function, "do_sys_openat2");

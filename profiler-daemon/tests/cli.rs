@@ -45,6 +45,15 @@ fn profilerd_rejects_a_bad_flag_with_its_name() {
     let (ok, stderr) = run(env!("CARGO_BIN_EXE_profilerd"), &["--listen", "127.0.0.1:80"]);
     assert!(!ok);
     assert!(stderr.contains("expected unix:///PATH or tcp://ADDR:PORT"), "{stderr}");
+    let (ok, stderr) =
+        run(env!("CARGO_BIN_EXE_profilerd"), &["--debuginfod-urls", "debuginfod.internal:8002"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "invalid debuginfod server \"debuginfod.internal:8002\": expected http://HOST:PORT"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

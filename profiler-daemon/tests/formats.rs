@@ -12,7 +12,7 @@ use std::{
 
 use clap::Parser as _;
 use profiler_daemon::{
-    aggregate::{Frame, FrameKind, Labels, MergedProfile, Module},
+    aggregate::{Frame, FrameKind, Labels, MergedProfile, Module, Tally},
     ctl::{self, Cli, TimePoint},
     export::{
         self, ProfileView,
@@ -121,12 +121,10 @@ fn profile(counts: &PythonCounts, with_native: bool) -> v1::Profile {
         stacks.push((app.clone(), base, 30));
         stacks.push((app, in_kernel, 5));
     }
-    let mut merged = MergedProfile {
-        start_ns: 1_700_000_000_000_000_000,
-        end_ns: 1_700_000_060_000_000_000,
-        windows: 6,
-        ..MergedProfile::default()
-    };
+    let mut merged = MergedProfile::default();
+    merged.start_ns = 1_700_000_000_000_000_000;
+    merged.end_ns = 1_700_000_060_000_000_000;
+    merged.windows = 6;
     for (labels, mut stack, count) in stacks {
         if count == 0 {
             continue;
@@ -134,7 +132,8 @@ fn profile(counts: &PythonCounts, with_native: bool) -> v1::Profile {
         // The aggregator's stacks are leaf first.
         stack.reverse();
         merged.samples += count;
-        *merged.entries.entry((labels, stack.into())).or_insert(0) += count;
+        let value = count * PERIOD_NS as u64;
+        merged.entries.entry((labels, stack.into())).or_default().add(Tally { count, value });
     }
     export::pprof::build(&merged, PERIOD_NS)
 }
@@ -702,8 +701,8 @@ fn protobuf_python() -> Option<PathBuf> {
 #[test]
 fn pprof_decodes_with_an_independent_protobuf_implementation() {
     let Some(python) = protobuf_python() else { return };
-    let mut merged =
-        MergedProfile { start_ns: 1, end_ns: 2, windows: 1, ..MergedProfile::default() };
+    let mut merged = MergedProfile::default();
+    (merged.start_ns, merged.end_ns, merged.windows) = (1, 2, 1);
     let app = labels(4242, "python3");
     let build_id =
         Arc::new(Module { path: "/usr/lib/libz.so.1".into(), build_id: Some("0badc0de".into()) });
@@ -711,7 +710,9 @@ fn pprof_decodes_with_an_independent_protobuf_implementation() {
         Arc::new(Frame { module: Some(build_id), ..(*native("deflate", "", 0x30)).clone() });
     // Leaf first, as the aggregator keeps stacks.
     let stack: Vec<Arc<Frame>> = vec![deflate, py("compress", 12, 10), py("<module>", 3, 1)];
-    merged.entries.insert((app.clone(), stack.into()), 7);
+    merged
+        .entries
+        .insert((app.clone(), stack.into()), Tally { count: 7, value: 7 * PERIOD_NS as u64 });
     merged.calls.insert((app, py("compress", 10, 10)), 1234);
     merged.samples = 7;
     let profile = export::pprof::build(&merged, PERIOD_NS);

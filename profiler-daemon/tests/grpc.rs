@@ -10,7 +10,7 @@ use std::{
 use hyper_util::rt::TokioIo;
 use profiler_daemon::{
     aggregate::{
-        Frame, FrameKind, Labels, Module, Resolved, Retention, StackSample,
+        Frame, FrameKind, Labels, Module, Resolved, Retention, SampleKind, StackSample,
         actor::{self, AggregatorConfig},
     },
     config::ListenAddr,
@@ -77,6 +77,9 @@ fn samples() -> Vec<StackSample> {
                 time_ns: profiler_daemon::clock::now_ns(),
                 labels: labels.clone(),
                 stack: stack.clone().into(),
+                kind: SampleKind::Cpu,
+                value: 10_000_000,
+                tid: labels.tid,
             });
         }
     };
@@ -130,6 +133,9 @@ async fn service_with(shutdown: &CancellationToken, samples: Vec<StackSample>) -
         program_id: 0,
         runtimes: Arc::default(),
         pods: None,
+        oom_kills: Default::default(),
+        resident: Default::default(),
+        exporters: Vec::new(),
     });
     ProfilerService::new(aggregator, info)
 }
@@ -185,6 +191,9 @@ fn distinct_stacks(n: usize) -> Vec<StackSample> {
                 .map(|d| native(&format!("function_{i}_{d}"), &module, (i * 20 + d) as u64))
                 .collect::<Vec<_>>()
                 .into(),
+            kind: SampleKind::Cpu,
+            value: 10_000_000,
+            tid: 7,
         })
         .collect()
 }
@@ -238,6 +247,7 @@ async fn malformed_requests_get_clear_errors() {
     let backwards = v1::QueryRequest {
         range: Some(v1::TimeRange { start_unix_nanos: 2_000, end_unix_nanos: 1_000 }),
         filter: None,
+        ..v1::QueryRequest::default()
     };
     let err = client.query(backwards).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -249,6 +259,7 @@ async fn malformed_requests_get_clear_errors() {
                 .map(|i| v1::LabelMatcher { key: "pid".into(), value: i.to_string() })
                 .collect(),
         }),
+        ..v1::QueryRequest::default()
     };
     let err = client.query(many).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -259,6 +270,7 @@ async fn malformed_requests_get_clear_errors() {
         filter: Some(v1::Filter {
             matchers: vec![v1::LabelMatcher { key: "comm".into(), value: "x".repeat(100 << 20) }],
         }),
+        ..v1::QueryRequest::default()
     };
     let err = client.query(huge).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
@@ -273,6 +285,7 @@ fn query(selector: &str) -> v1::QueryRequest {
     v1::QueryRequest {
         range: Some(v1::TimeRange { start_unix_nanos: 1, end_unix_nanos: 0 }),
         filter: Some(selector.to_proto()),
+        ..v1::QueryRequest::default()
     }
 }
 
@@ -329,6 +342,7 @@ async fn filters_select_processes_and_bad_selectors_are_rejected() {
     let empty = v1::QueryRequest {
         range: Some(v1::TimeRange { start_unix_nanos: 10, end_unix_nanos: 5 }),
         filter: None,
+        ..v1::QueryRequest::default()
     };
     assert_eq!(client.query(empty).await.unwrap_err().code(), tonic::Code::InvalidArgument);
     shutdown.cancel();
@@ -358,6 +372,7 @@ fn the_top_header_names_samples_range_and_drops() {
     let stats = v1::QueryStats {
         windows: 3,
         samples: 1500,
+        value: 1500 * 10_101_010,
         start_unix_nanos: 1_700_000_000_000_000_000,
         end_unix_nanos: 1_700_000_030_000_000_000,
         drops: vec![
@@ -366,7 +381,7 @@ fn the_top_header_names_samples_range_and_drops() {
         ],
         ..v1::QueryStats::default()
     };
-    insta::assert_snapshot!(ctl::render_header(&stats, 10_101_010));
+    insta::assert_snapshot!(ctl::render_header(&stats, profiler_daemon::aggregate::Mode::Cpu));
 }
 
 /// A client that stops answering (a hung `profctl`, or one whose runtime is no longer driven)

@@ -71,6 +71,9 @@ async fn serves_metrics_health_and_nothing_else() {
         program_id: 0,
         runtimes: Arc::default(),
         pods: None,
+        oom_kills: Default::default(),
+        resident: Default::default(),
+        exporters: Vec::new(),
     });
     let sources = metrics::Sources { info, aggregator, store: None, grpc: Arc::default() };
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();

@@ -4,7 +4,7 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use support::{Daemon, build_c, parse_folded, require_bpf, samples_with, scratch};
+use support::{Daemon, build_c, build_c_with, parse_folded, require_bpf, samples_with, scratch};
 
 #[test]
 fn cpu_shares_and_call_chain_of_a_native_program() {
@@ -40,8 +40,44 @@ fn cpu_shares_and_call_chain_of_a_native_program() {
     let top = daemon.ctl_ok(&[&["query", "--format", "top"][..], &pid_filter].concat());
     let first_row = top.lines().nth(4).unwrap_or_default();
     assert!(first_row.contains("fn_a (native)"), "fn_a leads the self column:\n{top}");
-    assert!(top.contains("dropped: none"), "{top}");
+    // Drop counts are the host's: a Python process elsewhere on the host (another test's) can
+    // lose its Python frames for a sample, which concerns no native process. Nothing else may
+    // be lost.
+    let dropped = top.lines().find_map(|l| l.strip_prefix("dropped: ")).expect("a dropped line");
+    assert!(
+        dropped == "none"
+            || dropped.split(", ").all(|d| d.starts_with("python_thread_not_found ")
+                || d.starts_with("python_read_error ")),
+        "{top}"
+    );
     assert!(daemon.stop(), "profilerd exits cleanly on SIGTERM");
+}
+
+#[test]
+fn the_caller_of_a_frameless_leaf_is_in_the_chain() {
+    if !require_bpf("the_caller_of_a_frameless_leaf_is_in_the_chain") {
+        return;
+    }
+    let dir = scratch("native_leaf");
+    let program = build_c_with("leaf", &dir, &["-O2", "-g", "-fno-omit-frame-pointer"]);
+    let daemon = Daemon::start(&dir, &["--frequency", "499"]);
+    let mut child = Command::new(&program).arg("3").spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let folded = parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid]));
+    let dump = || folded.iter().take(20).map(|(s, c)| format!("{s} {c}\n")).collect::<String>();
+    let leaf: u64 =
+        folded.iter().filter(|(s, _)| s.ends_with(";crc_fold_alpha")).map(|(_, c)| c).sum();
+    let chained = samples_with(&folded, "main;dispatch_round;crc_fold_alpha");
+    assert!(leaf > 500, "expected about 1500 samples of the leaf, got {leaf}:\n{}", dump());
+    // Every sample of the leaf has its caller: the walk alone gives main;crc_fold_alpha.
+    assert!(chained * 100 >= leaf * 99, "{chained} of {leaf} leaf samples chained:\n{}", dump());
+    // Samples taken in the kernel (an interrupt) get the user stack from the kernel's walk,
+    // which keeps no leaf words: those may still lack the caller.
+    let unchained = folded.iter().filter(|(s, _)| s.ends_with(";main;crc_fold_alpha"));
+    assert_eq!(unchained.map(|(_, c)| c).sum::<u64>(), 0, "{}", dump());
+    assert!(daemon.stop());
 }
 
 #[test]
@@ -97,7 +133,8 @@ fn a_process_that_exits_keeps_its_samples_and_symbols() {
     let total: u64 = folded.iter().map(|(_, c)| c).sum();
     let named = samples_with(&folded, "main;run;fn_a") + samples_with(&folded, "main;run;fn_b");
     assert!(total > 300, "expected about 750 samples, got {total}");
-    assert!(named * 10 > total * 8, "{named} of {total} samples named after the exit");
+    let dump = folded.iter().take(20).map(|(s, c)| format!("{s} {c}\n")).collect::<String>();
+    assert!(named * 10 > total * 8, "{named} of {total} samples named after the exit:\n{dump}");
 }
 
 #[test]

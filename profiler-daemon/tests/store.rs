@@ -168,7 +168,13 @@ fn window_with_new_frames(i: i64, frames: usize) -> profiler_daemon::aggregate::
         end_ns: start + 10_000_000_000,
         samples: 1,
         drops: Default::default(),
-        entries: vec![WindowEntry { labels, stack: stack.into(), count: 1 }],
+        entries: vec![WindowEntry {
+            kind: profiler_daemon::aggregate::SampleKind::Cpu,
+            labels,
+            stack: stack.into(),
+            count: 1,
+            value: 1,
+        }],
         calls: Vec::new(),
         persisted: Default::default(),
     }
@@ -223,7 +229,9 @@ fn a_full_disk_loses_only_the_windows_it_refused_and_the_store_recovers() {
     }
     let store = Store::open(&data, retention, false).unwrap();
     assert_eq!(store.status().windows, stored.len() as u64);
-    let all = store.merge(0, i64::MAX, &Default::default()).unwrap();
+    let all = store
+        .merge(0, i64::MAX, &Default::default(), profiler_daemon::aggregate::Mode::Cpu)
+        .unwrap();
     assert_eq!(all.samples, stored.len() as u64, "every stored window reads back");
     assert_eq!(all.entries.len(), stored.len(), "with its frames");
 }

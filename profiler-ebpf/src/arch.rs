@@ -60,6 +60,29 @@ pub fn user_ip_and_fp(ctx: &PerfEventContext) -> Option<(u64, u64)> {
     }
 }
 
+/// The user stack pointer and link register (0: x86_64 keeps return addresses on the stack)
+/// of a sample that interrupted user code.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+pub fn user_sp_and_lr(ctx: &PerfEventContext) -> (u64, u64) {
+    // SAFETY: see `regs`.
+    (unsafe { core::ptr::read_volatile(&raw const (*regs(ctx)).rsp) }, 0)
+}
+
+/// The user stack pointer and link register (`x30`) of a sample that interrupted user code.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn user_sp_and_lr(ctx: &PerfEventContext) -> (u64, u64) {
+    let regs = regs(ctx);
+    // SAFETY: see `regs`.
+    unsafe {
+        (
+            core::ptr::read_volatile(&raw const (*regs).sp),
+            core::ptr::read_volatile(&raw const (*regs).regs[30]),
+        )
+    }
+}
+
 /// Whether the sample interrupted user code, whose kernel stack is empty.
 ///
 /// aarch64: the exception level and stack pointer bits of the saved PSTATE are EL0t (0).
@@ -96,4 +119,51 @@ fn regs(ctx: &PerfEventContext) -> *const bpf_user_pt_regs_t {
     let data = ctx.as_ptr().cast::<bpf_perf_event_data>();
     // SAFETY: only the field's address is taken.
     unsafe { &raw const (*data).regs }
+}
+
+/// The `futex` system call's number.
+///
+/// x86_64: the 64-bit system call table (a 32-bit or x32 process numbers it differently, and
+/// is not matched).
+#[cfg(not(bpf_target_arch = "aarch64"))]
+pub const SYS_FUTEX: u64 = 202;
+
+/// The `futex` system call's number.
+///
+/// aarch64: the generic table.
+#[cfg(bpf_target_arch = "aarch64")]
+pub const SYS_FUTEX: u64 = 98;
+
+/// The system call a task is in, from its saved user registers at `regs` (a `struct pt_regs`
+/// from `bpf_task_pt_regs`): its number, first and second argument. `None` when a read fails.
+///
+/// x86_64: `si`, `di` and `orig_ax` (the number; `ax` becomes the return value) are
+/// consecutive at byte 104 of `struct pt_regs`, a layout fixed by the kernel's entry code.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+pub fn syscall(regs: u64) -> Option<(u64, u64, u64)> {
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    let [si, di, orig_ax] =
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((regs + 104) as *const [u64; 3]) }
+            .ok()?;
+    Some((orig_ax, di, si))
+}
+
+/// The system call a task is in, from its saved user registers at `regs` (a `struct pt_regs`
+/// from `bpf_task_pt_regs`): its number, first and second argument. `None` when a read fails.
+///
+/// aarch64: `orig_x0` (the first argument: `regs[0]` becomes the return value) and the `s32
+/// syscallno` follow the 34 saved registers (`regs[31]`, `sp`, `pc`, `pstate`) at byte 272;
+/// the second argument is still in `regs[1]`, at byte 8.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn syscall(regs: u64) -> Option<(u64, u64, u64)> {
+    use aya_ebpf::helpers::bpf_probe_read_kernel;
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    let [orig_x0, syscallno] =
+        unsafe { bpf_probe_read_kernel((regs + 272) as *const [u64; 2]) }.ok()?;
+    // SAFETY: as above.
+    let x1 = unsafe { bpf_probe_read_kernel((regs + 8) as *const u64) }.ok()?;
+    // `syscallno` is an s32 (-1 outside a system call) in the low half of its word.
+    Some((u64::from(syscallno as u32), orig_x0, x1))
 }

@@ -42,3 +42,32 @@ pub fn identity() -> (u64, u32) {
     let exec = unsafe { bpf_probe_read_kernel((leader + exec_at) as *const u32) }.unwrap_or(0);
     (start, exec)
 }
+
+/// Runs when a process has loaded a new program (`execve`), as that program: records the
+/// process with its new identity and wakes the daemon at once, so that it reads the process's
+/// executable and maps while it runs. A program that runs for a few milliseconds is often gone
+/// by the time its first sample would have been handled (the drain runs every 100 ms).
+#[aya_ebpf::macros::btf_tracepoint(function = "sched_process_exec")]
+pub fn process_exec(_ctx: aya_ebpf::programs::BtfTracePointContext) -> i32 {
+    use profiler_common::{
+        counters::Counter,
+        sample::{Exec, RECORD_EXEC},
+    };
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let (start_ns, exec_id) = identity();
+    let exec = Exec {
+        kind: RECORD_EXEC,
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        exec_id,
+        start_ns,
+        time_ns: crate::boot_ns(),
+        comm: aya_ebpf::helpers::bpf_get_current_comm().unwrap_or_default(),
+    };
+    if crate::capture::submit_now(&exec) {
+        crate::bump(Counter::Execs);
+    } else {
+        crate::bump(Counter::ExecRingBufFull);
+    }
+    0
+}

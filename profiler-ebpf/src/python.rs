@@ -130,26 +130,45 @@ fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
     None
 }
 
-/// Walks the Python stack of thread `tid` of `tgid` into `data[start..]` as (code,
-/// instruction) pairs and returns the number of frames. Adds `FLAG_PY_*` bits to `flags`.
-pub fn walk(
-    data: &mut [u64; DATA_WORDS],
-    start: usize,
-    tgid: u32,
-    tid: u32,
+/// A thread of a known Python process.
+pub struct PyThread<'a> {
+    /// The process's entry.
+    pub process: &'a PyProcess,
+    /// The thread's `PyThreadState`, when it was found.
+    pub tstate: Option<u64>,
+}
+
+/// Thread `tid` of `tgid`, whose identity (start time, `execve` count) is given, when the
+/// process is a known Python process.
+#[inline(always)]
+pub fn thread<'a>(
+    (tgid, tid): (u32, u32),
     (start_ns, exec_id): (u64, u32),
-    flags: &mut u32,
-) -> u32 {
+) -> Option<PyThread<'a>> {
     // SAFETY: map lookups return valid pointers or None.
-    let Some(process) = (unsafe { PY_PROCS.get(&tgid) }) else {
-        return 0;
-    };
+    let process = unsafe { PY_PROCS.get(&tgid) }?;
     // An entry for another process under a reused pid, or for the program this one replaced
     // by `execve`: its addresses mean nothing here. The daemon re-registers the process.
     if process.start_ns != start_ns || process.exec_id != exec_id {
-        return 0;
+        return None;
     }
-    let Some(tstate) = find_thread_state(process, tid) else {
+    Some(PyThread { process, tstate: find_thread_state(process, tid) })
+}
+
+/// Walks the Python stack of `thread` into `data[start..]` as (code, instruction) pairs and
+/// returns the number of frames. Adds `FLAG_PY_*` bits to `flags`.
+///
+/// Inlined into each program that records stacks: as a BPF function of its own it would take
+/// more than the five arguments a BPF call passes in registers.
+#[inline(always)]
+pub fn walk(
+    data: &mut [u64; DATA_WORDS],
+    start: usize,
+    thread: &PyThread<'_>,
+    flags: &mut u32,
+) -> u32 {
+    let process = thread.process;
+    let Some(tstate) = thread.tstate else {
         *flags |= FLAG_PY_NO_THREAD;
         return 0;
     };

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use profiler_daemon::{
-    aggregate::{Frame, FrameKind, Labels, Stack, Window, window::WindowEntry},
+    aggregate::{Frame, FrameKind, Labels, SampleKind, Stack, Window, window::WindowEntry},
     stats::DropSnapshot,
     store::{DiskRetention, Store},
 };
@@ -59,9 +59,11 @@ pub fn build(dir: &std::path::Path, start: i64, windows: i64) -> Store {
             .iter()
             .flat_map(|(labels, stacks)| {
                 stacks.iter().enumerate().map(|(i, s)| WindowEntry {
+                    kind: SampleKind::Cpu,
                     labels: labels.clone(),
                     stack: s.clone(),
                     count: 1 + (i as u64 + w as u64) % 5,
+                    value: (1 + (i as u64 + w as u64) % 5) * 10_101_010,
                 })
             })
             .collect();

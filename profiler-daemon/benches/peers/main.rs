@@ -5,6 +5,7 @@
 //! make bench                      # the full run (about 25 minutes), rewrites BENCHMARKS.md
 //! make bench-smoke                # a few seconds per case; checks that the harness works
 //! cargo bench -p profiler-daemon --bench peers -- [--smoke] [--rounds N] [--out FILE]
+//! cargo bench -p profiler-daemon --bench peers -- --only off-cpu|churn|memory|store [--smoke]
 //! ```
 //!
 //! Every ratio compares runs of the same round; rounds alternate the order of the settings,
@@ -13,9 +14,12 @@
 //! per wall second) is the figure that noise does not blur. Needs root (BPF, and attaching
 //! py-spy and perf to other processes).
 
+mod churn;
 #[path = "../common/day.rs"]
 mod day;
 mod measure;
+mod memory;
+mod off_cpu;
 mod profilers;
 mod report;
 mod watchdog;
@@ -27,7 +31,7 @@ use std::{
 };
 
 use profilers::{Attached, Profilerd, Usage};
-use report::{Accuracy, DaemonCost, KernelCost, Machine, QueryLatency, Results, Trial};
+use report::{Accuracy, DaemonCost, ExportCost, KernelCost, Machine, QueryLatency, Results, Trial};
 use workloads::{Programs, Workload};
 
 /// One way of running a workload.
@@ -42,10 +46,11 @@ pub enum Setting {
         /// Python entry probe on.
         calls: bool,
     },
-    /// py-spy record at 100 Hz.
+    /// py-spy record at 100 Hz, with one of its flags: `--nonblocking`, or `--idle` and
+    /// `--gil`, its answers to the wall-clock and GIL profiles that profilerd records always.
     PySpy {
-        /// `--nonblocking`.
-        nonblocking: bool,
+        /// The flag.
+        flag: Option<&'static str>,
     },
     /// perf record -F 99 -g.
     Perf,
@@ -58,8 +63,8 @@ impl Setting {
             Setting::Baseline => "baseline (not profiled)".to_owned(),
             Setting::Profilerd { hz, calls: false } => format!("profilerd {hz} Hz"),
             Setting::Profilerd { hz, calls: true } => format!("profilerd {hz} Hz + call probe"),
-            Setting::PySpy { nonblocking: false } => "py-spy record 100 Hz".to_owned(),
-            Setting::PySpy { nonblocking: true } => "py-spy record 100 Hz --nonblocking".to_owned(),
+            Setting::PySpy { flag: None } => "py-spy record 100 Hz".to_owned(),
+            Setting::PySpy { flag: Some(flag) } => format!("py-spy record 100 Hz {flag}"),
             Setting::Perf => "perf record -F 99 -g".to_owned(),
         }
     }
@@ -71,6 +76,8 @@ impl Setting {
 
 struct Options {
     smoke: bool,
+    /// Run one section and print it instead of writing the report.
+    only: Option<String>,
     rounds: usize,
     out: PathBuf,
 }
@@ -79,6 +86,7 @@ impl Options {
     fn parse() -> Result<Options, String> {
         let mut options = Options {
             smoke: false,
+            only: None,
             rounds: 7,
             out: Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md"),
         };
@@ -87,6 +95,16 @@ impl Options {
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--smoke" => options.smoke = true,
+                "--only" => match args.next().as_deref() {
+                    Some(section @ ("off-cpu" | "churn" | "memory" | "store")) => {
+                        options.only = Some(section.to_owned());
+                    }
+                    other => {
+                        return Err(format!(
+                            "--only takes off-cpu, churn, memory or store, not {other:?}"
+                        ));
+                    }
+                },
                 "--rounds" => {
                     let n = args.next().and_then(|n| n.parse().ok()).filter(|n| *n > 0);
                     rounds = Some(n.ok_or("--rounds needs a positive number")?);
@@ -103,7 +121,7 @@ impl Options {
                 "--bench" => {}
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?}; use --smoke, --rounds N, --out FILE"
+                        "unknown argument {other:?}; use --smoke, --rounds N, --out FILE, --only off-cpu|churn|memory|store"
                     ));
                 }
             }
@@ -120,6 +138,20 @@ impl Options {
     fn seconds(&self, full: f64, smoke: f64) -> f64 {
         if self.smoke { smoke } else { full }
     }
+}
+
+/// The venv with memory_profiler (and mprof) that `.ci/setup-tests` makes; without it the
+/// comparison with the memory tools is left out, and said so.
+fn memory_profiler_venv() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/memprof-venv");
+    let ok = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", "import memory_profiler"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("memory_profiler not found (run .ci/setup-tests): the memory tools are left out");
+    }
+    ok.then_some(venv)
 }
 
 struct Tools {
@@ -181,6 +213,37 @@ fn run() -> Result<(), String> {
         .find(|p| p.exists())
         .ok_or("no /usr/bin/python3 to run the workloads")?;
     let programs = Programs::prepare(&work.join("workloads"), python)?;
+    match options.only.as_deref() {
+        Some("off-cpu") => {
+            let rows = off_cpu::cost(&programs, options.seconds(8.0, 2.0))?;
+            print!("{}", report::off_cpu_table(&rows));
+        }
+        Some("memory") => {
+            let rows =
+                memory::cost(&programs, &work, options.seconds(10.0, 2.0), options.rounds.min(3))?;
+            print!("{}", report::memory_table(&rows));
+            let resident =
+                memory::resident_cost(&work, memory::GOAL_PROCESSES, options.seconds(30.0, 3.0))?;
+            print!("\n{}", report::resident_table(&resident));
+            if let Some(venv) = memory_profiler_venv() {
+                let rows = memory::tools(&programs, &work, &venv, 2, options.rounds.min(3))?;
+                print!("\n{}", report::tools_table(&rows));
+            }
+        }
+        Some("store") => {
+            let (_, export) = query_latency(&options, &work)?;
+            print!("{}", report::export_table(&export));
+        }
+        Some(_) => {
+            let churn = churn::run(&programs, &work, options.seconds(60.0, 5.0))?;
+            print!("{}", report::churn_section(&churn));
+        }
+        None => {}
+    }
+    if options.only.is_some() {
+        let _ = std::fs::remove_dir_all(&work);
+        return Ok(());
+    }
     let tools = Tools::find();
     if tools.py_spy.is_none() {
         eprintln!("py-spy not found (set PY_SPY, or run .ci/setup): its rows are left out");
@@ -200,12 +263,26 @@ fn run() -> Result<(), String> {
     results.trials = overhead(&options, &programs, &tools, &work)?;
     watchdog::step(0, "kernel cost per sample");
     results.kernel = kernel_cost(&options, &programs, &work)?;
+    watchdog::step(0, "off-CPU cost per context switch");
+    results.off_cpu = off_cpu::cost(&programs, options.seconds(8.0, 2.0))?;
+    watchdog::step(0, "page-fault cost");
+    results.memory =
+        memory::cost(&programs, &work, options.seconds(10.0, 2.0), options.rounds.min(3))?;
+    watchdog::step(0, "resident memory readings");
+    results.resident =
+        Some(memory::resident_cost(&work, memory::GOAL_PROCESSES, options.seconds(30.0, 3.0))?);
+    if let Some(venv) = memory_profiler_venv() {
+        watchdog::step(0, "memory tools");
+        results.tools = memory::tools(&programs, &work, &venv, 2, options.rounds.min(3))?;
+    }
     watchdog::step(0, "daemon cost");
     results.daemon = daemon_cost(&options, &programs, &tools, &work)?;
     watchdog::step(0, "accuracy");
     results.accuracy = accuracy(&options, &programs, &tools, &work)?;
     watchdog::step(0, "query latency");
-    results.queries = query_latency(&options, &work)?;
+    (results.queries, results.export) = query_latency(&options, &work)?;
+    watchdog::step(0, "churn");
+    results.churn = Some(churn::run(&programs, &work, options.seconds(60.0, 5.0))?);
     results.duration = started.elapsed();
     let text = report::markdown(&results);
     report::check(&results, &text)?;
@@ -233,8 +310,9 @@ fn overhead(
         Setting::Profilerd { hz: 99, calls: true },
     ];
     if tools.py_spy.is_some() {
-        settings.push(Setting::PySpy { nonblocking: false });
-        settings.push(Setting::PySpy { nonblocking: true });
+        for flag in [None, Some("--nonblocking"), Some("--idle"), Some("--gil")] {
+            settings.push(Setting::PySpy { flag });
+        }
     }
     if tools.perf.is_some() {
         settings.push(Setting::Perf);
@@ -258,10 +336,10 @@ fn overhead(
             for workload in Workload::ALL.into_iter().filter(|w| setting.applies_to(*w)) {
                 let mut running = programs.start(workload, options.scale())?;
                 let attached = match setting {
-                    Setting::PySpy { nonblocking } => {
+                    Setting::PySpy { flag } => {
                         let py_spy = tools.py_spy.as_deref().ok_or("no py-spy")?;
                         let out = work.join("py-spy.txt");
-                        Some(Attached::py_spy(py_spy, running.pid(), nonblocking, out)?)
+                        Some(Attached::py_spy(py_spy, running.pid(), flag, out)?)
                     }
                     Setting::Perf => {
                         let perf = tools.perf.as_deref().ok_or("no perf")?;
@@ -385,7 +463,7 @@ fn daemon_cost(
         std::thread::sleep(Duration::from_millis(300));
         let mut spies = Vec::new();
         for (i, c) in children.iter().enumerate() {
-            spies.push(Attached::py_spy(py_spy, c.id(), false, work.join(format!("spy{i}.txt")))?);
+            spies.push(Attached::py_spy(py_spy, c.id(), None, work.join(format!("spy{i}.txt")))?);
         }
         let before: Vec<Usage> = spies.iter().map(Attached::usage).collect();
         let wall = Instant::now();
@@ -393,12 +471,14 @@ fn daemon_cost(
         let cpu: u64 = spies.iter().zip(&before).map(|(s, b)| s.usage().since(*b).cpu_ns).sum();
         let wall = wall.elapsed();
         let rss: u64 = spies.iter().map(Attached::peak_rss).sum();
+        // The spies first: py-spy pauses its target to sample it, and a target killed while
+        // paused is not reaped until its tracer lets go (a run hung there once).
+        for s in spies {
+            s.stop(Duration::from_secs(10));
+        }
         for c in &mut children {
             let _ = c.kill();
             let _ = c.wait();
-        }
-        for s in spies {
-            s.finish(Duration::from_secs(10));
         }
         out.push(DaemonCost {
             profiler: format!(
@@ -433,7 +513,7 @@ fn accuracy(
         let pid = child.id();
         let spy = match tools.py_spy.as_deref() {
             Some(p) => {
-                Some(Attached::py_spy(p, pid, false, work.join(format!("accuracy{run}.txt")))?)
+                Some(Attached::py_spy(p, pid, None, work.join(format!("accuracy{run}.txt")))?)
             }
             None => None,
         };
@@ -461,8 +541,12 @@ fn accuracy(
     Ok(out)
 }
 
-/// Store queries over the last hour and the whole day of a synthetic day.
-fn query_latency(options: &Options, work: &Path) -> Result<Vec<QueryLatency>, String> {
+/// Store queries over the last hour and the whole day of a synthetic day, and the exporters'
+/// work on its last windows.
+fn query_latency(
+    options: &Options,
+    work: &Path,
+) -> Result<(Vec<QueryLatency>, Vec<ExportCost>), String> {
     use day::S;
     let windows = if options.smoke { 360 } else { day::WINDOWS_PER_DAY };
     let start = 1_750_000_000 * S + 1234 * S;
@@ -477,12 +561,64 @@ fn query_latency(options: &Options, work: &Path) -> Result<Vec<QueryLatency>, St
         let mut ms = Vec::new();
         for _ in 0..7 {
             let t = Instant::now();
-            let merged = store.merge(from, end, &all).map_err(|e| e.to_string())?;
+            let merged = store
+                .merge(from, end, &all, profiler_daemon::aggregate::Mode::Cpu)
+                .map_err(|e| e.to_string())?;
             ms.push(t.elapsed().as_secs_f64() * 1000.0);
             std::hint::black_box(merged);
         }
         out.push(QueryLatency { range: name.to_owned(), stored_hours: hours, millis: ms });
     }
+    let export = export_cost(&store, end, 15)?;
     drop(store);
+    Ok((out, export))
+}
+
+/// What each exporter does for each of the last `count` windows before `end` of `store`:
+/// reads the window's profiles from the store and encodes its requests, on one thread.
+fn export_cost(
+    store: &profiler_daemon::store::Store,
+    end: i64,
+    count: i64,
+) -> Result<Vec<ExportCost>, String> {
+    use profiler_daemon::fleet::{
+        Encode as _, OtlpEncoder, Source, http::Body, otlp::Host, pyroscope::PyroscopeEncoder,
+        window_profiles,
+    };
+    use prost::Message as _;
+    let source = Source {
+        host: Host { name: "bench".into(), node_name: None },
+        period_ns: 10_101_010,
+        max_request_bytes: profiler_daemon::fleet::MAX_REQUEST_BYTES,
+    };
+    let windows: Vec<(i64, i64)> =
+        (1..=count).rev().map(|i| (end - i * 10 * day::S, end - (i - 1) * 10 * day::S)).collect();
+    let otlp = OtlpEncoder(source.clone());
+    let pyroscope = PyroscopeEncoder(source);
+    let mut out = Vec::new();
+    for protocol in ["OTLP", "Pyroscope"] {
+        let mut row = ExportCost { protocol: protocol.to_owned(), ..ExportCost::default() };
+        for &(start, end) in &windows {
+            let t = Instant::now();
+            let profiles = window_profiles(store, start, end).map_err(|e| e.to_string())?;
+            // What goes on the wire: OTLP gzip-compressed, Pyroscope's bodies as they are
+            // (their profiles are gzipped inside).
+            let (requests, bytes, wire) = if protocol == "OTLP" {
+                let requests = otlp.encode(&profiles);
+                let bodies: Vec<Vec<u8>> = requests.iter().map(|r| r.encode_to_vec()).collect();
+                let wire = bodies.iter().map(|b| Body::gzipped(b).bytes.len()).sum();
+                (requests.len(), bodies.iter().map(Vec::len).sum::<usize>(), wire)
+            } else {
+                let requests = pyroscope.encode(&profiles);
+                let bytes: usize = requests.iter().map(|r| r.encode_to_vec().len()).sum();
+                (requests.len(), bytes, bytes)
+            };
+            row.millis.push(t.elapsed().as_secs_f64() * 1000.0);
+            row.bytes.push(bytes as u64);
+            row.wire_bytes.push(wire as u64);
+            row.requests = requests;
+        }
+        out.push(row);
+    }
     Ok(out)
 }

@@ -19,8 +19,10 @@ use crate::{
     watchdog,
 };
 
-/// The kernel programs of profilerd.
-pub const PROGRAMS: [&str; 2] = ["sample_cpu", "python_call"];
+/// The kernel programs of profilerd, as the kernel names them (15 characters at most:
+/// `off_cpu_switch_raw` is `off_cpu_switch_`). The sampling program comes first.
+pub const PROGRAMS: [&str; 5] =
+    ["sample_cpu", "python_call", "off_cpu_switch", "off_cpu_switch_", "sample_fault"];
 
 /// How long a call to the daemon may take before the harness gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(20);
@@ -62,6 +64,16 @@ impl Profilerd {
     /// its socket and store in `dir` and its other options at their defaults (10 s windows,
     /// written to the store), and waits until it answers.
     pub fn start(dir: &Path, hz: u32, calls: bool) -> Result<Profilerd, String> {
+        Profilerd::start_with(dir, hz, calls, &[])
+    }
+
+    /// Like [`Profilerd::start`], with `extra` options.
+    pub fn start_with(
+        dir: &Path,
+        hz: u32,
+        calls: bool,
+        extra: &[&str],
+    ) -> Result<Profilerd, String> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let socket = dir.join("profiler.sock");
@@ -72,6 +84,7 @@ impl Profilerd {
             .args(["--listen", &endpoint, "--metrics-listen", "off"])
             .args(["--frequency", &hz.to_string(), "--bpf-stats"])
             .args(["--python-calls", if calls { "all" } else { "off" }])
+            .args(extra)
             .arg("--data-dir")
             .arg(dir.join("data"))
             .stdout(Stdio::null())
@@ -132,6 +145,11 @@ impl Profilerd {
         }
     }
 
+    /// The run time and runs of the programs named `names` alone.
+    pub fn program_cost(&self, names: &[&str]) -> BpfCost {
+        measure::bpf_cost(names, self.loaded)
+    }
+
     /// The run time and runs of the sampling program alone.
     pub fn sampling_cost(&self) -> BpfCost {
         measure::bpf_cost(&PROGRAMS[..1], self.loaded)
@@ -163,6 +181,7 @@ impl Profilerd {
                     end_unix_nanos: end,
                 }),
                 filter: Some(selector.to_proto()),
+                ..v1::QueryRequest::default()
             };
             let response = client.query(request).await.map_err(|e| e.message().to_owned())?;
             let profile = response.into_inner().profile.ok_or("no profile")?;
@@ -200,11 +219,12 @@ pub struct Attached {
 }
 
 impl Attached {
-    /// `py-spy record` at 100 Hz on `pid`, raw (folded) output; waits until it samples.
+    /// `py-spy record` at 100 Hz on `pid` with `flag` (if any), raw (folded) output; waits until
+    /// it samples.
     pub fn py_spy(
         py_spy: &Path,
         pid: u32,
-        nonblocking: bool,
+        flag: Option<&str>,
         output: PathBuf,
     ) -> Result<Attached, String> {
         let mut command = Command::new(py_spy);
@@ -212,9 +232,7 @@ impl Attached {
             .args(["record", "--rate", "100", "--format", "raw", "--pid", &pid.to_string()])
             .arg("--output")
             .arg(&output);
-        if nonblocking {
-            command.arg("--nonblocking");
-        }
+        command.args(flag);
         let mut child = watchdog::dies_with_harness(&mut command)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -267,6 +285,16 @@ impl Attached {
     /// Peak RSS so far.
     pub fn peak_rss(&self) -> u64 {
         measure::peak_rss(self.pid())
+    }
+
+    /// Stops it now (SIGINT, then SIGKILL after `timeout`), while its target still runs: a
+    /// tracer that is not stopped first can keep a killed target from being reaped.
+    pub fn stop(mut self, timeout: Duration) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGINT) };
+        if !exits_within(&mut self.child, timeout) {
+            kill_if_running(&mut self.child);
+        }
     }
 
     /// Waits for it to finish (it stops when its target exits): SIGINT after `timeout`, and

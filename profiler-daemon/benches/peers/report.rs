@@ -24,12 +24,294 @@ pub struct Results {
     pub trials: Vec<Trial>,
     /// Kernel cost per sample.
     pub kernel: Vec<KernelCost>,
+    /// The off-CPU program's cost per context switch.
+    pub off_cpu: Vec<OffCpuCost>,
     /// Profiler cost with many processes.
     pub daemon: Vec<DaemonCost>,
     /// Accuracy runs.
     pub accuracy: Vec<Accuracy>,
     /// Store query latencies.
     pub queries: Vec<QueryLatency>,
+    /// Exporting windows of the synthetic store.
+    pub export: Vec<ExportCost>,
+    /// Short-lived processes next to a steady one.
+    pub churn: Option<Churn>,
+    /// The page-fault program's cost.
+    pub memory: Vec<MemoryCost>,
+    /// The cost of reading resident memory.
+    pub resident: Option<ResidentCost>,
+    /// The memory tools users run today, next to profilerd.
+    pub tools: Vec<ToolRun>,
+}
+
+/// Reading resident memory with many processes on the host.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ResidentCost {
+    /// Processes profilerd tracked (and read).
+    pub processes_tracked: u64,
+    /// Seconds measured.
+    pub seconds: f64,
+    /// CPU of the reader thread, in % of a core.
+    pub core_percent: f64,
+}
+
+/// One run of the memory workload under a tool.
+#[derive(Clone, Debug, Serialize)]
+pub struct ToolRun {
+    /// Round, from 0.
+    pub round: usize,
+    /// The tool.
+    pub tool: &'static str,
+    /// The workload's wall time, timed from inside.
+    pub wall_seconds: f64,
+    /// The workload process's CPU time.
+    pub workload_cpu_seconds: f64,
+    /// CPU the tool added: its own processes (and, for profilerd, the daemon and its BPF
+    /// programs) beyond the workload's.
+    pub tool_cpu_seconds: f64,
+}
+
+/// The resident memory readings subsection.
+pub fn resident_table(cost: &ResidentCost) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Resident memory readings, once a second\n");
+    let _ = writeln!(
+        s,
+        "profilerd at 99 Hz with {} sleeping processes started on the host; the CPU time of its \
+         `resident` thread, which reads every tracked process's `/proc/PID/statm` once a second, \
+         over {:.0} s.\n",
+        crate::memory::GOAL_PROCESSES,
+        cost.seconds
+    );
+    let _ = writeln!(s, "| processes tracked | reader thread, % of a core |\n|---|---|");
+    let _ = writeln!(s, "| {} | {:.3}% |", cost.processes_tracked, cost.core_percent);
+    s
+}
+
+/// The comparison with the memory tools users run today.
+pub fn tools_table(rows: &[ToolRun]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Next to mprof, tracemalloc and memory_profiler\n");
+    let _ = writeln!(
+        s,
+        "One workload (memory_profiler's README example, a list of 10**6 and one of 2 * 10**7 \
+         items that is deleted, then a loop that builds 100,000 strings), timed from inside, \
+         under each tool, rounds interleaved, all with the same interpreter. The slowdown is \
+         the workload's own; the extra CPU is what the tool's own processes used beyond the \
+         workload's, less what an unwatched run's interpreter start and exit take (for \
+         profilerd: the daemon and its BPF programs, which watch every process of the host at \
+         once, including the new process's first symbolization).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| tool | what it gives | workload wall s (min / median) | slowdown (median) | extra CPU s (median) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    let gives = |tool: &str| match tool {
+        "not watched" => "–",
+        "profilerd" => "timeline and growth per line for every process, always on",
+        t if t.starts_with("mprof") => "timeline of the one process it started",
+        t if t.contains("tracemalloc") => "allocations per line, in the process, once started",
+        _ => "Increment per line of the decorated functions",
+    };
+    let mut tools: Vec<&str> = Vec::new();
+    for r in rows {
+        if !tools.contains(&r.tool) {
+            tools.push(r.tool);
+        }
+    }
+    let median_of = |tool: &str, f: fn(&ToolRun) -> f64| {
+        min_median(&rows.iter().filter(|r| r.tool == tool).map(f).collect::<Vec<_>>())
+    };
+    let (_, plain) = median_of("not watched", |r| r.wall_seconds);
+    let (_, plain_cpu) = median_of("not watched", |r| r.tool_cpu_seconds);
+    for tool in tools {
+        let (min, median) = median_of(tool, |r| r.wall_seconds);
+        let (_, cpu) = median_of(tool, |r| r.tool_cpu_seconds);
+        let extra = (cpu - plain_cpu).max(0.0);
+        let _ = writeln!(
+            s,
+            "| {tool} | {} | {min:.3} / {median:.3} | {:.2}× | {extra:.3} |",
+            gives(tool),
+            median / plain
+        );
+    }
+    s
+}
+
+/// One run of the page-fault workload.
+#[derive(Debug, Serialize)]
+pub struct MemoryCost {
+    /// Round, from 0.
+    pub round: usize,
+    /// Page faults sampled (else `--no-memory`).
+    pub sampled: bool,
+    /// MiB mapped and touched per second.
+    pub mib_per_second: f64,
+    /// The workload's CPU time per MiB, in milliseconds.
+    pub workload_cpu_ms_per_mib: f64,
+    /// Runs of the page-fault program per second.
+    pub program_runs_per_second: f64,
+    /// Its run time, in % of a core.
+    pub program_percent: f64,
+}
+
+/// The memory cost subsection: its heading, method and table.
+pub fn memory_table(rows: &[MemoryCost]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Page-fault program, at 100 MiB/s of growth\n");
+    let _ = writeln!(
+        s,
+        "A native process maps, touches and unmaps 1 MiB regions at {:.0} MiB/s (a fault per \
+         4 KiB page) under profilerd at 99 Hz, with page-fault sampling (the default: one fault \
+         in 64) and with `--no-memory`, rounds interleaved. The program's run time comes from \
+         `kernel.bpf_stats_enabled`; the workload's CPU time per MiB also holds what the \
+         `page-faults` event costs on the fault path outside the program.\n",
+        crate::memory::GOAL_MIB_PER_SECOND
+    );
+    let _ = writeln!(
+        s,
+        "| setting | rounds | MiB/s | workload CPU ms per MiB (min / median) | program runs/s | program % of a core (median) |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|");
+    for sampled in [true, false] {
+        let runs: Vec<&MemoryCost> = rows.iter().filter(|r| r.sampled == sampled).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let pick =
+            |f: fn(&MemoryCost) -> f64| min_median(&runs.iter().map(|r| f(r)).collect::<Vec<_>>());
+        let (cpu_min, cpu_median) = pick(|r| r.workload_cpu_ms_per_mib);
+        let (_, rate) = pick(|r| r.mib_per_second);
+        let (_, program_runs) = pick(|r| r.program_runs_per_second);
+        let (_, program) = pick(|r| r.program_percent);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {rate:.0} | {cpu_min:.4} / {cpu_median:.4} | {program_runs:.0} | {program:.3}% |",
+            if sampled { "page faults sampled (default)" } else { "`--no-memory`" },
+            runs.len()
+        );
+    }
+    s
+}
+
+/// The daemon's tables, from its `Status`.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct ChurnTables {
+    /// Processes tracked.
+    pub processes: u64,
+    /// Processes with a CPython runtime described.
+    pub runtimes: u64,
+    /// User frames in the symbol cache.
+    pub user_frames: u64,
+    /// Kernel frames in the symbol cache.
+    pub kernel_frames: u64,
+    /// Stacks in the open window.
+    pub open_stacks: u64,
+    /// Bytes of closed windows in memory.
+    pub window_bytes: u64,
+}
+
+impl ChurnTables {
+    /// The larger of each table.
+    pub fn max(self, other: &ChurnTables) -> ChurnTables {
+        ChurnTables {
+            processes: self.processes.max(other.processes),
+            runtimes: self.runtimes.max(other.runtimes),
+            user_frames: self.user_frames.max(other.user_frames),
+            kernel_frames: self.kernel_frames.max(other.kernel_frames),
+            open_stacks: self.open_stacks.max(other.open_stacks),
+            window_bytes: self.window_bytes.max(other.window_bytes),
+        }
+    }
+
+    fn rows(&self) -> [(&'static str, u64); 6] {
+        [
+            ("processes tracked", self.processes),
+            ("CPython runtimes listed", self.runtimes),
+            ("user frames in the symbol cache (bounded, LRU)", self.user_frames),
+            ("kernel frames in the symbol cache (bounded, LRU)", self.kernel_frames),
+            ("stacks in the open window", self.open_stacks),
+            ("bytes of closed windows in memory (bounded by --max-memory)", self.window_bytes),
+        ]
+    }
+}
+
+/// Short-lived processes next to a steady one.
+#[derive(Debug, Default, Serialize)]
+pub struct Churn {
+    /// How long the churn ran.
+    pub seconds: f64,
+    /// Processes started.
+    pub processes_started: u64,
+    /// Processes started per second.
+    pub rate: f64,
+    /// Status calls made during the churn, one a second.
+    pub asked: u32,
+    /// Of those, answered.
+    pub answered: u32,
+    /// Samples lost during the churn, per reason.
+    pub drops: Vec<(String, u64)>,
+    /// The steady process's largest share error against its own clock, in points.
+    pub steady_error_pp: f64,
+    /// Resident memory before the churn.
+    pub rss_before_mib: f64,
+    /// Peak resident memory of the whole run.
+    pub peak_rss_mib: f64,
+    /// Resident memory once the exited processes were forgotten.
+    pub rss_after_mib: f64,
+    /// Tables before the churn.
+    pub before: ChurnTables,
+    /// The largest tables seen during the churn.
+    pub during: ChurnTables,
+    /// Tables once the exited processes were forgotten.
+    pub after: ChurnTables,
+}
+
+/// The churn section: its heading, method and tables.
+pub fn churn_section(c: &Churn) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "## 6. Churn
+"
+    );
+    let _ = writeln!(
+        s,
+        "Short-lived native processes (each spins for 0.5 ms, so that some are sampled and each \
+         of those is new to the daemon) started at up to {:.0} a second for {:.0} s, next to the \
+         accuracy workload of section 4, under profilerd at 99 Hz. The daemon is asked for its \
+         status every second during the churn. Tables are read before, at their largest during \
+         the churn, and 40 s after it (the exited grace is 30 s, the sweep every 5 s).\n",
+        crate::churn::GOAL_RATE,
+        c.seconds
+    );
+    let drops = if c.drops.is_empty() {
+        "none".to_owned()
+    } else {
+        c.drops.iter().map(|(r, n)| format!("{r} {n}")).collect::<Vec<_>>().join(", ")
+    };
+    let _ = writeln!(s, "| figure | value |\n|---|---|");
+    let _ = writeln!(s, "| processes started | {} ({:.0}/s) |", c.processes_started, c.rate);
+    let _ = writeln!(s, "| status calls answered | {} of {} |", c.answered, c.asked);
+    let _ = writeln!(s, "| samples lost during the churn | {drops} |");
+    let _ = writeln!(
+        s,
+        "| steady process: largest share error against its own clock | {:.2} pp |",
+        c.steady_error_pp
+    );
+    let _ = writeln!(
+        s,
+        "| daemon RSS before / peak / after (MiB) | {:.1} / {:.1} / {:.1} |",
+        c.rss_before_mib, c.peak_rss_mib, c.rss_after_mib
+    );
+    let _ = writeln!(s, "\n| table | before | largest during | after |\n|---|---|---|---|");
+    for ((name, before), ((_, during), (_, after))) in
+        c.before.rows().into_iter().zip(c.during.rows().into_iter().zip(c.after.rows()))
+    {
+        let _ = writeln!(s, "| {name} | {before} | {during} | {after} |");
+    }
+    s
 }
 
 /// The machine and the peers' versions.
@@ -116,6 +398,34 @@ pub struct KernelCost {
     pub ns_per_sample: f64,
 }
 
+/// The off-CPU program's cost per context switch, at one capture scale.
+#[derive(Debug, Serialize)]
+pub struct OffCpuCost {
+    /// The scale.
+    pub case: String,
+    /// Runs of the program per second (every context switch on the machine).
+    pub switches_per_second: f64,
+    /// Switch-outs recorded per second.
+    pub records_per_second: f64,
+    /// Average run time, with the statistics' own timing.
+    pub ns_per_switch: f64,
+    /// Average run time of an empty program on the same tracepoint in the same run: the
+    /// statistics' own timing.
+    pub floor_ns_per_switch: f64,
+}
+
+impl OffCpuCost {
+    /// The program's own time per switch: its run time less the empty program's.
+    pub fn net_ns_per_switch(&self) -> f64 {
+        (self.ns_per_switch - self.floor_ns_per_switch).max(0.0)
+    }
+
+    /// % of a core that the program's own time takes at `switches_per_second`.
+    pub fn core_percent_at(&self, switches_per_second: f64) -> f64 {
+        100.0 * self.net_ns_per_switch() * switches_per_second / 1e9
+    }
+}
+
 /// A profiler's own cost over a long run.
 #[derive(Debug, Serialize)]
 pub struct DaemonCost {
@@ -168,6 +478,21 @@ pub struct QueryLatency {
     pub stored_hours: f64,
     /// Milliseconds per query.
     pub millis: Vec<f64>,
+}
+
+/// An exporter's work per stored window: reading its profiles and encoding its requests.
+#[derive(Debug, Default, Serialize)]
+pub struct ExportCost {
+    /// `OTLP` or `Pyroscope`.
+    pub protocol: String,
+    /// Milliseconds per window.
+    pub millis: Vec<f64>,
+    /// Bytes of the requests per window.
+    pub bytes: Vec<u64>,
+    /// Bytes on the wire per window (after the transport's compression).
+    pub wire_bytes: Vec<u64>,
+    /// Requests of the last window.
+    pub requests: usize,
 }
 
 /// Shares of the accuracy functions from the workload's own JSON.
@@ -295,6 +620,32 @@ fn goals(results: &Results) -> Vec<Goal> {
             met: Some(k.ns_per_sample < 2000.0),
         });
     }
+    let sampled: Vec<f64> =
+        results.memory.iter().filter(|m| m.sampled).map(|m| m.program_percent).collect();
+    if !sampled.is_empty() {
+        let (_, median) = min_median(&sampled);
+        out.push(Goal {
+            goal: "page-fault sampling ≤ 0.2% of a core for a process growing 100 MB/s (program run time)",
+            measured: format!("{median:.3}%"),
+            met: Some(median <= 0.2),
+        });
+    }
+    if let Some(cost) = &results.resident {
+        out.push(Goal {
+            goal: "reading 200 processes' resident memory once a second ≤ 0.2% of a core",
+            measured: format!("{:.3}% ({} processes)", cost.core_percent, cost.processes_tracked),
+            met: Some(cost.core_percent <= 0.2 && cost.processes_tracked >= 200),
+        });
+    }
+    if let Some(c) = results.off_cpu.iter().find(|c| c.case.contains("scale 0")) {
+        let at = crate::off_cpu::GOAL_SWITCHES_PER_SECOND;
+        let percent = c.core_percent_at(at);
+        out.push(Goal {
+            goal: "off-CPU program ≤ 0.5% of a core at 50,000 switches/s, when it records nothing (less the bpf_stats floor)",
+            measured: format!("{:.0} ns per switch, {percent:.2}%", c.net_ns_per_switch()),
+            met: Some(percent <= 0.5),
+        });
+    }
     if let Some(d) = twenty {
         out.push(Goal {
             goal: "daemon CPU < 1% of a core and RSS < 64 MiB with 20 processes",
@@ -316,6 +667,44 @@ fn goals(results: &Results) -> Vec<Goal> {
         });
     }
     out
+}
+
+/// The off-CPU subsection of the kernel cost: its heading, method and table.
+pub fn off_cpu_table(rows: &[OffCpuCost]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "### Off-CPU program, per context switch\n");
+    let _ = writeln!(
+        s,
+        "The off-CPU program on `sched_switch` (a BTF tracepoint) while two processes on one \
+         CPU ping-pong a byte over pipes, a switch from one to the other at each pass: \
+         `run_time_ns / run_cnt` over every context switch of the machine. \
+         An empty program on the same tracepoint in the same run measures what \
+         `kernel.bpf_stats_enabled` itself adds to every run (two clock reads); the net cost \
+         is the difference, what the program costs with the statistics off. At scale 0 \
+         nothing is recorded (the path of nearly every switch under the daemon's budget); at \
+         scale 1 every switch-out is recorded with the full probability (before the budget \
+         lowers it).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| case | switches/s | records/s | ns per switch | empty program (floor) | net ns per switch | % of a core at the measured rate | % of a core at 50,000/s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    for c in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {:.2}% | {:.2}% |",
+            c.case,
+            c.switches_per_second,
+            c.records_per_second,
+            c.ns_per_switch,
+            c.floor_ns_per_switch,
+            c.net_ns_per_switch(),
+            c.core_percent_at(c.switches_per_second),
+            c.core_percent_at(crate::off_cpu::GOAL_SWITCHES_PER_SECOND)
+        );
+    }
+    s
 }
 
 /// `BENCHMARKS.md`.
@@ -415,6 +804,19 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(s, "| {} | {} | {:.2} |", k.case, k.runs, k.ns_per_sample / 1000.0);
     }
 
+    s.push('\n');
+    s.push_str(&off_cpu_table(&r.off_cpu));
+    s.push('\n');
+    s.push_str(&memory_table(&r.memory));
+    if let Some(cost) = &r.resident {
+        s.push('\n');
+        s.push_str(&resident_table(cost));
+    }
+    if !r.tools.is_empty() {
+        s.push('\n');
+        s.push_str(&tools_table(&r.tools));
+    }
+
     let _ = writeln!(s, "\n## 3. Daemon cost\n");
     let _ = writeln!(
         s,
@@ -493,11 +895,50 @@ pub fn markdown(r: &Results) -> String {
         let (min, median) = min_median(&q.millis);
         let _ = writeln!(s, "| {} | {min:.1} | {median:.1} |", q.range);
     }
+    if !r.export.is_empty() {
+        s.push('\n');
+        s.push_str(&export_table(&r.export));
+    }
     let _ = writeln!(
         s,
         "\nMicro-benchmarks (criterion, with throughput): `cargo bench -p profiler-daemon --bench \
          pipeline` (aggregation, line tables, formats) and `--bench store`."
     );
+    if let Some(churn) = &r.churn {
+        s.push('\n');
+        s.push_str(&churn_section(churn));
+    }
+    s
+}
+
+/// The exporters' work per window, with how it was measured.
+pub fn export_table(rows: &[ExportCost]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Exporting (`--export-otlp`, `--export-pyroscope`): per 10 s window of the synthetic store \
+         (10 processes, 2,000 stacks), reading its CPU, off-CPU and memory profiles and encoding \
+         the requests (gzip-compressing OTLP's, as the exporter does), on one thread; the share \
+         of a core is that time over the window's 10 s. Sizes are the encoded requests and what \
+         goes on the wire (OTLP gzipped; Pyroscope's protobuf of gzipped pprof as it is).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| protocol | min (ms) | median (ms) | % of a core | KiB encoded | KiB on the wire | requests |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for e in rows {
+        let (min, median) = min_median(&e.millis);
+        let kib = |b: &[u64]| b.iter().sum::<u64>() as f64 / b.len().max(1) as f64 / 1024.0;
+        let (kib, wire) = (kib(&e.bytes), kib(&e.wire_bytes));
+        let _ = writeln!(
+            s,
+            "| {} | {min:.1} | {median:.1} | {:.2} | {kib:.0} | {wire:.0} | {} |",
+            e.protocol,
+            median / 10_000.0 * 100.0,
+            e.requests
+        );
+    }
     s
 }
 
@@ -510,6 +951,7 @@ pub fn check(r: &Results, text: &str) -> Result<(), String> {
         "## 3. Daemon cost",
         "## 4. Accuracy",
         "## 5. Throughput",
+        "## 6. Churn",
     ];
     for section in sections {
         if !text.contains(section) {
@@ -537,8 +979,29 @@ pub fn check(r: &Results, text: &str) -> Result<(), String> {
     if r.kernel.len() != 3 || r.kernel.iter().any(|k| k.runs == 0) {
         return Err("kernel cost: a case without program runs".to_owned());
     }
+    if r.off_cpu.len() != 2
+        || r.off_cpu.iter().any(|c| c.switches_per_second <= 0.0 || c.floor_ns_per_switch <= 0.0)
+    {
+        return Err("off-CPU cost: a case without program runs".to_owned());
+    }
+    if r.memory.iter().filter(|m| m.sampled).all(|m| m.program_runs_per_second <= 0.0) {
+        return Err("memory cost: the page-fault program never ran".to_owned());
+    }
+    if r.resident.is_none_or(|c| c.processes_tracked == 0) {
+        return Err("resident readings: no process was tracked".to_owned());
+    }
+    if r.tools.iter().any(|t| t.wall_seconds <= 0.0) {
+        return Err("memory tools: a run without a time".to_owned());
+    }
     if r.daemon.is_empty() || r.accuracy.is_empty() || r.queries.is_empty() {
         return Err("a section has no rows".to_owned());
+    }
+    match &r.churn {
+        None => return Err("churn: no figures".to_owned()),
+        Some(c) if c.processes_started == 0 || c.asked == 0 => {
+            return Err("churn: no process was started".to_owned());
+        }
+        Some(_) => {}
     }
     if r.accuracy.iter().any(|a| a.profilerd.values().sum::<f64>() < 99.0) {
         return Err("accuracy: profilerd saw none of the workload's functions".to_owned());

@@ -3,13 +3,23 @@
     python workload.py pure|callbacks|threads UNITS   fixed work, timed from inside
     python workload.py depth FRAMES SECONDS           busy at a known stack depth
     python workload.py busy SECONDS                   busy pure-Python loop
+    python workload.py memory ROUNDS                  grows and frees memory, timed from inside
+
+The memory mode runs memory_profiler's README example (a list of 10**6 items, then one of
+2 * 10**7 that is deleted) and a loop that builds a list of strings, ROUNDS times, and prints
+"WALL CPU" seconds (perf_counter, process_time). Run under `python -m memory_profiler`, its
+functions are the ones `@profile` decorates.
 
 The fixed-work modes print "ready", wait for a line on standard input (so that a profiler can
 attach first), do the work, and print the seconds it took (perf_counter) as the last line.
 """
+import builtins
 import sys
 import threading
 import time
+
+# memory_profiler's line-by-line mode puts `profile` in builtins; otherwise it does nothing.
+profile = getattr(builtins, "profile", lambda f: f)
 
 
 def burn(n):
@@ -43,6 +53,28 @@ def threads(units):
         w.join()
 
 
+@profile
+def my_func():
+    a = [1] * (10 ** 6)
+    b = [2] * (2 * 10 ** 7)
+    del b
+    return a
+
+
+@profile
+def build(n):
+    out = []
+    for i in range(n):
+        out.append(str(i) * 4)
+    return out
+
+
+def memory(rounds):
+    for _ in range(rounds):
+        my_func()
+        build(100_000)
+
+
 def at_depth(frames, deadline):
     if frames > 1:
         return at_depth(frames - 1, deadline)
@@ -55,6 +87,11 @@ def main():
     if mode == "depth":
         # main and <module> are two of the frames.
         at_depth(int(sys.argv[2]) - 2, time.time() + float(sys.argv[3]))
+        return
+    if mode == "memory":
+        wall, cpu = time.perf_counter(), time.process_time()
+        memory(int(sys.argv[2]))
+        print(f"{time.perf_counter() - wall:.6f} {time.process_time() - cpu:.6f}", flush=True)
         return
     if mode == "busy":
         deadline = time.time() + float(sys.argv[2])

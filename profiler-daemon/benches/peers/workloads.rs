@@ -142,6 +142,17 @@ impl Programs {
             .collect()
     }
 
+    /// Two native processes on CPU 0 passing a byte back and forth over pipes for `seconds`,
+    /// as many context switches as the CPU makes; the child prints the round trips at the end.
+    pub fn ping_pong(&self, seconds: f64) -> Result<Child, String> {
+        let mut c = Command::new(&self.native);
+        watchdog::dies_with_harness(&mut c)
+            .args(["pingpong", &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting the ping-pong workload: {e}"))
+    }
+
     /// `count` busy pure-Python processes for `seconds`.
     pub fn busy(&self, count: usize, seconds: f64) -> Vec<Child> {
         (0..count)

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use profiler_daemon::store::codec::{Dictionary, WindowRecord, stack_frames};
+use profiler_daemon::store::codec::{Decoder, Table, WindowRecord, check_row, stack_frames};
 use prost::Message as _;
 
 fuzz_target!(|data: &[u8]| {
@@ -14,11 +14,13 @@ fuzz_target!(|data: &[u8]| {
         let _ = merged.encode_to_vec();
     }
     let _ = stack_frames(data);
-    let mut dict = Dictionary::default();
-    // Each table's loader on the same bytes, then the lookups a query makes.
-    if dict.load_frame(1, data).is_ok() {
-        let _ = dict.frame(1);
+    for table in [Table::Frames, Table::Stacks, Table::Labels] {
+        let _ = check_row(table, data);
     }
-    let _ = dict.load_labels(2, data).map(|()| dict.labels(2));
-    let _ = dict.load_stack(3, data).map(|()| dict.stack(3));
+    // The lookups a query makes, with these bytes as every stored row: a stack whose frames
+    // are the same bytes, labels, a frame.
+    let mut decoder = Decoder::new(|_, _| Some(data.to_vec()));
+    let _ = decoder.stack(3);
+    let _ = decoder.labels(2);
+    let _ = decoder.frame(1);
 });

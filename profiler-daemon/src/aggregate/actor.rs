@@ -8,6 +8,8 @@
 //! window stays open for a grace period after its end, for samples still in the queues; a
 //! sample that arrives later than that (a backlog, as at start-up while symbol caches are
 //! cold) is counted as late and goes into the oldest open window, so that it is not lost.
+//!
+//! Off-CPU blocks count into the windows whose time they span ([`super::blocks`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,7 +20,10 @@ use tokio::{
 };
 use tracing::{Instrument as _, debug, info, info_span};
 
-use super::{RecentWindows, Resolved, Retention, Window, WindowBuilder};
+use super::{
+    RecentWindows, Resolved, Retention, SampleKind, StackSample, Window, WindowBuilder,
+    blocks::{Accrual, MAX_OPEN_BLOCKS, OpenBlocks},
+};
 use crate::{clock::now_ns, stats::PipelineStats};
 
 /// Closed windows buffered for each live watcher; a watcher further behind misses windows,
@@ -62,6 +67,8 @@ pub struct AggregatorStatus {
     pub bytes: usize,
     /// Windows dropped by retention.
     pub evicted: u64,
+    /// Off-CPU blocks still open.
+    pub open_blocks: usize,
 }
 
 /// The aggregator stopped (the daemon is shutting down).
@@ -134,6 +141,8 @@ pub fn spawn(
     let actor = Actor {
         recent: RecentWindows::new(config.retention),
         open: Vec::new(),
+        blocks: OpenBlocks::new(MAX_OPEN_BLOCKS),
+        watermark_ns: i64::MIN,
         config,
         stats,
         sink,
@@ -159,6 +168,11 @@ struct Actor {
     recent: RecentWindows,
     /// Open windows, oldest first: the current one, and the previous one during its grace.
     open: Vec<WindowBuilder>,
+    /// Off-CPU blocks that have not ended.
+    blocks: OpenBlocks,
+    /// Time up to which every kernel record has arrived: blocks are counted up to here, never
+    /// beyond, so that the end of a block still in the queues cannot be overtaken.
+    watermark_ns: i64,
     stats: Arc<PipelineStats>,
     sink: Option<WindowSink>,
     closed: broadcast::Sender<Arc<Window>>,
@@ -186,6 +200,13 @@ impl Actor {
                 () = tokio::time::sleep_until(Instant::now() + wait) => self.tick(now_ns()),
                 input = samples.recv() => match input {
                     Some(Resolved::Sample(sample)) => self.add(sample),
+                    Some(Resolved::BlockStart(start)) => self.blocks.start(start, &self.stats),
+                    Some(Resolved::BlockEnd(end)) => {
+                        if let Some(done) = self.blocks.end(end) {
+                            self.add_accrual(done, end.time_ns);
+                        }
+                    }
+                    Some(Resolved::Watermark(t)) => self.watermark_ns = self.watermark_ns.max(t),
                     Some(Resolved::Calls(calls)) => {
                         if let Some(open) = self.open.last_mut() {
                             open.add_calls(calls);
@@ -198,6 +219,7 @@ impl Actor {
         }
         // The input is closed: nothing more can arrive for any open window.
         let end = now_ns();
+        self.watermark_ns = end;
         for open in std::mem::take(&mut self.open) {
             let close_at = end.min(open.start_ns() + len);
             self.close(open, close_at);
@@ -231,27 +253,52 @@ impl Actor {
         }
     }
 
-    /// Counts a sample in the window of its time.
-    fn add(&mut self, sample: super::StackSample) {
-        let start = window_start(sample.time_ns, self.config.window);
+    /// Counts a sample in the window of its time. A thread seen on a CPU ends its open block.
+    fn add(&mut self, sample: StackSample) {
+        if sample.kind == SampleKind::Cpu
+            && let Some(done) = self.blocks.ran(sample.tid, sample.time_ns, &self.stats)
+        {
+            self.add_accrual(done, sample.time_ns);
+        }
+        let index = self.window_index(sample.time_ns);
+        if let Some(open) = self.open.get_mut(index) {
+            if sample.kind.is_event() {
+                self.stats.aggregated();
+            }
+            open.add(sample, &self.stats);
+        }
+    }
+
+    /// Counts the end of an off-CPU block, at `time_ns`.
+    fn add_accrual(&mut self, done: Accrual, time_ns: i64) {
+        let index = self.window_index(time_ns);
+        if let Some(open) = self.open.get_mut(index) {
+            open.add_tally(SampleKind::OffCpu, done.labels, done.stack, done.tally, &self.stats);
+        }
+    }
+
+    /// The index of the open window of `time_ns`: the oldest one for a late sample.
+    fn window_index(&mut self, time_ns: i64) -> usize {
+        let start = window_start(time_ns, self.config.window);
         if self.open.last().is_some_and(|w| w.start_ns() < start) {
             // The sample's window has begun before the timer noticed.
             self.tick(now_ns());
         }
         // Newest first: nearly every sample belongs to the current window. A sample from the
         // future (the wall clock was set back) counts in the current window.
-        let index = self.open.iter().rposition(|w| w.start_ns() <= start).unwrap_or_else(|| {
+        self.open.iter().rposition(|w| w.start_ns() <= start).unwrap_or_else(|| {
             self.stats.late();
             0
-        });
-        if let Some(open) = self.open.get_mut(index) {
-            self.stats.aggregated();
-            open.add(sample, &self.stats);
-        }
+        })
     }
 
     /// Closes a window at `end_ns`: to watchers, to the sink and to memory.
-    fn close(&mut self, open: WindowBuilder, end_ns: i64) {
+    fn close(&mut self, mut open: WindowBuilder, end_ns: i64) {
+        // The time that open blocks spent in this window, as far as the records tell: the rest
+        // counts in a later window.
+        for done in self.blocks.take_until(end_ns.min(self.watermark_ns)) {
+            open.add_tally(SampleKind::OffCpu, done.labels, done.stack, done.tally, &self.stats);
+        }
         let drops = self.stats.drops();
         let closed = Arc::new(open.close(end_ns, &drops));
         debug!(samples = closed.samples, stacks = closed.entries.len(), "window closed");
@@ -284,6 +331,7 @@ impl Actor {
                     open_stacks: self.open.iter().map(WindowBuilder::len).sum(),
                     bytes: self.recent.bytes(),
                     evicted: self.recent.evicted(),
+                    open_blocks: self.blocks.len(),
                 });
             }
         }
@@ -303,6 +351,9 @@ mod tests {
             time_ns,
             labels: Arc::new(Labels { pid: 1, comm: "app".into(), ..Labels::default() }),
             stack: Arc::from([Arc::new(frame)]),
+            kind: SampleKind::Cpu,
+            value: 1,
+            tid: 1,
         })
     }
 
@@ -363,6 +414,79 @@ mod tests {
         assert_eq!(functions(&current), ["current"]);
         assert_eq!(stats.late_total(), 1);
         assert_eq!(stats.aggregated_total(), 3);
+        drop(tx);
+    }
+
+    /// An aggregator with 400 ms windows and a thread (tid 1) that blocked half way through
+    /// the current window, captured with `weight`: its input, its handle and the window's
+    /// start.
+    async fn blocked_half_way(
+        boot_ns: u64,
+        weight: u64,
+    ) -> (mpsc::Sender<Resolved>, AggregatorHandle, i64) {
+        use crate::aggregate::BlockStart;
+        let window = Duration::from_millis(400);
+        let (tx, rx) = mpsc::channel(16);
+        let (handle, _task) = spawn(config(window), rx, Arc::default(), None);
+        // Begin as a window begins, so that the steps below have a whole window in hand on a
+        // slow machine (the aarch64 unit tests run under emulation).
+        let start = window_start(now_ns(), window) + window_len_ns(window);
+        tokio::time::sleep(Duration::from_nanos((start + 1_000_000 - now_ns()).max(0) as u64))
+            .await;
+        let Resolved::Sample(blocked) = sample(start + 200_000_000, "read") else { unreachable!() };
+        let blocked = StackSample { kind: SampleKind::OffCpu, value: 0, ..blocked };
+        tx.send(Resolved::BlockStart(BlockStart { sample: blocked, tid: 1, boot_ns, weight }))
+            .await
+            .unwrap();
+        (tx, handle, start)
+    }
+
+    #[tokio::test]
+    async fn a_block_counts_in_each_window_it_spans_and_ends_once() {
+        use crate::aggregate::{BlockEnd, MergedProfile, Mode};
+        let len = 400_000_000;
+        // Captured with probability one half: each nanosecond counts twice.
+        let (tx, handle, start) = blocked_half_way(42, 2 * 65_536).await;
+        // The collector read the kernel's records past the first window's end: the block was
+        // still open then.
+        tx.send(Resolved::Watermark(start + len + len / 8)).await.unwrap();
+        // Let the window close (its end plus a grace of a quarter window), then end the block
+        // in the next one while that one is open.
+        let end = start + len + len / 2;
+        tokio::time::sleep(Duration::from_nanos((end + len / 4 - now_ns()).max(0) as u64)).await;
+        tx.send(Resolved::BlockEnd(BlockEnd { tid: 1, boot_ns: 42, time_ns: end })).await.unwrap();
+        handle.status().await.unwrap();
+        let first = handle.windows(start, start + len).await.unwrap();
+        let second = handle.windows(start + len, start + 2 * len).await.unwrap();
+        let everything: crate::selector::Selector = "".parse().unwrap();
+        let value = |w: &[Arc<Window>]| {
+            MergedProfile::merge(w.iter().map(|w| &**w), &everything, Mode::OffCpu, true).value()
+        };
+        assert_eq!(value(&first), 2 * (len / 2) as u64, "the first half window, while it lasted");
+        assert_eq!(value(&second), 2 * (len / 2) as u64, "the rest, at its end");
+        let ended: u64 = second.iter().flat_map(|w| &w.entries).map(|e| e.count).sum();
+        assert_eq!(ended, 1, "one block ended");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_block_is_counted_only_as_far_as_the_records_go() {
+        use crate::aggregate::{BlockEnd, MergedProfile, Mode};
+        let len = 400_000_000;
+        let (tx, handle, start) = blocked_half_way(7, 65_536).await;
+        // The records stop a quarter window in (the collector is behind): the block ended
+        // there, and its end is still in the queues when the window closes.
+        tx.send(Resolved::Watermark(start + 3 * len / 4)).await.unwrap();
+        tokio::time::sleep(Duration::from_nanos((start + 3 * len / 2 - now_ns()).max(0) as u64))
+            .await;
+        let end = start + 3 * len / 4 + 1_000;
+        tx.send(Resolved::BlockEnd(BlockEnd { tid: 1, boot_ns: 7, time_ns: end })).await.unwrap();
+        handle.status().await.unwrap();
+        let everything: crate::selector::Selector = "".parse().unwrap();
+        let all = handle.windows(start, start + 2 * len).await.unwrap();
+        let value =
+            MergedProfile::merge(all.iter().map(|w| &**w), &everything, Mode::OffCpu, true).value();
+        assert_eq!(value, (end - (start + len / 2)) as u64, "the block's own length, once");
         drop(tx);
     }
 

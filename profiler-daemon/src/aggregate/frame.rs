@@ -2,6 +2,8 @@
 
 use std::{fmt, sync::Arc};
 
+use super::kind::SampleKind;
+
 /// Where a frame's code lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum FrameKind {
@@ -99,6 +101,11 @@ pub struct Labels {
     /// The runtime found in the process, for example `CPython 3.11.2`, or empty for native
     /// code.
     pub runtime: Arc<str>,
+    /// Why an off-CPU sample's thread was off the CPU (`sleep`, `lock`, `io`, `gil`, …), or
+    /// empty.
+    pub reason: Arc<str>,
+    /// For a Python thread whose process's GIL is known: `held` or `released`; else empty.
+    pub gil: Arc<str>,
 }
 
 impl fmt::Display for Labels {
@@ -120,6 +127,37 @@ pub struct StackSample {
     pub labels: Arc<Labels>,
     /// The merged stack, leaf first.
     pub stack: Stack,
+    /// What it measures.
+    pub kind: SampleKind,
+    /// What it is worth, in the kind's unit (for a CPU sample, the sampling period).
+    pub value: u64,
+    /// The sampled thread (also when the labels leave it out).
+    pub tid: u32,
+}
+
+/// A thread left the CPU and was captured: its stack from that moment, waiting for the
+/// block's end. Its time counts as it passes, window by window, until the end arrives.
+#[derive(Clone, Debug)]
+pub struct BlockStart {
+    /// The stack (kind [`SampleKind::OffCpu`], value 0), at the time the thread left the CPU.
+    pub sample: StackSample,
+    /// Thread id.
+    pub tid: u32,
+    /// Kernel time of the switch (boot clock), which the block's end names.
+    pub boot_ns: u64,
+    /// Inverse of the capture probability, in units of 1/65536.
+    pub weight: u64,
+}
+
+/// A captured block ended: the thread is back on a CPU.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockEnd {
+    /// Thread id.
+    pub tid: u32,
+    /// Kernel time of the switch that began the block.
+    pub boot_ns: u64,
+    /// When the thread came back, in nanoseconds since the Unix epoch.
+    pub time_ns: i64,
 }
 
 /// Python calls counted by the entry probe, for one process, since the previous report.
@@ -134,8 +172,15 @@ pub struct CallSample {
 /// What the aggregator counts.
 #[derive(Clone, Debug)]
 pub enum Resolved {
-    /// One CPU sample.
+    /// One sample.
     Sample(StackSample),
     /// Call counts.
     Calls(CallSample),
+    /// A captured thread left the CPU.
+    BlockStart(BlockStart),
+    /// A captured block ended.
+    BlockEnd(BlockEnd),
+    /// Every record of the kernel up to this time (Unix nanoseconds) has arrived: a block
+    /// still open is open at this time.
+    Watermark(i64),
 }

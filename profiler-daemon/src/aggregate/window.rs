@@ -2,7 +2,7 @@
 //! merge of several windows that a query answers with.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     mem::size_of,
     sync::{
         Arc,
@@ -10,7 +10,10 @@ use std::{
     },
 };
 
-use super::frame::{CallSample, Frame, Labels, Stack, StackSample};
+use super::{
+    frame::{CallSample, Frame, Labels, Stack, StackSample},
+    kind::{Mode, SampleKind, Tally},
+};
 use crate::stats::{DropReason, DropSnapshot, PipelineStats};
 
 /// Which samples a merge keeps, by their labels (a selector).
@@ -22,16 +25,30 @@ pub trait LabelFilter {
 /// Text of the stack that samples fold into once a window is full.
 pub const OVERFLOW_FRAME: &str = "[stack table full]";
 
-/// One distinct (labels, stack) with its sample count.
+/// One distinct (kind, labels, stack) with its samples and their value.
 #[derive(Clone, Debug)]
 pub struct WindowEntry {
+    /// What the samples measure.
+    pub kind: SampleKind,
     /// Labels of the sampled threads.
     pub labels: Arc<Labels>,
     /// The stack, leaf first.
     pub stack: Stack,
     /// Samples.
     pub count: u64,
+    /// Their value, in the kind's unit.
+    pub value: u64,
 }
+
+impl WindowEntry {
+    /// The count and value.
+    pub fn tally(&self) -> Tally {
+        Tally { count: self.count, value: self.value }
+    }
+}
+
+/// The key of a window's entries.
+type EntryKey = (SampleKind, Arc<Labels>, Stack);
 
 /// Where a window's samples are kept: until the store has committed them, a query takes them
 /// from memory. The open window's snapshots share the flag of the window that closes from
@@ -127,7 +144,7 @@ pub struct WindowBuilder {
     samples: u64,
     drops_at_start: DropSnapshot,
     drops_at_end: Option<DropSnapshot>,
-    entries: HashMap<(Arc<Labels>, Stack), u64>,
+    entries: HashMap<EntryKey, Tally>,
     calls: HashMap<(Arc<Labels>, Arc<Frame>), u64>,
     overflow: Stack,
     persisted: Arc<Persisted>,
@@ -170,22 +187,40 @@ impl WindowBuilder {
         self.entries.is_empty()
     }
 
-    /// Counts one sample. Once the window holds `max_stacks` entries, samples with a new stack
-    /// are counted under an overflow stack of their process (and the overflow is counted).
+    /// Counts one sample.
     pub fn add(&mut self, sample: StackSample, stats: &PipelineStats) {
-        self.samples += 1;
-        let key = (sample.labels, sample.stack);
-        if let Some(count) = self.entries.get_mut(&key) {
-            *count += 1;
+        self.add_tally(sample.kind, sample.labels, sample.stack, Tally::one(sample.value), stats);
+    }
+
+    /// Counts `tally` for (kind, labels, stack). Once the window holds `max_stacks` entries,
+    /// a new stack is counted under an overflow stack of its process (and the overflow is
+    /// counted).
+    pub fn add_tally(
+        &mut self,
+        kind: SampleKind,
+        labels: Arc<Labels>,
+        stack: Stack,
+        tally: Tally,
+        stats: &PipelineStats,
+    ) {
+        if kind.is_event() {
+            self.samples = self.samples.saturating_add(tally.count);
+        }
+        let key = (kind, labels, stack);
+        if let Some(slot) = self.entries.get_mut(&key) {
+            slot.add(tally);
             return;
         }
         if self.entries.len() < self.max_stacks {
-            self.entries.insert(key, 1);
+            self.entries.insert(key, tally);
             return;
         }
         stats.record_drop(DropReason::StackTableFull);
-        let process = Labels { tid: 0, thread: Arc::from(""), ..Labels::clone(&key.0) };
-        *self.entries.entry((Arc::new(process), self.overflow.clone())).or_insert(0) += 1;
+        let process = Labels { tid: 0, thread: Arc::from(""), ..Labels::clone(&key.1) };
+        self.entries
+            .entry((kind, Arc::new(process), self.overflow.clone()))
+            .or_default()
+            .add(tally);
     }
 
     /// Counts Python calls. They are bounded by the kernel's call table, not by `max_stacks`.
@@ -216,10 +251,12 @@ impl WindowBuilder {
             entries: self
                 .entries
                 .iter()
-                .map(|((labels, stack), &count)| WindowEntry {
+                .map(|((kind, labels, stack), tally)| WindowEntry {
+                    kind: *kind,
                     labels: labels.clone(),
                     stack: stack.clone(),
-                    count,
+                    count: tally.count,
+                    value: tally.value,
                 })
                 .collect(),
             calls: self.call_entries(),
@@ -239,7 +276,13 @@ impl WindowBuilder {
             entries: self
                 .entries
                 .into_iter()
-                .map(|((labels, stack), count)| WindowEntry { labels, stack, count })
+                .map(|((kind, labels, stack), tally)| WindowEntry {
+                    kind,
+                    labels,
+                    stack,
+                    count: tally.count,
+                    value: tally.value,
+                })
                 .collect(),
             calls,
             persisted: self.persisted,
@@ -247,9 +290,17 @@ impl WindowBuilder {
     }
 }
 
-/// Several windows merged, filtered by a selector.
+/// Several windows merged, filtered by a selector, in one [`Mode`].
+///
+/// In a mode that counts time off the CPU, the blocked time of threads that were never on a
+/// CPU in the merged range (a pool of idle workers) is left out unless `idle` is set: it would
+/// drown the answer. [`MergedProfile::finish`] applies that rule once every window is in.
 #[derive(Debug, Default)]
 pub struct MergedProfile {
+    /// What the entries' values mean.
+    pub mode: Mode,
+    /// Whether threads that never ran keep their blocked time.
+    pub idle: bool,
     /// Start of the first window merged.
     pub start_ns: i64,
     /// End of the last window merged.
@@ -260,41 +311,52 @@ pub struct MergedProfile {
     pub samples: u64,
     /// Samples lost host-wide during the merged windows.
     pub drops: DropSnapshot,
-    /// Distinct (labels, stack) entries with their counts.
-    pub entries: HashMap<(Arc<Labels>, Stack), u64>,
+    /// Distinct (labels, stack) entries with their samples and value.
+    pub entries: HashMap<(Arc<Labels>, Stack), Tally>,
     /// Python calls per (process, function).
     pub calls: HashMap<(Arc<Labels>, Arc<Frame>), u64>,
+    /// Off-CPU time of threads that never ran in the range, left out (see `idle`).
+    pub idle_left_out: Tally,
+    /// Threads (processes, when samples are not grouped by thread) that never ran and were
+    /// left out.
+    pub idle_threads: u64,
+    /// Off-CPU entries waiting for [`MergedProfile::finish`] to know which threads ran.
+    blocked: HashMap<(Arc<Labels>, Stack), Tally>,
+    /// Threads with a CPU sample, as (pid, tid).
+    ran: HashSet<(u32, u32)>,
 }
 
 impl MergedProfile {
-    /// Merges every window, keeping the samples that `selector` matches.
+    /// An empty profile in `mode`.
+    pub fn new(mode: Mode, idle: bool) -> MergedProfile {
+        MergedProfile { mode, idle, ..MergedProfile::default() }
+    }
+
+    /// Merges every window, keeping the samples that `selector` matches, and finishes.
     pub fn merge<'a>(
         windows: impl IntoIterator<Item = &'a Window>,
         selector: &dyn LabelFilter,
+        mode: Mode,
+        idle: bool,
     ) -> MergedProfile {
-        let mut merged = MergedProfile::default();
+        let mut merged = MergedProfile::new(mode, idle);
         for window in windows {
             merged.add(window, selector);
         }
+        merged.finish();
         merged
     }
 
     /// Adds one window, keeping the samples that `selector` matches.
     pub fn add(&mut self, window: &Window, selector: &dyn LabelFilter) {
-        if self.windows == 0 {
-            (self.start_ns, self.end_ns) = (window.start_ns, window.end_ns);
-        }
-        self.windows += 1;
-        self.start_ns = self.start_ns.min(window.start_ns);
-        self.end_ns = self.end_ns.max(window.end_ns);
-        self.drops.add(&window.drops);
+        self.add_span(window.start_ns, window.end_ns, 1, &window.drops);
         for entry in &window.entries {
-            if !selector.keeps(&entry.labels) {
-                continue;
+            if entry.kind == SampleKind::Cpu {
+                self.note_ran(&entry.labels);
             }
-            self.samples += entry.count;
-            *self.entries.entry((entry.labels.clone(), entry.stack.clone())).or_insert(0) +=
-                entry.count;
+            if selector.keeps(&entry.labels) {
+                self.add_entry(entry.kind, &entry.labels, &entry.stack, entry.tally());
+            }
         }
         for call in &window.calls {
             if selector.keeps(&call.labels) {
@@ -302,6 +364,59 @@ impl MergedProfile {
                     call.count;
             }
         }
+    }
+
+    /// Widens the merged range by `windows` windows covering `[start_ns, end_ns)`.
+    pub fn add_span(&mut self, start_ns: i64, end_ns: i64, windows: u64, drops: &DropSnapshot) {
+        if self.windows == 0 {
+            (self.start_ns, self.end_ns) = (start_ns, end_ns);
+        }
+        self.windows = self.windows.saturating_add(windows);
+        self.start_ns = self.start_ns.min(start_ns);
+        self.end_ns = self.end_ns.max(end_ns);
+        self.drops.add(drops);
+    }
+
+    /// Notes that the thread of `labels` was on a CPU in the range, whether or not the
+    /// selector keeps its samples (a selector on `reason` keeps no CPU sample, yet the thread
+    /// ran).
+    pub fn note_ran(&mut self, labels: &Labels) {
+        self.ran.insert((labels.pid, labels.tid));
+    }
+
+    /// Adds one entry that the selector kept.
+    pub fn add_entry(&mut self, kind: SampleKind, labels: &Arc<Labels>, stack: &Stack, t: Tally) {
+        if !self.mode.keeps(kind, labels) {
+            return;
+        }
+        let key = (labels.clone(), stack.clone());
+        if kind == SampleKind::OffCpu && !self.idle {
+            self.blocked.entry(key).or_default().add(t);
+            return;
+        }
+        self.samples = self.samples.saturating_add(t.count);
+        self.entries.entry(key).or_default().add(t);
+    }
+
+    /// Adds the off-CPU time of the threads that ran (or of all, with `idle`). Call it once
+    /// every window is in; calling it again does nothing.
+    pub fn finish(&mut self) {
+        let mut idle = HashSet::new();
+        for ((labels, stack), t) in std::mem::take(&mut self.blocked) {
+            if self.ran.contains(&(labels.pid, labels.tid)) {
+                self.samples = self.samples.saturating_add(t.count);
+                self.entries.entry((labels, stack)).or_default().add(t);
+            } else {
+                self.idle_left_out.add(t);
+                idle.insert((labels.pid, labels.tid));
+            }
+        }
+        self.idle_threads += idle.len() as u64;
+    }
+
+    /// The sum of the entries' values.
+    pub fn value(&self) -> u64 {
+        self.entries.values().fold(0u64, |sum, t| sum.saturating_add(t.value))
     }
 }
 
@@ -319,7 +434,14 @@ mod tests {
             time_ns: 0,
             labels: Arc::new(Labels { pid, comm: "app".into(), ..Labels::default() }),
             stack: names.iter().map(|n| frame(n)).collect(),
+            kind: SampleKind::Cpu,
+            value: 10,
+            tid: pid,
         }
+    }
+
+    fn blocked(pid: u32, names: &[&str], value: u64) -> StackSample {
+        StackSample { kind: SampleKind::OffCpu, value, ..sample(pid, names) }
     }
 
     #[test]
@@ -339,7 +461,26 @@ mod tests {
             .iter()
             .find(|e| e.labels.pid == 1 && &*e.stack[0].function == "leaf")
             .unwrap();
-        assert_eq!(leaf_pid1.count, 3);
+        assert_eq!((leaf_pid1.count, leaf_pid1.value), (3, 30));
+    }
+
+    #[test]
+    fn resident_readings_are_kept_but_are_no_samples() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        w.add(sample(1, &["leaf"]), &stats);
+        w.add(
+            StackSample { kind: SampleKind::Resident, value: 4096, ..sample(1, &["[anonymous]"]) },
+            &stats,
+        );
+        let closed = w.close(10, &DropSnapshot::default());
+        assert_eq!((closed.samples, closed.entries.len()), (1, 2));
+        let all: Selector = "".parse().unwrap();
+        let cpu = MergedProfile::merge([&closed], &all, Mode::Cpu, false);
+        assert_eq!((cpu.samples, cpu.entries.len()), (1, 1));
+        let resident = MergedProfile::merge([&closed], &all, Mode::Resident, false);
+        let tallies: Vec<Tally> = resident.entries.values().copied().collect();
+        assert_eq!(tallies, [Tally { count: 1, value: 4096 }]);
     }
 
     #[test]
@@ -374,7 +515,7 @@ mod tests {
             windows.push(w.close(start + 10, &drops));
         }
         let selector: Selector = "pid=1".parse().unwrap();
-        let merged = MergedProfile::merge(&windows, &selector);
+        let merged = MergedProfile::merge(&windows, &selector, Mode::Cpu, false);
         assert_eq!((merged.start_ns, merged.end_ns, merged.windows), (0, 20, 2));
         assert_eq!(merged.samples, 2);
         assert_eq!(merged.entries.len(), 1);
@@ -389,5 +530,81 @@ mod tests {
         assert!(!w.overlaps(0, 10));
         assert!(!w.overlaps(20, 30));
         assert!(w.overlaps(19, 30));
+    }
+
+    #[test]
+    fn each_mode_reads_its_kinds_and_idle_threads_stay_out_unless_asked_for() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        // Process 1 runs and blocks; process 2 only sleeps.
+        w.add(sample(1, &["work", "main"]), &stats);
+        w.add(blocked(1, &["read", "main"], 300), &stats);
+        w.add(blocked(1, &["read", "main"], 200), &stats);
+        w.add(blocked(2, &["sleep", "main"], 5_000), &stats);
+        let windows = [w.close(10, &DropSnapshot::default())];
+        let everything: Selector = "".parse().unwrap();
+        let value = |m: &MergedProfile, pid: u32, leaf: &str| {
+            m.entries
+                .iter()
+                .find(|((l, s), _)| l.pid == pid && &*s[0].function == leaf)
+                .map(|(_, t)| t.value)
+        };
+
+        let cpu = MergedProfile::merge(&windows, &everything, Mode::Cpu, false);
+        assert_eq!((cpu.entries.len(), cpu.value()), (1, 10));
+
+        let wall = MergedProfile::merge(&windows, &everything, Mode::Wall, false);
+        assert_eq!(value(&wall, 1, "work"), Some(10));
+        assert_eq!(value(&wall, 1, "read"), Some(500));
+        assert_eq!(value(&wall, 2, "sleep"), None, "a process that never ran is left out");
+        assert_eq!((wall.idle_threads, wall.idle_left_out.value), (1, 5_000));
+        assert_eq!(wall.samples, 3);
+
+        let off = MergedProfile::merge(&windows, &everything, Mode::OffCpu, true);
+        assert_eq!(value(&off, 1, "work"), None);
+        assert_eq!(value(&off, 2, "sleep"), Some(5_000), "--idle keeps it");
+        assert_eq!((off.value(), off.idle_threads), (5_500, 0));
+    }
+
+    #[test]
+    fn the_gil_mode_reads_cpu_time_holding_the_gil_and_waits_for_it() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        let labelled = |s: StackSample, gil: &str, reason: &str| StackSample {
+            labels: Arc::new(Labels {
+                gil: gil.into(),
+                reason: reason.into(),
+                ..(*s.labels).clone()
+            }),
+            ..s
+        };
+        w.add(labelled(sample(1, &["compute"]), "held", ""), &stats);
+        w.add(labelled(sample(1, &["zlib"]), "released", ""), &stats);
+        w.add(labelled(blocked(1, &["take_gil"], 700), "", "gil"), &stats);
+        w.add(labelled(blocked(1, &["read"], 300), "", "io"), &stats);
+        let windows = [w.close(10, &DropSnapshot::default())];
+        let everything: Selector = "".parse().unwrap();
+        let gil = MergedProfile::merge(&windows, &everything, Mode::Gil, false);
+        let mut leaves: Vec<(String, u64)> =
+            gil.entries.iter().map(|((_, s), t)| (s[0].function.to_string(), t.value)).collect();
+        leaves.sort();
+        assert_eq!(leaves, [("compute".to_owned(), 10), ("take_gil".to_owned(), 700)]);
+    }
+
+    #[test]
+    fn a_selector_on_the_reason_does_not_make_a_thread_that_ran_idle() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        w.add(sample(1, &["work"]), &stats);
+        let io = blocked(1, &["read"], 300);
+        let io = StackSample {
+            labels: Arc::new(Labels { reason: "io".into(), ..(*io.labels).clone() }),
+            ..io
+        };
+        w.add(io, &stats);
+        let windows = [w.close(10, &DropSnapshot::default())];
+        let io: Selector = "reason=io".parse().unwrap();
+        let merged = MergedProfile::merge(&windows, &io, Mode::OffCpu, false);
+        assert_eq!((merged.value(), merged.idle_threads), (300, 0));
     }
 }

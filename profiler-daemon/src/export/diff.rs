@@ -14,7 +14,7 @@ use super::{
     ProfileView,
     flamegraph::{FlamegraphError, FlamegraphOptions},
     top::{self, SortKey},
-    view::ViewKind,
+    view::{ViewFrame, ViewKind, ViewSample},
 };
 
 /// What the differential graph's colours mean.
@@ -70,13 +70,13 @@ type Counts = HashMap<(String, String), (u64, u64, ViewKind)>;
 fn counts(view: &ProfileView) -> Counts {
     top::rows(view, SortKey::Name)
         .into_iter()
-        .map(|r| ((r.function, r.location), (r.self_samples, r.cumulative, r.kind)))
+        .map(|r| ((r.function, r.location), (r.self_ns, r.cum_ns, r.kind)))
         .collect()
 }
 
 /// The functions whose self or total share changed, ordered by `sort`, ties by name.
 pub fn rows(base: &ProfileView, head: &ProfileView, sort: DiffSort) -> Vec<DiffRow> {
-    let (base_n, head_n) = (base.total(), head.total());
+    let (base_n, head_n) = (base.total_value(), head.total_value());
     let (base_counts, head_counts) = (counts(base), counts(head));
     let share = |n: u64, total: u64| if total == 0 { 0.0 } else { 100.0 * n as f64 / total as f64 };
     // Exact comparison of a/A with b/B, so that rounding never shows a change that is not one.
@@ -158,6 +158,104 @@ pub fn render(base: &ProfileView, head: &ProfileView, sort: DiffSort, limit: usi
     out
 }
 
+/// One line's memory growth in both profiles of the memory mode: tracemalloc's `compare_to`
+/// by line, for memory touched for the first time.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrowthRow {
+    /// The innermost Python frame with a line (`function (file:line)`), or the leaf function
+    /// of a stack without one.
+    pub line: String,
+    /// Bytes in the base.
+    pub base_bytes: u64,
+    /// Bytes in the head.
+    pub head_bytes: u64,
+    /// Bytes per second of the base's range.
+    pub base_rate: f64,
+    /// Bytes per second of the head's range.
+    pub head_rate: f64,
+}
+
+impl GrowthRow {
+    /// Change of the rate, in bytes per second.
+    pub fn change(&self) -> f64 {
+        self.head_rate - self.base_rate
+    }
+}
+
+/// Where a memory sample's growth is charged: the innermost Python line, else the leaf.
+fn growth_line(sample: &ViewSample) -> String {
+    let python = sample.frames.iter().rev().find(|f| f.kind == ViewKind::Python && f.line > 0);
+    python.or(sample.frames.last()).map_or_else(|| "[no frames]".to_owned(), ViewFrame::display)
+}
+
+/// Bytes per line of `view`.
+fn growth(view: &ProfileView) -> HashMap<String, u64> {
+    let mut out: HashMap<String, u64> = HashMap::new();
+    for sample in &view.samples {
+        let bytes = out.entry(growth_line(sample)).or_default();
+        *bytes = bytes.saturating_add(sample.value);
+    }
+    out
+}
+
+/// The length of `view`'s range in seconds (one second if it has none).
+fn seconds(view: &ProfileView) -> f64 {
+    if view.duration_ns > 0 { view.duration_ns as f64 / 1e9 } else { 1.0 }
+}
+
+/// The lines whose growth rate changed, largest change first (ties by line). Rates, not
+/// amounts, so that ranges of different lengths compare fairly.
+pub fn growth_rows(base: &ProfileView, head: &ProfileView) -> Vec<GrowthRow> {
+    let (b, h) = (growth(base), growth(head));
+    let (base_s, head_s) = (seconds(base), seconds(head));
+    let mut lines: Vec<&String> = b.keys().chain(h.keys()).collect();
+    lines.sort();
+    lines.dedup();
+    let mut rows: Vec<GrowthRow> = lines
+        .into_iter()
+        .map(|line| {
+            let (base_bytes, head_bytes) =
+                (b.get(line).copied().unwrap_or(0), h.get(line).copied().unwrap_or(0));
+            GrowthRow {
+                line: line.clone(),
+                base_bytes,
+                head_bytes,
+                base_rate: base_bytes as f64 / base_s,
+                head_rate: head_bytes as f64 / head_s,
+            }
+        })
+        .collect();
+    rows.sort_by(|x, y| y.change().abs().total_cmp(&x.change().abs()).then(x.line.cmp(&y.line)));
+    rows
+}
+
+/// The memory mode's table by line: each range's growth and its rate, and the change.
+pub fn render_growth(base: &ProfileView, head: &ProfileView, limit: usize) -> String {
+    const MIB: f64 = 1_048_576.0;
+    let mut out = String::from(
+        "memory touched for the first time by line (the innermost Python line, else the leaf \
+         function), largest change of rate first\n",
+    );
+    let _ = writeln!(
+        out,
+        "{:>10} {:>10} {:>12} {:>12} {:>12}  line",
+        "base_MiB", "head_MiB", "base_MiB/s", "head_MiB/s", "change_MiB/s"
+    );
+    for row in growth_rows(base, head).iter().take(limit) {
+        let _ = writeln!(
+            out,
+            "{:>10.2} {:>10.2} {:>12.3} {:>12.3} {:>+12.3}  {}",
+            row.base_bytes as f64 / MIB,
+            row.head_bytes as f64 / MIB,
+            row.base_rate / MIB,
+            row.head_rate / MIB,
+            row.change() / MIB,
+            row.line,
+        );
+    }
+    out
+}
+
 /// Draws a differential flame graph: frames as wide as their samples in `head`, coloured by
 /// the change of their self samples from `base` (scaled to `head`'s sample count): red for
 /// growth, blue for shrinkage, white for none. Stacks that only `base` has are not drawn (they
@@ -171,7 +269,7 @@ pub fn render_flamegraph(
     let mut unused = flamegraph::color::PaletteMap::default();
     let base_stacks = super::flamegraph::folded(base, &mut unused);
     let head_stacks = super::flamegraph::folded(head, &mut unused);
-    let (base_n, head_n) = (base.total(), head.total());
+    let (base_n, head_n) = (base.total_weight(), head.total_weight());
     if head_n == 0 {
         return Err(FlamegraphError::Empty);
     }
@@ -195,7 +293,7 @@ pub fn render_flamegraph(
             format!("{s} {b} {h}")
         })
         .collect();
-    let mut opt = options.inferno(LEGEND.to_owned());
+    let mut opt = options.inferno(LEGEND.to_owned(), head.weight_unit());
     if options.title.is_empty() {
         opt.title = "Differential Flame Graph".to_owned();
     }
@@ -207,7 +305,6 @@ pub fn render_flamegraph(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::view::{ViewFrame, ViewSample};
 
     fn py(function: &str) -> ViewFrame {
         ViewFrame {
@@ -226,6 +323,7 @@ mod tests {
                 .map(|(names, count)| ViewSample {
                     frames: names.iter().map(|n| py(n)).collect(),
                     count: *count,
+                    value: *count,
                     labels: vec![],
                 })
                 .collect(),
@@ -272,6 +370,59 @@ mod tests {
             "{table}"
         );
         assert!(table.starts_with("base: 4 samples, head: 4 samples"), "{table}");
+    }
+
+    #[test]
+    fn memory_growth_compares_lines_by_rate_and_lists_new_ones() {
+        let line = |function: &str, line: i64| ViewFrame { line, ..py(function) };
+        let memory = |samples: Vec<(Vec<ViewFrame>, u64)>, seconds: i64| ProfileView {
+            samples: samples
+                .into_iter()
+                .map(|(frames, value)| ViewSample { frames, count: 1, value, labels: vec![] })
+                .collect(),
+            mode: crate::aggregate::Mode::Memory,
+            duration_ns: seconds * 1_000_000_000,
+            ..ProfileView::default()
+        };
+        let native = ViewFrame {
+            kind: ViewKind::Native,
+            function: "memset".into(),
+            file: "libc.so.6".into(),
+            line: 0,
+            start_line: 0,
+        };
+        const MIB: u64 = 1 << 20;
+        // Base: 10 s; the scratch line touched 10 MiB (1 MiB/s). Head: 2 s; the scratch line
+        // 2 MiB (the same 1 MiB/s), a new leaking line 8 MiB (4 MiB/s), under a native leaf.
+        let base = memory(vec![(vec![line("handle", 3)], 10 * MIB)], 10);
+        let head = memory(
+            vec![
+                (vec![line("handle", 3)], 2 * MIB),
+                (vec![line("handle", 4), native.clone()], 8 * MIB),
+                (vec![native], MIB),
+            ],
+            2,
+        );
+        let rows = growth_rows(&base, &head);
+        let got: Vec<_> =
+            rows.iter().map(|r| (r.line.as_str(), r.base_bytes, r.head_bytes)).collect();
+        assert_eq!(
+            got,
+            [
+                ("handle (app.py:4)", 0, 8 * MIB),
+                ("memset", 0, MIB),
+                ("handle (app.py:3)", 10 * MIB, 2 * MIB),
+            ]
+        );
+        assert_eq!(rows[0].change(), 4.0 * MIB as f64);
+        assert_eq!(rows[2].change(), 0.0, "the same rate over ranges of different lengths");
+        let table = render_growth(&base, &head, 10);
+        assert!(
+            table.contains(
+                "      0.00       8.00        0.000        4.000       +4.000  handle (app.py:4)"
+            ),
+            "{table}"
+        );
     }
 
     #[test]

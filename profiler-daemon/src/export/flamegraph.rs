@@ -58,9 +58,13 @@ pub struct FlamegraphOptions {
 }
 
 impl FlamegraphOptions {
-    /// inferno's options for these, with `subtitle`, a stable colour choice and the search
-    /// script (inferno's default).
-    pub(crate) fn inferno(&self, subtitle: String) -> flamegraph::Options<'static> {
+    /// inferno's options for these, with `subtitle`, widths counted in `count_name` (samples
+    /// or nanoseconds), a stable colour choice and the search script (inferno's default).
+    pub(crate) fn inferno(
+        &self,
+        subtitle: String,
+        count_name: &str,
+    ) -> flamegraph::Options<'static> {
         let mut opt = flamegraph::Options::default();
         opt.title = match (&self.title, self.icicle) {
             (t, _) if !t.is_empty() => t.clone(),
@@ -70,7 +74,7 @@ impl FlamegraphOptions {
         opt.subtitle = Some(subtitle);
         opt.direction = if self.icicle { Direction::Inverted } else { Direction::Straight };
         opt.reverse_stack_order = self.reverse;
-        opt.count_name = "samples".to_owned();
+        count_name.clone_into(&mut opt.count_name);
         opt.bgcolors = Some(BackgroundColor::Grey);
         opt.deterministic = true;
         opt
@@ -142,10 +146,11 @@ pub(crate) fn folded(view: &ProfileView, palette: &mut PaletteMap) -> BTreeMap<S
                 name
             })
             .collect();
-        if names.is_empty() || sample.count == 0 {
+        let weight = view.weight(sample);
+        if names.is_empty() || weight == 0 {
             continue;
         }
-        *stacks.entry(names.join(";")).or_insert(0) += sample.count;
+        *stacks.entry(names.join(";")).or_insert(0) += weight;
     }
     stacks
 }
@@ -158,7 +163,7 @@ pub fn render(view: &ProfileView, options: &FlamegraphOptions) -> Result<Vec<u8>
         return Err(FlamegraphError::Empty);
     }
     let lines: Vec<String> = stacks.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    let mut opt = options.inferno(LEGEND.to_owned());
+    let mut opt = options.inferno(LEGEND.to_owned(), view.weight_unit());
     opt.palette_map = Some(&mut palette);
     let mut svg = Vec::new();
     flamegraph::from_lines(&mut opt, lines.iter().map(String::as_str), &mut svg)?;
@@ -181,7 +186,8 @@ mod tests {
     }
 
     fn view() -> ProfileView {
-        let sample = |frames, count| ViewSample { frames, count, labels: vec![] };
+        let sample =
+            |frames, count: u64| ViewSample { frames, count, value: count, labels: vec![] };
         ProfileView {
             samples: vec![
                 sample(vec![frame(ViewKind::Native, "main"), frame(ViewKind::Python, "work")], 6),

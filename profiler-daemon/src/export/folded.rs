@@ -1,5 +1,5 @@
 //! Folded stacks: one line per distinct stack, `root;…;leaf count`, as read by flamegraph.pl
-//! and inferno.
+//! and inferno. The count is samples in a CPU profile and nanoseconds in the others.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ pub fn render(view: &ProfileView) -> String {
             .map(|f| f.display().replace(';', ":"))
             .collect::<Vec<_>>()
             .join(";");
-        *stacks.entry(line).or_insert(0) += sample.count;
+        *stacks.entry(line).or_insert(0) += view.weight(sample);
     }
     let mut out = String::new();
     for (stack, count) in stacks {

@@ -8,7 +8,7 @@ use super::{ProfileView, top};
 /// One window of `profctl watch`: the functions by self share, with their total share, then
 /// the busiest processes.
 pub fn render_window(view: &ProfileView, header: &str, limit: usize) -> String {
-    let total = view.total().max(1) as f64;
+    let total = view.total_value().max(1) as f64;
     let mut out = String::new();
     let _ = writeln!(out, "{header}");
     let _ = writeln!(out, "{:>7} {:>7} {:>8}  function (location)", "self%", "total%", "samples");
@@ -16,8 +16,8 @@ pub fn render_window(view: &ProfileView, header: &str, limit: usize) -> String {
         let _ = writeln!(
             out,
             "{:>6.1}% {:>6.1}% {:>8}  {} ({})",
-            100.0 * row.self_samples as f64 / total,
-            100.0 * row.cumulative as f64 / total,
+            100.0 * row.self_ns as f64 / total,
+            100.0 * row.cum_ns as f64 / total,
             row.self_samples,
             row.function,
             row.location
@@ -163,14 +163,21 @@ mod tests {
                 ViewSample {
                     frames: vec![frame("main"), frame("hot")],
                     count: 30,
+                    value: 30 * 10_000_000,
                     labels: labels("7", "7", "CPython 3.12.1"),
                 },
                 ViewSample {
                     frames: vec![frame("main")],
                     count: 10,
+                    value: 10 * 10_000_000,
                     labels: labels("7", "8", "CPython 3.12.1"),
                 },
-                ViewSample { frames: vec![frame("loop")], count: 60, labels: labels("9", "9", "") },
+                ViewSample {
+                    frames: vec![frame("loop")],
+                    count: 60,
+                    value: 600_000_000,
+                    labels: labels("9", "9", ""),
+                },
             ],
             period_ns: 10_000_000,
             ..ProfileView::default()

@@ -9,6 +9,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod lines;
 pub mod live;
+pub mod memory;
 pub mod pprof;
 pub mod speedscope;
 pub mod top;

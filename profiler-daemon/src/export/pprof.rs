@@ -6,7 +6,7 @@ use flate2::{Compression, write::GzEncoder};
 use profiler_proto::v1;
 use prost::Message as _;
 
-use crate::aggregate::{Frame, FrameKind, Labels, MergedProfile, Module};
+use crate::aggregate::{Frame, FrameKind, Labels, MergedProfile, Mode, Module};
 
 /// Interns strings, functions, mappings and locations into a profile.
 #[derive(Debug, Default)]
@@ -109,6 +109,8 @@ impl Builder {
             ("pod", &labels.pod),
             ("namespace", &labels.namespace),
             ("runtime", &labels.runtime),
+            ("reason", &labels.reason),
+            ("gil", &labels.gil),
         ] {
             if !value.is_empty() {
                 let key = self.string(key);
@@ -124,13 +126,19 @@ impl Builder {
     }
 }
 
-/// The pprof-layout profile of `merged`, sampled every `period_ns` nanoseconds.
+/// The pprof-layout profile of `merged`, whose CPU samples were taken every `period_ns`
+/// nanoseconds. The sample types are a count and the mode's value: `cpu-samples`/`count` and
+/// `cpu`/`nanoseconds` for CPU time, `samples`/`count` and `wall`/`nanoseconds` or
+/// `off_cpu`/`nanoseconds` for the others.
 pub fn build(merged: &MergedProfile, period_ns: i64) -> v1::Profile {
     let mut b = Builder::default();
     b.profile.string_table.push(String::new());
-    let samples = v1::ValueType { r#type: b.string("cpu-samples"), unit: b.string("count") };
-    let cpu = v1::ValueType { r#type: b.string("cpu"), unit: b.string("nanoseconds") };
-    b.profile.sample_type = vec![samples, cpu];
+    let mode = merged.mode;
+    let count_type = if mode == Mode::Cpu { "cpu-samples" } else { "samples" };
+    let samples = v1::ValueType { r#type: b.string(count_type), unit: b.string("count") };
+    let value =
+        v1::ValueType { r#type: b.string(mode.value_type()), unit: b.string(mode.unit().name()) };
+    b.profile.sample_type = vec![samples, value];
     // Call counts ride as a third sample type, on one-frame samples whose other values are 0,
     // so that any pprof reader can show them.
     let with_calls = !merged.calls.is_empty();
@@ -138,20 +146,23 @@ pub fn build(merged: &MergedProfile, period_ns: i64) -> v1::Profile {
         let calls = v1::ValueType { r#type: b.string(CALLS_TYPE), unit: b.string("count") };
         b.profile.sample_type.push(calls);
     }
-    b.profile.period_type = Some(cpu);
+    b.profile.period_type = Some(value);
     b.profile.period = period_ns;
     b.profile.time_nanos = merged.start_ns;
     b.profile.duration_nanos = (merged.end_ns - merged.start_ns).max(0);
-    b.profile.default_sample_type = samples.r#type;
+    // CPU profiles have always defaulted to the sample count; time is what the others mean.
+    b.profile.default_sample_type = if mode == Mode::Cpu { samples.r#type } else { value.r#type };
 
     // A stable order makes the output reproducible.
     let mut entries: Vec<_> = merged.entries.iter().collect();
-    entries.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.0.cmp(&b.0.0)));
-    for ((labels, stack), &count) in entries {
+    entries.sort_by(|a, b| {
+        (b.1.value, b.1.count).cmp(&(a.1.value, a.1.count)).then_with(|| a.0.0.cmp(&b.0.0))
+    });
+    for ((labels, stack), tally) in entries {
         let location_id = stack.iter().map(|f| b.location(f)).collect();
         let label = b.labels(labels);
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let mut value = vec![count, count.saturating_mul(period_ns)];
+        let count = i64::try_from(tally.count).unwrap_or(i64::MAX);
+        let mut value = vec![count, i64::try_from(tally.value).unwrap_or(i64::MAX)];
         if with_calls {
             value.push(0);
         }

@@ -1,8 +1,8 @@
 //! speedscope's JSON file format (<https://www.speedscope.app/file-format-schema.json>): one
 //! "sampled" profile per process, busiest first, over one shared frame table.
 //!
-//! Weights are CPU nanoseconds (samples times the sampling period) when the period is known,
-//! so speedscope shows times; otherwise sample counts with the unit `none`. Threads of a
+//! Weights are nanoseconds of the profile's mode (CPU, wall or off-CPU time), so speedscope
+//! shows times. Threads of a
 //! process are merged into its profile. Stacks are sorted by their frame names, so speedscope's
 //! time-ordered view reads like a flame graph (the profile has no sample order to preserve).
 
@@ -109,13 +109,9 @@ pub fn file(view: &ProfileView, name: &str) -> File {
             .collect();
         let pid = label(&sample.labels, "pid").unwrap_or("?").to_owned();
         let comm = label(&sample.labels, "comm").unwrap_or("").to_owned();
-        *processes.entry((pid, comm)).or_default().entry(stack).or_insert(0) += sample.count;
+        *processes.entry((pid, comm)).or_default().entry(stack).or_insert(0) += sample.value;
     }
-    let (unit, weight) = if view.period_ns > 0 {
-        ("nanoseconds", view.period_ns.unsigned_abs())
-    } else {
-        ("none", 1)
-    };
+    let unit = "nanoseconds";
     let mut profiles: Vec<SampledProfile> = processes
         .into_iter()
         .map(|((pid, comm), stacks)| {
@@ -127,7 +123,7 @@ pub fn file(view: &ProfileView, name: &str) -> File {
                     .cmp(b.0.iter().map(|&i| &frames[i].name))
                     .then_with(|| a.0.cmp(&b.0))
             });
-            let weights: Vec<u64> = stacks.iter().map(|(_, n)| n.saturating_mul(weight)).collect();
+            let weights: Vec<u64> = stacks.iter().map(|(_, n)| *n).collect();
             let name =
                 if comm.is_empty() { format!("pid {pid}") } else { format!("{comm} (pid {pid})") };
             SampledProfile {
@@ -169,7 +165,7 @@ mod tests {
 
     fn sample(pid: &str, comm: &str, frames: Vec<ViewFrame>, count: u64) -> ViewSample {
         let labels = vec![("pid".into(), pid.into()), ("comm".into(), comm.into())];
-        ViewSample { frames, count, labels }
+        ViewSample { frames, count, value: count * 10_000_000, labels }
     }
 
     fn view() -> ProfileView {
@@ -223,14 +219,12 @@ mod tests {
 
     #[test]
     fn json_names_the_schema_and_uses_speedscope_field_names() {
-        let mut v = view();
-        v.period_ns = 0;
-        let json: serde_json::Value = serde_json::from_str(&render(&v, "title")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render(&view(), "title")).unwrap();
         assert_eq!(json["$schema"], SCHEMA_URL);
         assert_eq!(json["activeProfileIndex"], 0);
         assert_eq!(json["profiles"][0]["type"], "sampled");
-        assert_eq!(json["profiles"][0]["unit"], "none");
-        assert_eq!(json["profiles"][0]["endValue"], 10);
+        assert_eq!(json["profiles"][0]["unit"], "nanoseconds");
+        assert_eq!(json["profiles"][0]["endValue"], 100_000_000);
         assert_eq!(json["profiles"][0]["startValue"], 0);
         assert!(json["shared"]["frames"][2].get("line").is_none());
     }

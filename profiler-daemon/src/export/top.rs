@@ -8,6 +8,7 @@ use super::{
     ProfileView,
     view::{ViewFrame, ViewKind},
 };
+use crate::aggregate::Mode;
 
 /// Column to sort by (largest first, except for names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,6 +50,10 @@ pub struct TopRow {
     pub self_samples: u64,
     /// Samples with this function anywhere on the stack (counted once per sample).
     pub cumulative: u64,
+    /// Time (nanoseconds) with this function as the leaf: pstats' tottime.
+    pub self_ns: u64,
+    /// Time with this function anywhere on the stack: pstats' cumtime.
+    pub cum_ns: u64,
     /// Calls counted by the entry probe, when it was on for this function's process.
     pub ncalls: Option<u64>,
 }
@@ -82,6 +87,8 @@ pub fn rows(view: &ProfileView, sort: SortKey) -> Vec<TopRow> {
         kind: frame.kind,
         self_samples: 0,
         cumulative: 0,
+        self_ns: 0,
+        cum_ns: 0,
         ncalls: None,
     };
     for sample in &view.samples {
@@ -91,10 +98,12 @@ pub fn rows(view: &ProfileView, sort: SortKey) -> Vec<TopRow> {
             let row = table.entry(k.clone()).or_insert_with(|| new_row(frame));
             if depth == 0 {
                 row.self_samples += sample.count;
+                row.self_ns += sample.value;
             }
             // Recursion: a function counts once per sample in the cumulative column.
             if !seen.contains(&k) {
                 row.cumulative += sample.count;
+                row.cum_ns += sample.value;
                 seen.push(k);
             }
         }
@@ -109,11 +118,11 @@ pub fn rows(view: &ProfileView, sort: SortKey) -> Vec<TopRow> {
     };
     rows.sort_by(|a, b| {
         let primary = match sort {
-            SortKey::SelfSamples => b.self_samples.cmp(&a.self_samples),
-            SortKey::Cumulative => b.cumulative.cmp(&a.cumulative),
+            SortKey::SelfSamples => b.self_ns.cmp(&a.self_ns),
+            SortKey::Cumulative => b.cum_ns.cmp(&a.cum_ns),
             SortKey::Calls => b.ncalls.cmp(&a.ncalls),
-            SortKey::PerCall => desc(a.per_call(a.self_samples), b.per_call(b.self_samples)),
-            SortKey::CumPerCall => desc(a.per_call(a.cumulative), b.per_call(b.cumulative)),
+            SortKey::PerCall => desc(a.per_call(a.self_ns), b.per_call(b.self_ns)),
+            SortKey::CumPerCall => desc(a.per_call(a.cum_ns), b.per_call(b.cum_ns)),
             SortKey::File => {
                 a.location.cmp(&b.location).then_with(|| a.start_line.cmp(&b.start_line))
             }
@@ -126,7 +135,7 @@ pub fn rows(view: &ProfileView, sort: SortKey) -> Vec<TopRow> {
 
 /// Renders the table body (no header), at most `limit` rows.
 pub fn render(view: &ProfileView, sort: SortKey, limit: usize) -> String {
-    if view.calls.is_empty() {
+    if view.calls.is_empty() || view.mode == Mode::Memory {
         render_samples(view, sort, limit)
     } else {
         render_pstats(view, sort, limit)
@@ -134,24 +143,30 @@ pub fn render(view: &ProfileView, sort: SortKey, limit: usize) -> String {
 }
 
 fn render_samples(view: &ProfileView, sort: SortKey, limit: usize) -> String {
-    let total = view.total().max(1) as f64;
-    let secs = |samples: u64| samples as f64 * view.period_ns as f64 / 1e9;
+    let total = view.total_value().max(1) as f64;
+    // Seconds, or MiB in the memory mode (tracemalloc's and memory_profiler's unit).
+    let (scale, self_col, cum_col) = if view.mode == Mode::Memory {
+        (1_048_576.0, "self_MiB", "cumul_MiB")
+    } else {
+        (1e9, "self_s", "cumul_s")
+    };
+    let secs = |v: u64| v as f64 / scale;
     let mut out = String::new();
     let _ = writeln!(
         out,
         "{:>8} {:>7} {:>9} {:>8} {:>7} {:>9}  function (location)",
-        "self", "self%", "self_s", "cumul", "cumul%", "cumul_s"
+        "self", "self%", self_col, "cumul", "cumul%", cum_col
     );
     for row in rows(view, sort).into_iter().take(limit) {
         let _ = writeln!(
             out,
             "{:>8} {:>6.2}% {:>9.3} {:>8} {:>6.2}% {:>9.3}  {} ({})",
             row.self_samples,
-            100.0 * row.self_samples as f64 / total,
-            secs(row.self_samples),
+            100.0 * row.self_ns as f64 / total,
+            secs(row.self_ns),
             row.cumulative,
-            100.0 * row.cumulative as f64 / total,
-            secs(row.cumulative),
+            100.0 * row.cum_ns as f64 / total,
+            secs(row.cum_ns),
             row.function,
             row.location,
         );
@@ -162,11 +177,11 @@ fn render_samples(view: &ProfileView, sort: SortKey, limit: usize) -> String {
 /// pstats' layout. Times are estimates (samples times the sampling period), so their columns
 /// are starred and explained in a footnote; ncalls are exact counts.
 fn render_pstats(view: &ProfileView, sort: SortKey, limit: usize) -> String {
-    let secs = |samples: u64| samples as f64 * view.period_ns as f64 / 1e9;
-    let per_call = |samples: u64, row: &TopRow| {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let per_call = |ns: u64, row: &TopRow| {
         row.ncalls
             .filter(|&n| n > 0)
-            .map_or_else(|| "-".to_owned(), |n| format!("{:.6}", secs(samples) / n as f64))
+            .map_or_else(|| "-".to_owned(), |n| format!("{:.6}", secs(ns) / n as f64))
     };
     let mut out = String::new();
     let _ = writeln!(
@@ -180,19 +195,35 @@ fn render_pstats(view: &ProfileView, sort: SortKey, limit: usize) -> String {
             out,
             "{:>10} {:>9.3} {:>9} {:>9.3} {:>9}  {}",
             ncalls,
-            secs(row.self_samples),
-            per_call(row.self_samples, &row),
-            secs(row.cumulative),
-            per_call(row.cumulative, &row),
+            secs(row.self_ns),
+            per_call(row.self_ns, &row),
+            secs(row.cum_ns),
+            per_call(row.cum_ns, &row),
             row.pstats_name(),
         );
     }
+    let estimate = match view.mode {
+        Mode::Cpu => {
+            format!("CPU time: samples x {:.3} ms sampling period", view.period_ns as f64 / 1e6)
+        }
+        Mode::Wall => format!(
+            "wall time: CPU samples x {:.3} ms, plus blocked time from sampled context switches",
+            view.period_ns as f64 / 1e6
+        ),
+        Mode::OffCpu => "time off the CPU, from sampled context switches".to_owned(),
+        Mode::Gil => format!(
+            "GIL time: CPU samples holding it x {:.3} ms, plus waits for it from sampled context \
+             switches",
+            view.period_ns as f64 / 1e6
+        ),
+        Mode::Memory => "memory growth, from sampled page faults".to_owned(),
+        Mode::Resident => "resident memory, summed over readings".to_owned(),
+    };
     let _ = writeln!(
         out,
-        "* estimated: samples x {:.3} ms sampling period. ncalls are exact counts of calls \
-         into the interpreter's frame evaluation (every call on CPython 3.9-3.10; calls from C \
-         code on 3.11+); '-' where calls were not counted.",
-        view.period_ns as f64 / 1e6
+        "* estimated {estimate}. ncalls are exact counts of calls into the interpreter's frame \
+         evaluation (every call on CPython 3.9-3.10; calls from C code on 3.11+); '-' where \
+         calls were not counted."
     );
     out
 }
@@ -213,7 +244,12 @@ mod tests {
     }
 
     fn view() -> ProfileView {
-        let sample = |frames: Vec<ViewFrame>, count| ViewSample { frames, count, labels: vec![] };
+        let sample = |frames: Vec<ViewFrame>, count: u64| ViewSample {
+            frames,
+            count,
+            value: count * 10_000_000,
+            labels: vec![],
+        };
         let calls = |frame: ViewFrame, count| ViewCalls { frame, count, labels: vec![] };
         ProfileView {
             samples: vec![
@@ -262,6 +298,6 @@ mod tests {
             ["4000", "0.300", "0.000075", "0.300", "0.000075", "app.py:10(cb)"]
         );
         assert!(lines[3].starts_with("         -"), "{text}");
-        assert!(text.contains("* estimated: samples x 10.000 ms"), "{text}");
+        assert!(text.contains("* estimated CPU time: samples x 10.000 ms"), "{text}");
     }
 }

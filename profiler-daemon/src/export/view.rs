@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use profiler_proto::v1;
 use thiserror::Error;
 
+use crate::aggregate::Mode;
+
 /// Where a frame's code lives, as recovered from the profile's conventions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ViewKind {
@@ -54,6 +56,8 @@ pub struct ViewSample {
     pub frames: Vec<ViewFrame>,
     /// Number of samples.
     pub count: u64,
+    /// Their value in the mode's unit (nanoseconds).
+    pub value: u64,
     /// Labels as `key -> value` text.
     pub labels: Vec<(String, String)>,
 }
@@ -76,7 +80,9 @@ pub struct ProfileView {
     pub samples: Vec<ViewSample>,
     /// Python call counts, when the entry probe was on.
     pub calls: Vec<ViewCalls>,
-    /// Nanoseconds of CPU per sample.
+    /// What the values measure.
+    pub mode: Mode,
+    /// Nanoseconds of CPU per CPU sample.
     pub period_ns: i64,
     /// Start, in nanoseconds since the Unix epoch.
     pub start_ns: i64,
@@ -152,13 +158,22 @@ impl ProfileView {
             }
             locations.insert(loc.id, frames);
         }
-        let calls_at = profile.sample_type.iter().position(|t| {
+        let type_name = |t: &v1::ValueType| {
             usize::try_from(t.r#type)
                 .ok()
                 .and_then(|i| profile.string_table.get(i))
                 .map(String::as_str)
-                == Some(super::pprof::CALLS_TYPE)
-        });
+        };
+        let calls_at =
+            profile.sample_type.iter().position(|t| type_name(t) == Some(super::pprof::CALLS_TYPE));
+        // The mode's value; a profile without one (another tool's CPU profile) counts samples
+        // times the period.
+        let (value_at, mode) = profile
+            .sample_type
+            .iter()
+            .enumerate()
+            .find_map(|(i, t)| Some((Some(i), Mode::from_value_type(type_name(t)?)?)))
+            .unwrap_or((None, Mode::Cpu));
         let mut samples = Vec::with_capacity(profile.sample.len());
         let mut calls = Vec::new();
         for s in &profile.sample {
@@ -175,6 +190,10 @@ impl ProfileView {
                 labels.push((string(l.key)?.to_owned(), value));
             }
             let count = s.value.first().copied().unwrap_or(0).max(0) as u64;
+            let value = match value_at {
+                Some(i) => s.value.get(i).copied().unwrap_or(0).max(0) as u64,
+                None => count.saturating_mul(profile.period.max(0) as u64),
+            };
             let called = calls_at.and_then(|i| s.value.get(i)).copied().unwrap_or(0).max(0) as u64;
             if called > 0 {
                 if let Some(frame) = frames.last() {
@@ -182,11 +201,12 @@ impl ProfileView {
                 }
                 continue;
             }
-            samples.push(ViewSample { frames, count, labels });
+            samples.push(ViewSample { frames, count, value, labels });
         }
         Ok(ProfileView {
             samples,
             calls,
+            mode,
             period_ns: profile.period,
             start_ns: profile.time_nanos,
             duration_ns: profile.duration_nanos,
@@ -196,5 +216,35 @@ impl ProfileView {
     /// Total samples.
     pub fn total(&self) -> u64 {
         self.samples.iter().map(|s| s.count).sum()
+    }
+
+    /// What a sample weighs in folded stacks, flame graphs and shares: its count in a CPU
+    /// profile (the convention of those formats), its value (nanoseconds, or bytes in the
+    /// memory mode) otherwise, where samples of blocked threads stand for very different
+    /// lengths of time.
+    pub fn weight(&self, sample: &ViewSample) -> u64 {
+        match self.mode {
+            Mode::Cpu => sample.count,
+            Mode::Wall | Mode::OffCpu | Mode::Gil | Mode::Memory | Mode::Resident => sample.value,
+        }
+    }
+
+    /// The unit of [`ProfileView::weight`].
+    pub fn weight_unit(&self) -> &'static str {
+        match self.mode {
+            Mode::Cpu => "samples",
+            Mode::Wall | Mode::OffCpu | Mode::Gil => "nanoseconds",
+            Mode::Memory | Mode::Resident => "bytes",
+        }
+    }
+
+    /// The sum of the weights.
+    pub fn total_weight(&self) -> u64 {
+        self.samples.iter().map(|s| self.weight(s)).sum()
+    }
+
+    /// The sum of the values.
+    pub fn total_value(&self) -> u64 {
+        self.samples.iter().map(|s| s.value).sum()
     }
 }

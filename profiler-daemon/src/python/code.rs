@@ -3,7 +3,9 @@
 //!
 //! A code object can be freed and its address reused, so a cached entry is re-checked against
 //! the object's current fields once it is older than `RECHECK_AFTER`; an entry whose object
-//! changed is read again, so a stale name is never shown for longer than that.
+//! changed is read again, so a stale name is never shown for longer than that. The check
+//! compares what names a code object (its type, name, file, first line and line table), not
+//! its reference count, which changes with every call of a hot function.
 
 use std::{
     num::NonZeroUsize,
@@ -32,8 +34,8 @@ struct CodeInfo {
     filename: Arc<str>,
     first_line: u32,
     linetable: Vec<u8>,
-    /// The object's header as read, to notice when the address was reused.
-    header: Vec<u8>,
+    /// What the object said about itself, to notice when the address was reused.
+    identity: Identity,
     checked: Instant,
 }
 
@@ -152,13 +154,13 @@ impl CodeCache {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(info.clone()),
                 Err(e) => return Err(e.into()),
             };
-            if header == info.header {
+            if Identity::of(&header, layout) == info.identity {
                 let fresh = Arc::new(CodeInfo {
                     qualname: info.qualname.clone(),
                     filename: info.filename.clone(),
                     first_line: info.first_line,
                     linetable: info.linetable.clone(),
-                    header,
+                    identity: info.identity,
                     checked: Instant::now(),
                 });
                 self.codes.put((pid, addr), fresh.clone());
@@ -190,6 +192,24 @@ fn instruction_offset(layout: &Layout, code_addr: u64, instr: u64) -> Option<u64
     }
 }
 
+/// The fields of a code object's header that name it: its type and the addresses of its name,
+/// file and line table objects, and its first line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Identity([u64; 5]);
+
+impl Identity {
+    fn of(header: &[u8], layout: &Layout) -> Identity {
+        let c = &layout.code;
+        Identity([
+            memory::u64_at(header, layout.objects.ob_type),
+            memory::u64_at(header, c.qualname.unwrap_or(c.name)),
+            memory::u64_at(header, c.filename),
+            u64::from(memory::u32_at(header, c.firstlineno)),
+            memory::u64_at(header, c.linetable),
+        ])
+    }
+}
+
 fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeError> {
     let layout = &py.layout;
     let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
@@ -208,7 +228,7 @@ fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeEr
         filename: filename.into(),
         first_line,
         linetable,
-        header,
+        identity: Identity::of(&header, layout),
         checked: Instant::now(),
     })
 }
@@ -286,7 +306,7 @@ mod tests {
             filename: "/srv/app.py".into(),
             first_line: 10,
             linetable: Vec::new(),
-            header: vec![0; 8],
+            identity: Identity([0; 5]),
             checked: Instant::now().checked_sub(RECHECK_AFTER * 2).unwrap(),
         };
         cache.codes.put((gone, 0x1000), Arc::new(info));
@@ -294,6 +314,31 @@ mod tests {
         assert_eq!(&*frame.function, "Worker.run");
         // Never read, it cannot be named.
         assert!(cache.function(gone, &python(), 0x2000).is_none());
+    }
+
+    #[test]
+    fn a_code_object_is_the_same_while_its_names_are_though_its_reference_count_moves() {
+        for minor in [9, 11, 12] {
+            let layout = crate::python::layout::table(3, minor).expect("a table");
+            let c = &layout.code;
+            let mut header = vec![0u8; layout.code.header_len as usize];
+            let put = |h: &mut Vec<u8>, at: u32, v: u64| {
+                h[at as usize..at as usize + 8].copy_from_slice(&v.to_ne_bytes());
+            };
+            put(&mut header, layout.objects.ob_type, 0x5500_0000);
+            put(&mut header, c.qualname.unwrap_or(c.name), 0x7f00_0000_1000);
+            put(&mut header, c.filename, 0x7f00_0000_2000);
+            put(&mut header, c.linetable, 0x7f00_0000_3000);
+            let before = Identity::of(&header, &layout);
+            // A call or a return moves the reference count at the object's start.
+            let mut called = header.clone();
+            put(&mut called, 0, 12_345);
+            assert_eq!(Identity::of(&called, &layout), before, "3.{minor}");
+            // Another function at the same address has another name.
+            let mut reused = header.clone();
+            put(&mut reused, c.qualname.unwrap_or(c.name), 0x7f00_0000_9000);
+            assert_ne!(Identity::of(&reused, &layout), before, "3.{minor}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use profiler_common::python::{FRAME_FIELDS_END, FrameModel, PyOffsets};
 
 use super::{
-    layout::{CodeLayout, InstrModel, Layout, ObjectLayout},
+    layout::{CodeLayout, GilPlace, InstrModel, Layout, ObjectLayout},
     linetable::LineTableFormat,
     memory,
 };
@@ -39,6 +39,8 @@ struct Positions {
     interpreters_head: u32,
     interpreter_state: u32,
     threads_head: u32,
+    /// `interpreter_state.ceval_gil`: where the interpreter's pointer to its GIL is.
+    ceval_gil: u32,
     thread_state: u32,
     tstate_next: u32,
     tstate_current_frame: u32,
@@ -74,6 +76,7 @@ const V3_13: Positions = Positions {
     interpreters_head: 40,
     interpreter_state: 48,
     threads_head: 72,
+    ceval_gil: 112,
     thread_state: 152,
     tstate_next: 168,
     tstate_current_frame: 184,
@@ -111,6 +114,7 @@ const V3_14: Positions = Positions {
     interpreters_head: 40,
     interpreter_state: 48,
     threads_head: 72,
+    ceval_gil: 120,
     thread_state: 176,
     tstate_next: 192,
     tstate_current_frame: 208,
@@ -148,6 +152,7 @@ const V3_15: Positions = Positions {
     interpreters_head: 40,
     interpreter_state: 48,
     threads_head: 72,
+    ceval_gil: 120,
     thread_state: 176,
     tstate_next: 192,
     tstate_current_frame: 208,
@@ -259,6 +264,15 @@ pub fn read(pid: u32, runtime: u64) -> Result<(Head, Layout), DebugOffsetsError>
     Ok((head, layout))
 }
 
+/// The layout described by the `_Py_DebugOffsets` table at the start of `bytes`, with its
+/// head. The table comes from the profiled process's memory: any bytes give a layout or an
+/// error, never a panic.
+pub fn parse(bytes: &[u8]) -> Result<(Head, Layout), DebugOffsetsError> {
+    let (head, positions) = parse_head(bytes)?;
+    let layout = from_bytes(bytes, &head, &positions)?;
+    Ok((head, layout))
+}
+
 /// Reads the head and picks the parse table for its version.
 fn parse_head(bytes: &[u8]) -> Result<(Head, Positions), DebugOffsetsError> {
     if bytes.get(..8) != Some(&COOKIE[..]) {
@@ -300,7 +314,7 @@ fn from_bytes(bytes: &[u8], head: &Head, p: &Positions) -> Result<Layout, DebugO
     // that moved puts other numbers there, which this catches.
     let groups: [(&str, u32, &[u32]); 8] = [
         ("runtime_state", p.runtime_state, &[p.interpreters_head]),
-        ("interpreter_state", p.interpreter_state, &[p.threads_head]),
+        ("interpreter_state", p.interpreter_state, &[p.threads_head, p.ceval_gil]),
         (
             "thread_state",
             p.thread_state,
@@ -365,10 +379,12 @@ fn from_bytes(bytes: &[u8], head: &Head, p: &Positions) -> Result<Layout, DebugO
     {
         return Err(mismatch("code object members overlap".into()));
     }
-    let ascii_data = get32(p.unicode_ascii_size);
-    if ascii_data <= get32(p.unicode_length) || ascii_data > get32(p.unicode_object) {
-        return Err(mismatch(format!("sizeof(PyASCIIObject) is {ascii_data}")));
+    // Not a member of a group: checked against the unicode object's size before it is used.
+    let ascii_size = get(p.unicode_ascii_size);
+    if ascii_size <= get(p.unicode_length) || ascii_size > get(p.unicode_object) {
+        return Err(mismatch(format!("sizeof(PyASCIIObject) is {ascii_size}")));
     }
+    let ascii_data = get32(p.unicode_ascii_size);
     let minor = head.version().1;
     Ok(Layout {
         kernel: PyOffsets {
@@ -404,6 +420,7 @@ fn from_bytes(bytes: &[u8], head: &Head, p: &Positions) -> Result<Layout, DebugO
         instr: InstrModel::InstrPtr,
         // 3.13: FRAME_OWNED_BY_CSTACK = 3; 3.14 and 3.15: INTERPRETER = 3 and CSTACK = 4.
         skip_owner_from: Some(3),
+        gil: GilPlace::InterpPointer(get32(p.ceval_gil)),
     })
 }
 
@@ -522,6 +539,16 @@ mod tests {
         assert_eq!((layout.objects.bytes_size, layout.objects.bytes_data), (16, 32));
         assert_eq!((layout.objects.unicode_state, layout.objects.ascii_data), (32, 40));
         assert_eq!(layout.kernel.code_tag_bits, 3);
+    }
+
+    #[test]
+    fn an_ascii_object_size_beyond_u32_is_refused_not_a_panic() {
+        // Found by the debug_offsets fuzz target: the one size read as u32 that no group checks.
+        let mut bytes = sample_313();
+        let at = V3_13.unicode_ascii_size as usize;
+        bytes[at..at + 8].copy_from_slice(&u64::MAX.to_ne_bytes());
+        let err = parse(&bytes).unwrap_err();
+        assert!(err.to_string().contains("sizeof(PyASCIIObject)"), "{err}");
     }
 
     #[test]

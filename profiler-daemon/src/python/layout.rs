@@ -75,6 +75,17 @@ pub struct Layout {
     /// Frames whose `owner` is at least this value are the interpreter's own entry frames
     /// (C-to-Python shims) and are not shown; `None` when the version has no such frames.
     pub skip_owner_from: Option<u8>,
+    /// Where the main interpreter's GIL state (`struct _gil_runtime_state`) is.
+    pub gil: GilPlace,
+}
+
+/// Where the main interpreter's `struct _gil_runtime_state` is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GilPlace {
+    /// Embedded in `_PyRuntime` at this offset (`_PyRuntime.ceval.gil`, 3.9 to 3.11).
+    InRuntime(u32),
+    /// Pointed to by the interpreter state's `ceval.gil`, at this offset (3.12 and later).
+    InterpPointer(u32),
 }
 
 const OBJECTS_39_311: ObjectLayout = ObjectLayout {
@@ -124,6 +135,7 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
             },
             instr: if minor == 9 { InstrModel::LastiBytes } else { InstrModel::LastiUnits },
             skip_owner_from: None,
+            gil: GilPlace::InRuntime(352),
         }),
         (3, 11) => Some(Layout {
             kernel: PyOffsets {
@@ -155,6 +167,7 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
             linetable: LineTableFormat::Locations311,
             instr: InstrModel::PrevInstr,
             skip_owner_from: None,
+            gil: GilPlace::InRuntime(360),
         }),
         (3, 12) => Some(Layout {
             kernel: PyOffsets {
@@ -187,6 +200,7 @@ pub fn table(major: u8, minor: u8) -> Option<Layout> {
             instr: InstrModel::PrevInstr,
             // FRAME_OWNED_BY_CSTACK: the "<interpreter trampoline>" entry frames.
             skip_owner_from: Some(3),
+            gil: GilPlace::InterpPointer(384), // ceval.gil
         }),
         _ => None,
     }

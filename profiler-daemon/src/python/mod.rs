@@ -7,6 +7,7 @@
 
 pub mod code;
 pub mod debug_offsets;
+pub mod gil;
 pub mod layout;
 pub mod linetable;
 pub mod memory;
@@ -19,6 +20,7 @@ use std::{
 
 use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
 use procfs::process::{MMapPath, Process};
+use profiler_common::python::PyProcess;
 
 use crate::host::{FileKey, own_path, readable_file, readable_path};
 use layout::Layout;
@@ -62,6 +64,8 @@ pub struct PythonProcess {
     pub interpreter_path: PathBuf,
     /// File offset of `_PyEval_EvalFrameDefault`, where the call probe goes.
     pub eval_frame_offset: Option<u64>,
+    /// The main interpreter's GIL, when it was found.
+    pub gil: Option<gil::Gil>,
 }
 
 impl PythonProcess {
@@ -70,6 +74,23 @@ impl PythonProcess {
         match self.version {
             (a, b, UNKNOWN_MICRO) => format!("CPython {a}.{b}"),
             (a, b, c) => format!("CPython {a}.{b}.{c}"),
+        }
+    }
+
+    /// The kernel's `PY_PROCS` entry for this process, whose identity (start time and
+    /// `execve` count, see `PyProcess::start_ns`) is `start_ns` and `exec_id`.
+    pub fn kernel_entry(&self, start_ns: u64, exec_id: u32) -> PyProcess {
+        let gil = self.gil.as_ref();
+        PyProcess {
+            interp: self.interp,
+            offsets: self.layout.kernel,
+            start_ns,
+            exec_id,
+            _pad: 0,
+            gil_locked: gil.map_or(0, gil::Gil::locked),
+            gil_holder: gil.map_or(0, gil::Gil::last_holder),
+            gil_cond: gil.map_or(0, gil::Gil::cond),
+            gil_enabled: gil.and_then(gil::Gil::enabled).unwrap_or(0),
         }
     }
 
@@ -86,6 +107,7 @@ impl PythonProcess {
             interpreter_file: crate::host::FileKey { dev: 0, inode: 0 },
             interpreter_path: "/usr/bin/python3.11".into(),
             eval_frame_offset,
+            gil: None,
         }
     }
 }
@@ -109,16 +131,64 @@ impl fmt::Display for PythonProcess {
 }
 
 /// The outcome of looking at a process.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub enum Detection {
     /// Not a CPython process.
     NotPython,
     /// A CPython process with a supported layout.
     Python(Arc<PythonProcess>),
     /// A CPython process that is profiled natively only, and why.
-    Unsupported(String),
+    Unsupported(Unsupported),
     /// A CPython process whose interpreter is not initialized yet; look again later.
     NotReady,
+}
+
+impl Detection {
+    /// Whether looking again soon may give another answer: the runtime was not initialized,
+    /// or the process's memory could not be read. A process caught inside `execve` has its
+    /// new executable but not yet all of its mappings, so a read of `_PyRuntime` fails.
+    pub fn may_change(&self) -> bool {
+        matches!(self, Detection::NotReady | Detection::Unsupported(Unsupported::Read { .. }))
+    }
+
+    /// The answer in a word, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detection::NotPython => "not python",
+            Detection::Python(_) => "python",
+            Detection::Unsupported(_) => "unsupported",
+            Detection::NotReady => "not ready",
+        }
+    }
+}
+
+/// Why a CPython process cannot have Python frames.
+#[derive(Debug, thiserror::Error)]
+pub enum Unsupported {
+    /// Its memory could not be read.
+    #[error("reading {what}: {source}")]
+    Read {
+        /// What was being read.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Neither `Py_Version` nor the file name tells the version.
+    #[error("cannot tell the CPython version of {0}")]
+    UnknownVersion(String),
+    /// A version without a layout table (before 3.13, which describes itself).
+    #[error("CPython {0}.{1}.{2} is not supported yet")]
+    Version(u8, u8, u8),
+    /// 3.13 or later whose `_Py_DebugOffsets` cannot be used.
+    #[error(transparent)]
+    DebugOffsets(#[from] debug_offsets::DebugOffsetsError),
+    /// The interpreter file has no `PyCode_Type` symbol.
+    #[error("no PyCode_Type symbol")]
+    NoCodeType,
+    /// An interpreter executable in which no mapped file holds `_PyRuntime`.
+    #[error("{0}: no _PyRuntime symbol found")]
+    NoRuntime(String),
 }
 
 struct Candidate {
@@ -249,8 +319,17 @@ impl Found {
 }
 
 fn read_symbols(path: &Path) -> Option<Symbols> {
-    let data = map_file(path)?;
-    let file = object::File::parse(&*data).ok()?;
+    symbols_in(&map_file(path)?)
+}
+
+/// Whether the ELF image `data` has the symbols detection needs (`_PyRuntime` and a loadable
+/// segment). Interpreter files are untrusted input: any bytes give an answer, never a panic.
+pub fn is_interpreter_image(data: &[u8]) -> bool {
+    symbols_in(data).is_some()
+}
+
+fn symbols_in(data: &[u8]) -> Option<Symbols> {
+    let file = object::File::parse(data).ok()?;
     let mut found = Found::default();
     // CPython exports what is needed; the full symbol table, which can be large, is searched
     // only when the exported one lacks something.
@@ -262,8 +341,8 @@ fn read_symbols(path: &Path) -> Option<Symbols> {
     let eval_frame_offset = eval_frame.and_then(|addr| {
         file.segments().find_map(|seg| {
             let (offset, size) = seg.file_range();
-            (addr >= seg.address() && addr < seg.address() + size)
-                .then(|| addr - seg.address() + offset)
+            let within = addr.checked_sub(seg.address()).filter(|&delta| delta < size)?;
+            within.checked_add(offset)
         })
     });
     let first_load_vaddr = file.segments().map(|s| s.address()).min()? & !0xfff;
@@ -336,18 +415,21 @@ fn without_symbols(
     if !libpython_mapped && launcher_needs_libpython() {
         return Detection::NotReady;
     }
-    Detection::Unsupported(format!("{exe}: no _PyRuntime symbol found"))
+    Detection::Unsupported(Unsupported::NoRuntime(exe.to_owned()))
 }
 
 /// Whether the 64-bit ELF file at `path` lists a `libpython3.X` among the libraries it needs.
 pub fn needs_libpython(path: &Path) -> bool {
+    map_file(path).is_some_and(|data| image_needs_libpython(&data))
+}
+
+/// Whether the 64-bit ELF image `data` lists a `libpython3.X` among the libraries it needs.
+pub fn image_needs_libpython(data: &[u8]) -> bool {
     use object::{
         Endianness,
         elf::{DT_NEEDED, FileHeader64},
         read::elf::{Dyn as _, FileHeader as _},
     };
-    let Some(data) = map_file(path) else { return false };
-    let data = &*data;
     let Ok(header) = FileHeader64::<Endianness>::parse(data) else { return false };
     let Ok(endian) = header.endian() else { return false };
     let Ok(sections) = header.sections(endian, data) else { return false };
@@ -364,25 +446,27 @@ fn describe(
     candidate: &Candidate,
     symbols: &Symbols,
     bias: u64,
-) -> Result<Option<PythonProcess>, String> {
+) -> Result<Option<PythonProcess>, Unsupported> {
     let name = candidate.path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     let version = match symbols.py_version {
         Some(addr) => {
             let mut b = [0u8; 4];
             memory::read(pid, addr.wrapping_add(bias), &mut b)
-                .map_err(|e| format!("reading Py_Version: {e}"))?;
+                .map_err(|source| Unsupported::Read { what: "Py_Version", source })?;
             let v = u32::from_ne_bytes(b);
             ((v >> 24) as u8, (v >> 16) as u8, (v >> 8) as u8)
         }
         None => {
             let (major, minor) = version_from_name(name)
-                .ok_or_else(|| format!("cannot tell the CPython version of {name}"))?;
+                .ok_or_else(|| Unsupported::UnknownVersion(name.to_owned()))?;
             (major, minor, UNKNOWN_MICRO)
         }
     };
     let runtime = symbols.runtime.wrapping_add(bias);
+    let mut free_threaded = false;
     let (version, layout, layout_source) = if (version.0, version.1) >= (3, 13) {
-        let (head, layout) = debug_offsets::read(pid, runtime).map_err(|e| e.to_string())?;
+        let (head, layout) = debug_offsets::read(pid, runtime)?;
+        free_threaded = head.free_threaded;
         let source = if head.free_threaded {
             "free-threaded, offsets from _Py_DebugOffsets"
         } else {
@@ -390,18 +474,30 @@ fn describe(
         };
         (head.version(), layout, source)
     } else {
-        let layout = layout::table(version.0, version.1).ok_or_else(|| {
-            format!("CPython {}.{}.{} is not supported yet", version.0, version.1, version.2)
-        })?;
+        let layout = layout::table(version.0, version.1)
+            .ok_or(Unsupported::Version(version.0, version.1, version.2))?;
         (version, layout, "offsets from table")
     };
-    let code_type =
-        symbols.code_type.ok_or_else(|| "no PyCode_Type symbol".to_owned())?.wrapping_add(bias);
-    let interp = memory::read_u64(pid, runtime + u64::from(layout.runtime_interpreters_head))
-        .map_err(|e| format!("reading _PyRuntime: {e}"))?;
+    let code_type = symbols.code_type.ok_or(Unsupported::NoCodeType)?.wrapping_add(bias);
+    // `interpreters.main`, the pointer after `interpreters.head` in every version: `head` is
+    // the newest interpreter, which is a subinterpreter once the program has made one.
+    let main = runtime + u64::from(layout.runtime_interpreters_head) + 8;
+    let interp = memory::read_u64(pid, main)
+        .map_err(|source| Unsupported::Read { what: "_PyRuntime", source })?;
     if interp == 0 {
         return Ok(None);
     }
+    // Without it the process is still profiled; only the GIL mode lacks its data. An
+    // interpreter still being made has no GIL yet: look again (its PY_PROCS entry is written
+    // once and would keep no GIL).
+    let gil = match gil::find(pid, layout.gil, runtime, interp, free_threaded) {
+        Ok(gil) => Some(gil),
+        Err(gil::GilError::NotMade) => return Ok(None),
+        Err(e) => {
+            tracing::info!(pid, error = %e, "the GIL of this CPython was not found");
+            None
+        }
+    };
     Ok(Some(PythonProcess {
         version,
         linkage: candidate.linkage,
@@ -412,12 +508,86 @@ fn describe(
         interpreter_file: candidate.key,
         interpreter_path: candidate.path.clone(),
         eval_frame_offset: symbols.eval_frame_offset,
+        gil,
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interpreter_whose_segment_ends_past_the_address_space_is_read_without_overflow() {
+        // Found by the interpreter_elf fuzz target: a program with `_PyRuntime` and
+        // `_PyEval_EvalFrameDefault` whose loadable segment's address plus size overflows.
+        // Copied out of the binary: ELF parsing needs its headers aligned, as a mapped file is.
+        let data =
+            include_bytes!("../../tests/fixtures/interpreter_elf_segment_overflow.elf").to_vec();
+        assert!(is_interpreter_image(&data), "it has _PyRuntime and a loadable segment");
+    }
+
+    #[test]
+    fn the_kernel_entry_carries_the_identity_and_the_gil_fields() {
+        let mut p = PythonProcess::for_tests(None);
+        p.interp = 0x5000;
+        let entry = p.kernel_entry(42, 3);
+        assert_eq!((entry.interp, entry.start_ns, entry.exec_id), (0x5000, 42, 3));
+        assert_eq!(entry.offsets, p.layout.kernel);
+        // No GIL found: every GIL address is 0, which the kernel reads as unknown.
+        assert_eq!(
+            (entry.gil_locked, entry.gil_holder, entry.gil_cond, entry.gil_enabled),
+            (0, 0, 0, 0)
+        );
+        p.gil = Some(gil::Gil { addr: 0x1000, free_threaded: false });
+        let entry = p.kernel_entry(42, 3);
+        assert_eq!(
+            (entry.gil_locked, entry.gil_holder, entry.gil_cond, entry.gil_enabled),
+            (0x1010, 0x1008, 0x1020, 0)
+        );
+        p.gil = Some(gil::Gil { addr: 0x1000, free_threaded: true });
+        let entry = p.kernel_entry(42, 3);
+        assert_eq!(
+            (entry.gil_locked, entry.gil_holder, entry.gil_cond, entry.gil_enabled),
+            (0x1018, 0x1010, 0x1028, 0x1000)
+        );
+    }
+
+    #[test]
+    fn an_interpreter_caught_before_its_gil_is_made_is_looked_at_again() {
+        if crate::host::skip_under_qemu_user(
+            "an_interpreter_caught_before_its_gil_is_made_is_looked_at_again",
+            "qemu-user does not emulate process_vm_readv",
+        ) {
+            return;
+        }
+        // A 3.12 runtime in this process: `interpreters.main` (head + 8, head at 40) points to
+        // an interpreter whose `ceval.gil` (at 384) is still NULL, as between
+        // `_PyInterpreterState_New` and the GIL's creation.
+        let version = 0x030c_01f0_u32;
+        let mut runtime = vec![0u64; 8];
+        let mut interp = vec![0u64; 64];
+        let gil_state = vec![0u64; 16];
+        runtime[48 / 8] = interp.as_ptr() as u64;
+        let candidate = Candidate {
+            path: PathBuf::from("/usr/bin/python3.12"),
+            key: FileKey { dev: 1, inode: 2 },
+            linkage: Linkage::Static,
+            base: 0,
+        };
+        let symbols = Symbols {
+            runtime: runtime.as_ptr() as u64,
+            code_type: Some(0x1000),
+            py_version: Some(&raw const version as u64),
+            eval_frame_offset: None,
+            first_load_vaddr: 0,
+        };
+        let pid = std::process::id();
+        assert!(matches!(describe(pid, &candidate, &symbols, 0), Ok(None)));
+        interp[384 / 8] = gil_state.as_ptr() as u64;
+        let found = describe(pid, &candidate, &symbols, 0).unwrap().expect("an interpreter");
+        assert_eq!(found.gil.map(|g| g.addr), Some(gil_state.as_ptr() as u64));
+        std::hint::black_box((&runtime, &interp, &gil_state, version));
+    }
 
     #[test]
     fn a_launcher_whose_libpython_is_not_mapped_yet_is_looked_at_again() {

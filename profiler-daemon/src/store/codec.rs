@@ -12,7 +12,7 @@ use std::{
 use prost::Message;
 
 use crate::{
-    aggregate::{Frame, FrameKind, Labels, Module, Stack},
+    aggregate::{Frame, FrameKind, Labels, Module, SampleKind, Stack, Tally},
     stats::DropSnapshot,
 };
 
@@ -92,6 +92,12 @@ pub struct LabelsRecord {
     /// Container name.
     #[prost(string, tag = "12")]
     pub container_name: String,
+    /// Why an off-CPU sample's thread was off the CPU.
+    #[prost(string, tag = "13")]
+    pub reason: String,
+    /// Whether a Python thread held the GIL.
+    #[prost(string, tag = "14")]
+    pub gil: String,
 }
 
 /// A window, or a rollup of several, as stored.
@@ -109,7 +115,8 @@ pub struct WindowRecord {
     /// Drops per reason, indexed like `DropReason::ALL`.
     #[prost(uint64, repeated, tag = "4")]
     pub drops: Vec<u64>,
-    /// (labels id, stack id, count) triples.
+    /// (labels id, stack id, count) triples of CPU samples, as records written before sample
+    /// kinds existed hold them; new records use `tallies`.
     #[prost(uint64, repeated, tag = "5")]
     pub entries: Vec<u64>,
     /// (labels id, frame id, calls) triples.
@@ -118,6 +125,10 @@ pub struct WindowRecord {
     /// Windows merged into this record.
     #[prost(uint64, tag = "7")]
     pub windows: u64,
+    /// (kind, labels id, stack id, count, value) quintuples; the kind is a
+    /// [`SampleKind::code`] and the value is in its unit.
+    #[prost(uint64, repeated, tag = "8")]
+    pub tallies: Vec<u64>,
 }
 
 impl WindowRecord {
@@ -139,6 +150,21 @@ impl WindowRecord {
         }
         self.entries = merge_triples(&self.entries, &other.entries);
         self.calls = merge_triples(&self.calls, &other.calls);
+        self.tallies = merge_tallies(&self.tallies, &other.tallies);
+    }
+
+    /// Every entry as (kind code, labels id, stack id, tally), the legacy CPU triples
+    /// included (valued at [`LEGACY_CPU_PERIOD_NS`] per sample).
+    pub fn each_tally(&self) -> impl Iterator<Item = (u64, u64, u64, Tally)> + '_ {
+        let legacy = self.entries.chunks_exact(3).map(|t| {
+            let value = t[2].saturating_mul(LEGACY_CPU_PERIOD_NS);
+            (SampleKind::Cpu.code(), t[0], t[1], Tally { count: t[2], value })
+        });
+        let tallies = self
+            .tallies
+            .chunks_exact(5)
+            .map(|q| (q[0], q[1], q[2], Tally { count: q[3], value: q[4] }));
+        legacy.chain(tallies)
     }
 
     /// The drops as a snapshot.
@@ -149,6 +175,31 @@ impl WindowRecord {
         }
         out
     }
+}
+
+/// The CPU time of one sample in records written before sample kinds existed: the period of
+/// the default 99 Hz.
+pub const LEGACY_CPU_PERIOD_NS: u64 = 1_000_000_000 / 99;
+
+/// Sums `(kind, labels, stack, count, value)` quintuples with equal keys, in a stable order.
+fn merge_tallies(x: &[u64], y: &[u64]) -> Vec<u64> {
+    let mut sums: HashMap<(u64, u64, u64), Tally> = HashMap::with_capacity((x.len() + y.len()) / 5);
+    let mut order = Vec::new();
+    for q in x.chunks_exact(5).chain(y.chunks_exact(5)) {
+        let key = (q[0], q[1], q[2]);
+        sums.entry(key)
+            .or_insert_with(|| {
+                order.push(key);
+                Tally::default()
+            })
+            .add(Tally { count: q[3], value: q[4] });
+    }
+    let mut out = Vec::with_capacity(order.len() * 5);
+    for key in order {
+        let t = sums[&key];
+        out.extend([key.0, key.1, key.2, t.count, t.value]);
+    }
+    out
 }
 
 /// Sums `(a, b, count)` triples with equal `(a, b)`, in a stable order.
@@ -169,23 +220,159 @@ fn merge_triples(x: &[u64], y: &[u64]) -> Vec<u64> {
     out
 }
 
-/// Interned frames, stacks and labels, both ways. New entries are queued for writing.
-#[derive(Debug, Default)]
+/// Frames, stacks and labels the dictionary remembers the ids of, per table: a bound on its
+/// memory whatever the store holds.
+pub const DICTIONARY_CAPACITY: usize = 16_384;
+
+/// Interns frames, stacks and labels for writing. It remembers the ids of the most recently
+/// used ones, at most a capacity per table, so that a window refers to a row already stored;
+/// one that was forgotten gets a new id and a new row, and the store then holds equal rows
+/// under two ids, which queries merge by what they hold. New rows are queued for writing.
+/// Reading goes through a [`Decoder`], from the stored rows.
+#[derive(Debug)]
 pub struct Dictionary {
-    frames: HashMap<Arc<Frame>, u64>,
-    frame_by_id: HashMap<u64, Arc<Frame>>,
-    stacks: HashMap<Stack, u64>,
-    stack_by_id: HashMap<u64, Stack>,
-    labels: HashMap<Arc<Labels>, u64>,
-    labels_by_id: HashMap<u64, Arc<Labels>>,
-    modules: HashMap<(String, Option<String>), Arc<Module>>,
+    frames: lru::LruCache<Arc<Frame>, u64>,
+    stacks: lru::LruCache<Stack, u64>,
+    labels: lru::LruCache<Arc<Labels>, u64>,
     next_id: u64,
     /// Frames, stacks and labels not yet written: (table, id, bytes).
     pub pending: Vec<(Table, u64, Vec<u8>)>,
 }
 
+impl Default for Dictionary {
+    fn default() -> Dictionary {
+        Dictionary::with_capacity(DICTIONARY_CAPACITY)
+    }
+}
+
+/// Reads frames, stacks and labels back by id through `read` (which returns a stored row),
+/// caching what it decoded: one query's view of the dictionary tables.
+pub struct Decoder<R> {
+    read: R,
+    frames: HashMap<u64, Option<Arc<Frame>>>,
+    stacks: HashMap<u64, Option<Stack>>,
+    labels: HashMap<u64, Option<Arc<Labels>>>,
+    modules: HashMap<(String, Option<String>), Arc<Module>>,
+}
+
+impl<R> std::fmt::Debug for Decoder<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("frames", &self.frames.len())
+            .field("stacks", &self.stacks.len())
+            .field("labels", &self.labels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: FnMut(Table, u64) -> Option<Vec<u8>>> Decoder<R> {
+    /// A decoder reading rows with `read`.
+    pub fn new(read: R) -> Decoder<R> {
+        Decoder {
+            read,
+            frames: HashMap::new(),
+            stacks: HashMap::new(),
+            labels: HashMap::new(),
+            modules: HashMap::new(),
+        }
+    }
+
+    /// The frame with id `id`, if it is stored and decodes.
+    pub fn frame(&mut self, id: u64) -> Option<Arc<Frame>> {
+        if let Some(frame) = self.frames.get(&id) {
+            return frame.clone();
+        }
+        let frame = (self.read)(Table::Frames, id)
+            .and_then(|bytes| decode_frame(&bytes, &mut self.modules).ok());
+        self.frames.insert(id, frame.clone());
+        frame
+    }
+
+    /// The stack with id `id`, if it and its frames are stored and decode.
+    pub fn stack(&mut self, id: u64) -> Option<Stack> {
+        if let Some(stack) = self.stacks.get(&id) {
+            return stack.clone();
+        }
+        let stack = (self.read)(Table::Stacks, id)
+            .and_then(|bytes| stack_frames(&bytes).ok())
+            .and_then(|ids| ids.into_iter().map(|f| self.frame(f)).collect::<Option<Vec<_>>>())
+            .map(Stack::from);
+        self.stacks.insert(id, stack.clone());
+        stack
+    }
+
+    /// The labels with id `id`, if they are stored and decode.
+    pub fn labels(&mut self, id: u64) -> Option<Arc<Labels>> {
+        if let Some(labels) = self.labels.get(&id) {
+            return labels.clone();
+        }
+        let labels = (self.read)(Table::Labels, id).and_then(|bytes| decode_labels(&bytes).ok());
+        self.labels.insert(id, labels.clone());
+        labels
+    }
+}
+
+/// A stored frame; `modules` shares equal modules between frames.
+fn decode_frame(
+    bytes: &[u8],
+    modules: &mut HashMap<(String, Option<String>), Arc<Module>>,
+) -> Result<Arc<Frame>, Damaged> {
+    let r = FrameRecord::decode(bytes).map_err(|e| Damaged(format!("frame: {e}")))?;
+    let module = (!r.module.is_empty()).then(|| {
+        modules
+            .entry((r.module.clone(), r.build_id.clone()))
+            .or_insert_with(|| {
+                Arc::new(Module {
+                    path: r.module.as_str().into(),
+                    build_id: r.build_id.as_deref().map(Into::into),
+                })
+            })
+            .clone()
+    });
+    Ok(Arc::new(Frame {
+        kind: kind_of(r.kind),
+        function: r.function.into(),
+        module,
+        address: r.address,
+        file: r.file.map(Into::into),
+        line: r.line,
+        start_line: r.start_line,
+    }))
+}
+
+/// Stored labels.
+fn decode_labels(bytes: &[u8]) -> Result<Arc<Labels>, Damaged> {
+    let r = LabelsRecord::decode(bytes).map_err(|e| Damaged(format!("labels: {e}")))?;
+    Ok(Arc::new(Labels {
+        pid: r.pid,
+        tid: r.tid,
+        comm: r.comm.into(),
+        thread: r.thread.into(),
+        exe: r.exe.into(),
+        cgroup: r.cgroup.into(),
+        container: r.container.into(),
+        pod_uid: r.pod_uid.into(),
+        pod: r.pod.into(),
+        namespace: r.namespace.into(),
+        container_name: r.container_name.into(),
+        runtime: r.runtime.into(),
+        reason: r.reason.into(),
+        gil: r.gil.into(),
+    }))
+}
+
+/// Whether a stored row of `table` decodes (what opening the store checks).
+pub fn check_row(table: Table, bytes: &[u8]) -> Result<(), Damaged> {
+    match table {
+        Table::Frames => FrameRecord::decode(bytes).map(drop),
+        Table::Stacks => StackRecord::decode(bytes).map(drop),
+        Table::Labels => LabelsRecord::decode(bytes).map(drop),
+    }
+    .map_err(|e| Damaged(format!("{table:?} row: {e}")))
+}
+
 /// Which dictionary table a pending record belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// Frames.
     Frames,
@@ -222,6 +409,15 @@ pub struct LiveIds {
 }
 
 impl LiveIds {
+    /// Whether the row `id` of `table` is referred to.
+    pub fn holds(&self, table: Table, id: u64) -> bool {
+        match table {
+            Table::Frames => self.frames.contains(&id),
+            Table::Stacks => self.stacks.contains(&id),
+            Table::Labels => self.labels.contains(&id),
+        }
+    }
+
     /// The live stacks.
     pub fn stacks(&self) -> impl Iterator<Item = u64> + '_ {
         self.stacks.iter().copied()
@@ -234,9 +430,9 @@ impl LiveIds {
 
     /// Adds the ids that `record` refers to.
     pub fn add(&mut self, record: &WindowRecord) {
-        for t in record.entries.chunks_exact(3) {
-            self.labels.insert(t[0]);
-            self.stacks.insert(t[1]);
+        for (_, labels, stack, _) in record.each_tally() {
+            self.labels.insert(labels);
+            self.stacks.insert(stack);
         }
         for t in record.calls.chunks_exact(3) {
             self.labels.insert(t[0]);
@@ -256,81 +452,27 @@ pub fn stack_frames(bytes: &[u8]) -> Result<Vec<u64>, Damaged> {
 pub struct Damaged(pub String);
 
 impl Dictionary {
-    /// Ids handed out so far start above every id loaded.
-    fn bump(&mut self, id: u64) {
-        self.next_id = self.next_id.max(id + 1);
+    /// A dictionary that remembers at most `capacity` entries per table.
+    pub fn with_capacity(capacity: usize) -> Dictionary {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        Dictionary {
+            frames: lru::LruCache::new(capacity),
+            stacks: lru::LruCache::new(capacity),
+            labels: lru::LruCache::new(capacity),
+            next_id: 1,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Hands out ids above `id` from now on (the largest id stored).
+    pub fn ids_above(&mut self, id: u64) {
+        self.next_id = self.next_id.max(id.saturating_add(1));
     }
 
     fn fresh_id(&mut self) -> u64 {
-        self.next_id = self.next_id.max(1);
         let id = self.next_id;
         self.next_id += 1;
         id
-    }
-
-    /// Loads a stored frame.
-    pub fn load_frame(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
-        let r = FrameRecord::decode(bytes).map_err(|e| Damaged(format!("frame {id}: {e}")))?;
-        let module = (!r.module.is_empty()).then(|| {
-            self.modules
-                .entry((r.module.clone(), r.build_id.clone()))
-                .or_insert_with(|| {
-                    Arc::new(Module {
-                        path: r.module.as_str().into(),
-                        build_id: r.build_id.as_deref().map(Into::into),
-                    })
-                })
-                .clone()
-        });
-        let frame = Arc::new(Frame {
-            kind: kind_of(r.kind),
-            function: r.function.into(),
-            module,
-            address: r.address,
-            file: r.file.map(Into::into),
-            line: r.line,
-            start_line: r.start_line,
-        });
-        self.frames.insert(frame.clone(), id);
-        self.frame_by_id.insert(id, frame);
-        self.bump(id);
-        Ok(())
-    }
-
-    /// Loads a stored stack (its frames must be loaded).
-    pub fn load_stack(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
-        let r = StackRecord::decode(bytes).map_err(|e| Damaged(format!("stack {id}: {e}")))?;
-        let frames: Option<Vec<Arc<Frame>>> =
-            r.frames.iter().map(|f| self.frame_by_id.get(f).cloned()).collect();
-        let stack: Stack =
-            frames.ok_or_else(|| Damaged(format!("stack {id} refers to a missing frame")))?.into();
-        self.stacks.insert(stack.clone(), id);
-        self.stack_by_id.insert(id, stack);
-        self.bump(id);
-        Ok(())
-    }
-
-    /// Loads stored labels.
-    pub fn load_labels(&mut self, id: u64, bytes: &[u8]) -> Result<(), Damaged> {
-        let r = LabelsRecord::decode(bytes).map_err(|e| Damaged(format!("labels {id}: {e}")))?;
-        let labels = Arc::new(Labels {
-            pid: r.pid,
-            tid: r.tid,
-            comm: r.comm.into(),
-            thread: r.thread.into(),
-            exe: r.exe.into(),
-            cgroup: r.cgroup.into(),
-            container: r.container.into(),
-            pod_uid: r.pod_uid.into(),
-            pod: r.pod.into(),
-            namespace: r.namespace.into(),
-            container_name: r.container_name.into(),
-            runtime: r.runtime.into(),
-        });
-        self.labels.insert(labels.clone(), id);
-        self.labels_by_id.insert(id, labels);
-        self.bump(id);
-        Ok(())
     }
 
     /// The id of `frame`, interning it.
@@ -350,8 +492,7 @@ impl Dictionary {
             start_line: frame.start_line,
         };
         self.pending.push((Table::Frames, id, record.encode_to_vec()));
-        self.frames.insert(frame.clone(), id);
-        self.frame_by_id.insert(id, frame.clone());
+        self.frames.put(frame.clone(), id);
         id
     }
 
@@ -363,8 +504,7 @@ impl Dictionary {
         let frames = stack.iter().map(|f| self.frame_id(f)).collect();
         let id = self.fresh_id();
         self.pending.push((Table::Stacks, id, StackRecord { frames }.encode_to_vec()));
-        self.stacks.insert(stack.clone(), id);
-        self.stack_by_id.insert(id, stack.clone());
+        self.stacks.put(stack.clone(), id);
         id
     }
 
@@ -388,88 +528,45 @@ impl Dictionary {
             namespace: l.namespace.to_string(),
             container_name: l.container_name.to_string(),
             runtime: l.runtime.to_string(),
+            reason: l.reason.to_string(),
+            gil: l.gil.to_string(),
         };
         self.pending.push((Table::Labels, id, record.encode_to_vec()));
-        self.labels.insert(labels.clone(), id);
-        self.labels_by_id.insert(id, labels.clone());
+        self.labels.put(labels.clone(), id);
         id
     }
 
-    /// The frame with id `id`.
-    pub fn frame(&self, id: u64) -> Option<&Arc<Frame>> {
-        self.frame_by_id.get(&id)
-    }
-
-    /// The stack with id `id`.
-    pub fn stack(&self, id: u64) -> Option<&Stack> {
-        self.stack_by_id.get(&id)
-    }
-
-    /// The labels with id `id`.
-    pub fn labels(&self, id: u64) -> Option<&Arc<Labels>> {
-        self.labels_by_id.get(&id)
-    }
-
-    /// Every labels id with its labels.
-    pub fn all_labels(&self) -> impl Iterator<Item = (u64, &Arc<Labels>)> {
-        self.labels_by_id.iter().map(|(&id, l)| (id, l))
-    }
-
-    /// The labels, stacks and frames held that `live` does not hold, with their tables. `live`
-    /// must hold the frames of its stacks (by id: two ids may hold equal frames).
-    pub fn dead(&self, live: &LiveIds) -> Vec<(Table, u64)> {
-        let stacks = self.stack_by_id.keys().filter(|id| !live.stacks.contains(id));
-        let frames = self.frame_by_id.keys().filter(|id| !live.frames.contains(id));
-        let labels = self.labels_by_id.keys().filter(|id| !live.labels.contains(id));
-        stacks
-            .map(|&id| (Table::Stacks, id))
-            .chain(frames.map(|&id| (Table::Frames, id)))
-            .chain(labels.map(|&id| (Table::Labels, id)))
-            .collect()
-    }
-
-    /// Forgets `dead` (from [`Dictionary::dead`]). Ids are not handed out again while the
-    /// daemon runs, so one that a reader still holds cannot name something else.
-    pub fn forget(&mut self, dead: &[(Table, u64)]) {
+    /// Forgets the ids in `dead` (rows a sweep deleted). Ids are not handed out again while
+    /// the daemon runs, so one that a reader still holds cannot name something else.
+    pub fn forget(&mut self, dead: &HashSet<(Table, u64)>) {
         // Rows of a window that failed to write are still queued; a forgotten id is not
         // written later.
-        let gone: HashSet<(Table, u64)> = dead.iter().copied().collect();
-        self.pending.retain(|(table, id, _)| !gone.contains(&(*table, *id)));
-        for &(table, id) in dead {
-            match table {
-                Table::Stacks => {
-                    if let Some(stack) = self.stack_by_id.remove(&id)
-                        && self.stacks.get(&stack) == Some(&id)
-                    {
-                        self.stacks.remove(&stack);
-                    }
-                }
-                Table::Frames => {
-                    if let Some(frame) = self.frame_by_id.remove(&id)
-                        && self.frames.get(&frame) == Some(&id)
-                    {
-                        self.frames.remove(&frame);
-                    }
-                }
-                Table::Labels => {
-                    if let Some(labels) = self.labels_by_id.remove(&id)
-                        && self.labels.get(&labels) == Some(&id)
-                    {
-                        self.labels.remove(&labels);
-                    }
-                }
+        self.pending.retain(|(table, id, _)| !dead.contains(&(*table, *id)));
+        fn drop_dead<K: std::hash::Hash + Eq + Clone>(
+            cache: &mut lru::LruCache<K, u64>,
+            table: Table,
+            dead: &HashSet<(Table, u64)>,
+        ) {
+            let gone: Vec<K> = cache
+                .iter()
+                .filter(|(_, id)| dead.contains(&(table, **id)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in gone {
+                cache.pop(&k);
             }
         }
-        // A module that no frame holds any more.
-        self.modules.retain(|_, m| Arc::strong_count(m) > 1);
+        drop_dead(&mut self.frames, Table::Frames, dead);
+        drop_dead(&mut self.stacks, Table::Stacks, dead);
+        drop_dead(&mut self.labels, Table::Labels, dead);
     }
 
-    /// Distinct frames, stacks and labels held.
+    /// Frames, stacks and labels whose ids are remembered.
     pub fn len(&self) -> usize {
-        self.frame_by_id.len() + self.stack_by_id.len() + self.labels_by_id.len()
+        self.frames.len() + self.stacks.len() + self.labels.len()
     }
 
-    /// Whether nothing is held.
+    /// Whether nothing is remembered.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -510,6 +607,30 @@ mod tests {
     }
 
     #[test]
+    fn tallies_merge_by_kind_labels_and_stack_and_legacy_entries_read_as_cpu() {
+        let cpu = SampleKind::Cpu.code();
+        let off = SampleKind::OffCpu.code();
+        let mut a = WindowRecord {
+            tallies: vec![cpu, 1, 2, 3, 30, off, 1, 2, 1, 500],
+            ..Default::default()
+        };
+        let b = WindowRecord {
+            entries: vec![1, 2, 4],
+            tallies: vec![off, 1, 2, 2, 700, off, 1, 9, 1, 5],
+            ..Default::default()
+        };
+        a.merge(&b);
+        assert_eq!(a.tallies, [cpu, 1, 2, 3, 30, off, 1, 2, 3, 1_200, off, 1, 9, 1, 5]);
+        let all: Vec<_> = a.each_tally().collect();
+        assert_eq!(
+            all[0],
+            (cpu, 1, 2, Tally { count: 4, value: 4 * LEGACY_CPU_PERIOD_NS }),
+            "a record from before sample kinds counts as CPU time at 99 Hz"
+        );
+        assert_eq!(all.len(), 4);
+    }
+
+    #[test]
     fn triples_merge_by_their_first_two_values() {
         assert_eq!(
             merge_triples(&[1, 2, 3, 4, 5, 6], &[4, 5, 1, 7, 8, 9]),
@@ -517,28 +638,45 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_sweep_goes_by_stored_ids_even_where_two_frames_are_equal() {
-        let mut d = Dictionary::default();
-        let frame = FrameRecord { kind: 1, function: "f".into(), ..FrameRecord::default() };
-        d.load_frame(1, &frame.encode_to_vec()).unwrap();
-        d.load_frame(2, &frame.encode_to_vec()).unwrap();
-        let stack = StackRecord { frames: vec![1] }.encode_to_vec();
-        d.load_stack(3, &stack).unwrap();
-        d.load_stack(4, &StackRecord { frames: vec![2] }.encode_to_vec()).unwrap();
-        let mut live = LiveIds::default();
-        live.stacks.insert(3);
-        live.add_frames(stack_frames(&stack).unwrap());
-        let dead = d.dead(&live);
-        assert_eq!(dead.len(), 2, "{dead:?}");
-        assert!(dead.contains(&(Table::Stacks, 4)) && dead.contains(&(Table::Frames, 2)));
-        d.forget(&dead);
-        assert!(d.frame(1).is_some() && d.frame(2).is_none() && d.stack(3).is_some());
-        assert_eq!(d.len(), 2);
+    /// A decoder over the rows `d` queued.
+    fn rows_of(d: &Dictionary) -> HashMap<(Table, u64), Vec<u8>> {
+        d.pending.iter().map(|(t, id, bytes)| ((*t, *id), bytes.clone())).collect()
     }
 
     #[test]
-    fn interned_records_load_back_equal() {
+    fn a_forgotten_id_leaves_the_cache_and_the_queue() {
+        let mut d = Dictionary::default();
+        let a = Arc::new(Labels { pid: 1, ..Labels::default() });
+        let b = Arc::new(Labels { pid: 2, ..Labels::default() });
+        let (ia, ib) = (d.labels_id(&a), d.labels_id(&b));
+        d.forget(&HashSet::from([(Table::Labels, ia)]));
+        assert_eq!(d.len(), 1);
+        assert!(d.pending.iter().all(|(_, id, _)| *id != ia));
+        assert_eq!(d.labels_id(&b), ib);
+        assert!(d.labels_id(&a) > ib, "a forgotten entry gets a new id");
+    }
+
+    #[test]
+    fn a_full_dictionary_forgets_the_least_recently_used_and_what_is_stored_still_reads() {
+        let mut d = Dictionary::with_capacity(2);
+        let labels: Vec<Arc<Labels>> =
+            (0..3).map(|pid| Arc::new(Labels { pid, ..Labels::default() })).collect();
+        let ids: Vec<u64> = labels.iter().map(|l| d.labels_id(l)).collect();
+        assert_eq!(d.len(), 2, "at most the capacity per table");
+        // The first was forgotten: it gets a second row under a new id.
+        let again = d.labels_id(&labels[0]);
+        assert!(!ids.contains(&again));
+        let rows = rows_of(&d);
+        let mut decoder = Decoder::new(|t, id| rows.get(&(t, id)).cloned());
+        for (l, id) in labels.iter().zip(&ids) {
+            assert_eq!(decoder.labels(*id).as_ref(), Some(l));
+        }
+        assert_eq!(decoder.labels(again).as_ref(), Some(&labels[0]));
+        assert_eq!(decoder.labels(999), None);
+    }
+
+    #[test]
+    fn interned_records_read_back_equal() {
         let module =
             Arc::new(Module { path: "/usr/lib/libz.so.1".into(), build_id: Some("ab".into()) });
         let frame = Arc::new(Frame {
@@ -567,17 +705,12 @@ mod tests {
         let mut d = Dictionary::default();
         let (s, l) = (d.stack_id(&stack), d.labels_id(&labels));
         assert_eq!(d.stack_id(&stack), s, "interned once");
-        let mut loaded = Dictionary::default();
-        for (table, id, bytes) in std::mem::take(&mut d.pending) {
-            match table {
-                Table::Frames => loaded.load_frame(id, &bytes).unwrap(),
-                Table::Stacks => loaded.load_stack(id, &bytes).unwrap(),
-                Table::Labels => loaded.load_labels(id, &bytes).unwrap(),
-            }
-        }
-        assert_eq!(loaded.stack(s), Some(&stack));
-        assert_eq!(loaded.labels(l), Some(&labels));
-        assert!(loaded.stack_id(&stack) == s && loaded.pending.is_empty());
-        assert!(loaded.labels_id(&Arc::new(Labels::default())) > l, "new ids do not collide");
+        let rows = rows_of(&d);
+        let mut decoder = Decoder::new(|t, id| rows.get(&(t, id)).cloned());
+        assert_eq!(decoder.stack(s), Some(stack));
+        assert_eq!(decoder.labels(l), Some(labels));
+        let mut reopened = Dictionary::default();
+        reopened.ids_above(d.next_id - 1);
+        assert!(reopened.labels_id(&Arc::new(Labels::default())) > l, "new ids do not collide");
     }
 }

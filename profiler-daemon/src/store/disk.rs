@@ -25,12 +25,12 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 use super::{
-    codec::{self, Damaged, Dictionary, LiveIds, Table, WindowRecord},
+    codec::{self, Damaged, Decoder, Dictionary, LiveIds, Table, WindowRecord},
     lost::LostWindows,
     plan::{self, LEVELS_NS, Piece},
 };
 use crate::{
-    aggregate::{MergedProfile, Window, window::PersistState},
+    aggregate::{MergedProfile, Mode, SampleKind, Tally, Window, window::PersistState},
     selector::Selector,
 };
 
@@ -44,6 +44,8 @@ const FRAMES: TableDefinition<u64, &[u8]> = TableDefinition::new("frames");
 const STACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("stacks");
 const LABELS: TableDefinition<u64, &[u8]> = TableDefinition::new("labels");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Per exporter, the start of the last window it delivered.
+const EXPORTS: TableDefinition<&str, i64> = TableDefinition::new("exports");
 
 /// The dictionaries are swept of what no stored record refers to any more (after retention
 /// dropped the windows that did) once they hold twice as many entries as after the last sweep,
@@ -133,6 +135,9 @@ pub struct StoreStatus {
     pub dictionary: u64,
     /// Dictionary entries forgotten by sweeps since start.
     pub dictionary_swept: u64,
+    /// Dictionary entries whose ids are remembered in memory (at most
+    /// [`codec::DICTIONARY_CAPACITY`] per table).
+    pub dictionary_cached: u64,
     /// End of the newest stored window.
     pub persisted_until_ns: i64,
     /// Windows that could not be stored since start (the writer was behind, or a write
@@ -163,12 +168,16 @@ pub struct Store {
     /// Held by an append and a sweep from start to commit: ids handed out for a window must
     /// not be swept before it is written.
     writing: Mutex<()>,
-    /// Dictionary entries at which the next sweep runs.
+    /// Dictionary rows stored (frames, stacks and label sets).
+    rows: AtomicUsize,
+    /// Dictionary rows at which the next sweep runs.
     sweep_at: AtomicUsize,
     /// Dictionary entries forgotten by sweeps since start.
     swept: AtomicU64,
     /// Windows that could not be stored.
     lost: LostWindows,
+    /// Per exporter, the windows retention dropped before it delivered them.
+    unexported: Mutex<HashMap<String, u64>>,
 }
 
 impl Store {
@@ -241,9 +250,11 @@ impl Store {
             bytes: AtomicU64::new(0),
             windows: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
+            unexported: Mutex::default(),
             persisted_until: AtomicI64::new(0),
             durable: std::sync::atomic::AtomicBool::new(true),
             writing: Mutex::new(()),
+            rows: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(SWEEP_MIN),
             swept: AtomicU64::new(0),
             lost: LostWindows::default(),
@@ -276,8 +287,9 @@ impl Store {
                 }
             }
             txn.open_table(ROLLUPS).map_err(redb::Error::from)?;
+            // The dictionary rows are checked, not kept: queries read them from the file.
             let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut bytes = 0u64;
+            let (mut bytes, mut rows) = (0u64, 0usize);
             for (def, table) in
                 [(FRAMES, Table::Frames), (STACKS, Table::Stacks), (LABELS, Table::Labels)]
             {
@@ -286,13 +298,13 @@ impl Store {
                     let (k, v) = row.map_err(redb::Error::from)?;
                     let (id, value) = (k.value(), v.value());
                     bytes += value.len() as u64 + 8;
-                    match table {
-                        Table::Frames => dict.load_frame(id, value)?,
-                        Table::Stacks => dict.load_stack(id, value)?,
-                        Table::Labels => dict.load_labels(id, value)?,
-                    }
+                    rows += 1;
+                    codec::check_row(table, value)
+                        .map_err(|e| Damaged(format!("{} (id {id})", e.0)))?;
+                    dict.ids_above(id);
                 }
             }
+            self.rows.store(rows, Relaxed);
             let windows = txn.open_table(WINDOWS).map_err(redb::Error::from)?;
             for row in windows.iter().map_err(redb::Error::from)? {
                 let (_, v) = row.map_err(redb::Error::from)?;
@@ -313,6 +325,17 @@ impl Store {
         }
         txn.commit().map_err(redb::Error::from)?;
         Ok(())
+    }
+
+    /// Replaces the dictionary's memory with one that remembers `capacity` entries per table
+    /// (tests: the default is large).
+    #[cfg(test)]
+    fn remember_at_most(&self, capacity: usize) {
+        *self.dict.lock().unwrap_or_else(PoisonError::into_inner) = {
+            let mut d = Dictionary::with_capacity(capacity);
+            d.ids_above(u64::MAX / 2);
+            d
+        };
     }
 
     /// Windows that could not be stored.
@@ -376,15 +399,18 @@ impl Store {
                 end_ns: window.end_ns,
                 samples: window.samples,
                 drops: window.drops.0.to_vec(),
-                entries: Vec::with_capacity(window.entries.len() * 3),
+                entries: Vec::new(),
                 calls: Vec::with_capacity(window.calls.len() * 3),
                 windows: 1,
+                tallies: Vec::with_capacity(window.entries.len() * 5),
             };
             for e in &window.entries {
-                record.entries.extend([
+                record.tallies.extend([
+                    e.kind.code(),
                     dict.labels_id(&e.labels),
                     dict.stack_id(&e.stack),
                     e.count,
+                    e.value,
                 ]);
             }
             for c in &window.calls {
@@ -454,8 +480,8 @@ impl Store {
             }
         }
         let expired = self.expire(&txn, now_ns, &mut delta)?;
-        let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
-        let dead = if expired > 0 && entries >= self.sweep_at.load(Relaxed) {
+        let rows = self.rows.load(Relaxed) + pending.len();
+        let dead = if expired > 0 && rows >= self.sweep_at.load(Relaxed) {
             self.sweep(&txn, &mut delta)?
         } else {
             Vec::new()
@@ -467,6 +493,7 @@ impl Store {
         }
         self.apply(&delta);
         self.dict.lock().unwrap_or_else(PoisonError::into_inner).pending.drain(..pending.len());
+        self.rows.fetch_add(pending.len(), Relaxed);
         self.forget(&dead);
         Ok(())
     }
@@ -481,6 +508,22 @@ impl Store {
             let _ = self.windows.fetch_update(Relaxed, Relaxed, |w| Some(w.saturating_sub(gone)));
         }
         self.evicted.fetch_add(delta.evicted, Relaxed);
+        if !delta.unexported.is_empty() {
+            let mut lost = self.unexported.lock().unwrap_or_else(PoisonError::into_inner);
+            for (name, n) in &delta.unexported {
+                *lost.entry(name.clone()).or_default() += n;
+            }
+        }
+    }
+
+    /// Windows that retention dropped before exporter `name` had delivered them, since start.
+    pub fn evicted_before_export(&self, name: &str) -> u64 {
+        self.unexported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// A consistent view for one query: the store as committed now, and those of `windows`
@@ -526,7 +569,9 @@ impl Store {
         txn: &redb::WriteTransaction,
         delta: &mut Delta,
     ) -> Result<Vec<(Table, u64)>, redb::Error> {
-        let entries = self.dict.lock().unwrap_or_else(PoisonError::into_inner).len();
+        // The rows this transaction adds count too.
+        let pending = self.dict.lock().unwrap_or_else(PoisonError::into_inner).pending.len();
+        let entries = self.rows.load(Relaxed) + pending;
         self.sweep_at.store(SWEEP_MIN.max(2 * entries), Relaxed);
         let mut live = LiveIds::default();
         for row in txn.open_table(WINDOWS)?.iter()? {
@@ -559,7 +604,19 @@ impl Store {
                 }
             }
         }
-        let dead = self.dict.lock().unwrap_or_else(PoisonError::into_inner).dead(&live);
+        // Every stored row, and the rows of this transaction's window, that nothing refers
+        // to.
+        let mut dead = Vec::new();
+        for (def, table) in
+            [(FRAMES, Table::Frames), (STACKS, Table::Stacks), (LABELS, Table::Labels)]
+        {
+            for row in txn.open_table(def)?.iter()? {
+                let id = row?.0.value();
+                if !live.holds(table, id) {
+                    dead.push((table, id));
+                }
+            }
+        }
         self.sweep_at.store(SWEEP_MIN.max(2 * (entries - dead.len().min(entries))), Relaxed);
         let mut freed = 0u64;
         for (def, table) in
@@ -582,11 +639,9 @@ impl Store {
             return;
         }
 
-        let kept = {
-            let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
-            dict.forget(dead);
-            dict.len()
-        };
+        let gone: std::collections::HashSet<(Table, u64)> = dead.iter().copied().collect();
+        self.dict.lock().unwrap_or_else(PoisonError::into_inner).forget(&gone);
+        let kept = self.rows.fetch_sub(dead.len(), Relaxed).saturating_sub(dead.len());
         self.swept.fetch_add(dead.len() as u64, Relaxed);
         info!(forgotten = dead.len(), kept, "profile store: dictionary swept");
     }
@@ -636,10 +691,24 @@ impl Store {
         let mut windows = txn.open_table(WINDOWS)?;
         let mut freed = 0u64;
         let mut dropped = 0u64;
+        let mut starts = Vec::new();
         for row in windows.extract_from_if(..cutoff, |_, _| true)? {
-            let (_, v) = row?;
+            let (k, v) = row?;
             freed += v.value().len() as u64 + 8;
             dropped += 1;
+            starts.push(k.value());
+        }
+        // Windows after an exporter's last delivered one go undelivered.
+        if !starts.is_empty() {
+            let exports = txn.open_table(EXPORTS)?;
+            for row in exports.iter()? {
+                let (name, cursor) = row?;
+                let cursor = cursor.value();
+                let lost = starts.iter().filter(|&&start| start > cursor).count() as u64;
+                if lost > 0 {
+                    delta.unexported.push((name.value().to_owned(), lost));
+                }
+            }
         }
         let mut rollups = txn.open_table(ROLLUPS)?;
         for (level, len) in LEVELS_NS.iter().enumerate() {
@@ -656,14 +725,73 @@ impl Store {
         Ok(dropped)
     }
 
-    /// Merges the stored windows that overlap `[start_ns, end_ns)` and match `selector`.
+    /// Merges the stored windows that overlap `[start_ns, end_ns)` and match `selector`, in
+    /// `mode` (idle threads left out).
     pub fn merge(
         &self,
         start_ns: i64,
         end_ns: i64,
         selector: &Selector,
+        mode: Mode,
     ) -> Result<MergedProfile, StoreError> {
-        self.snapshot(Vec::new())?.0.merge(start_ns, end_ns, selector)
+        let mut merged = MergedProfile::new(mode, false);
+        self.snapshot(Vec::new())?.0.merge_into(start_ns, end_ns, selector, &mut merged)?;
+        merged.finish();
+        Ok(merged)
+    }
+
+    /// The start of the last window that exporter `name` delivered, if it delivered one.
+    pub fn export_cursor(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        let read = || -> Result<Option<i64>, redb::Error> {
+            let txn = self.database()?.begin_read()?;
+            let table = match txn.open_table(EXPORTS) {
+                Ok(table) => table,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(table.get(name)?.map(|v| v.value()))
+        };
+        read().map_err(|e| classify(&self.path, e))
+    }
+
+    /// Records that exporter `name` delivered the window that starts at `start_ns`.
+    pub fn set_export_cursor(&self, name: &str, start_ns: i64) -> Result<(), StoreError> {
+        let write = || -> Result<(), redb::Error> {
+            let txn = self.database()?.begin_write()?;
+            txn.open_table(EXPORTS)?.insert(name, start_ns)?;
+            txn.commit()?;
+            Ok(())
+        };
+        write().map_err(|e| classify(&self.path, e))
+    }
+
+    /// The first `max` stored windows that start after `after_ns`, as (start, end), oldest
+    /// first.
+    pub fn windows_after(&self, after_ns: i64, max: usize) -> Result<Vec<(i64, i64)>, StoreError> {
+        let read = || -> Result<Vec<(i64, i64)>, redb::Error> {
+            let txn = self.database()?.begin_read()?;
+            let windows = txn.open_table(WINDOWS)?;
+            let mut out = Vec::new();
+            for row in windows.range(after_ns.saturating_add(1)..)?.take(max) {
+                let (start, record) = row?;
+                let start = start.value();
+                // A damaged record still spans its window, by the window length around it.
+                let end = WindowRecord::decode(record.value()).map_or(start, |r| r.end_ns);
+                out.push((start, end.max(start)));
+            }
+            Ok(out)
+        };
+        read().map_err(|e| classify(&self.path, e))
+    }
+
+    /// The start of the newest stored window.
+    pub fn newest_window(&self) -> Result<Option<i64>, StoreError> {
+        let read = || -> Result<Option<i64>, redb::Error> {
+            let txn = self.database()?.begin_read()?;
+            let windows = txn.open_table(WINDOWS)?;
+            Ok(windows.last()?.map(|(start, _)| start.value()))
+        };
+        read().map_err(|e| classify(&self.path, e))
     }
 
     /// Sizes and counters.
@@ -674,7 +802,9 @@ impl Store {
             file_bytes: std::fs::metadata(&self.path).map_or(0, |m| m.len()),
             windows: self.windows.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
-            dictionary: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len() as u64,
+            dictionary: self.rows.load(Relaxed) as u64,
+            dictionary_cached: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len()
+                as u64,
             dictionary_swept: self.swept.load(Relaxed),
             persisted_until_ns: self.persisted_until(),
             unstored: self.lost.count(),
@@ -690,14 +820,17 @@ pub struct Snapshot<'a> {
 }
 
 impl Snapshot<'_> {
-    /// Merges the stored windows that overlap `[start_ns, end_ns)` and match `selector`.
-    pub fn merge(
+    /// Adds the stored windows that overlap `[start_ns, end_ns)` and match `selector` to
+    /// `merged` (which the caller finishes).
+    pub fn merge_into(
         &self,
         start_ns: i64,
         end_ns: i64,
         selector: &Selector,
-    ) -> Result<MergedProfile, StoreError> {
-        self.merge_inner(start_ns, end_ns, selector).map_err(|e| classify(&self.store.path, e))
+        merged: &mut MergedProfile,
+    ) -> Result<(), StoreError> {
+        self.merge_inner(start_ns, end_ns, selector, merged)
+            .map_err(|e| classify(&self.store.path, e))
     }
 
     fn merge_inner(
@@ -705,17 +838,33 @@ impl Snapshot<'_> {
         start_ns: i64,
         end_ns: i64,
         selector: &Selector,
-    ) -> Result<MergedProfile, redb::Error> {
-        let dict = || self.store.dict.lock().unwrap_or_else(PoisonError::into_inner);
+        merged: &mut MergedProfile,
+    ) -> Result<(), redb::Error> {
+        // Frames, stacks and labels are read from this snapshot's rows.
+        let (frames, stacks, labels) = (
+            self.txn.open_table(FRAMES)?,
+            self.txn.open_table(STACKS)?,
+            self.txn.open_table(LABELS)?,
+        );
+        let mut decoder = Decoder::new(|table, id| {
+            let rows = match table {
+                Table::Frames => &frames,
+                Table::Stacks => &stacks,
+                Table::Labels => &labels,
+            };
+            rows.get(id).ok().flatten().map(|v| v.value().to_vec())
+        });
         let mut acc = Accumulator::default();
         if start_ns >= end_ns {
-            return Ok(acc.finish(&dict(), selector));
+            acc.finish(&mut decoder, selector, merged);
+            return Ok(());
         }
         let windows = self.txn.open_table(WINDOWS)?;
         let rollups = self.txn.open_table(ROLLUPS)?;
         // Only the stored span is planned over, so that open-ended ranges stay cheap.
         let (Some(first), Some(last)) = (windows.first()?, windows.last()?) else {
-            return Ok(acc.finish(&dict(), selector));
+            acc.finish(&mut decoder, selector, merged);
+            return Ok(());
         };
         let start_ns = start_ns.max(first.0.value());
         let end_ns = end_ns.min(last.0.value().saturating_add(1));
@@ -743,7 +892,8 @@ impl Snapshot<'_> {
                 }
             }
         }
-        Ok(acc.finish(&dict(), selector))
+        acc.finish(&mut decoder, selector, merged);
+        Ok(())
     }
 }
 
@@ -753,6 +903,8 @@ struct Delta {
     bytes: i64,
     windows: i64,
     evicted: u64,
+    /// Per exporter, the windows evicted before it delivered them.
+    unexported: Vec<(String, u64)>,
 }
 
 fn open_database(path: &Path) -> Result<Database, DatabaseError> {
@@ -802,7 +954,7 @@ struct Accumulator {
     end_ns: i64,
     windows: u64,
     drops: crate::stats::DropSnapshot,
-    entries: HashMap<(u64, u64), u64>,
+    entries: HashMap<(u64, u64, u64), Tally>,
     calls: HashMap<(u64, u64), u64>,
     damaged: u64,
 }
@@ -821,9 +973,8 @@ impl Accumulator {
         // Saturating: a damaged record can hold any counts.
         self.windows = self.windows.saturating_add(r.windows);
         self.drops.add(&r.drop_snapshot());
-        for t in r.entries.chunks_exact(3) {
-            let slot = self.entries.entry((t[0], t[1])).or_insert(0);
-            *slot = slot.saturating_add(t[2]);
+        for (kind, labels, stack, tally) in r.each_tally() {
+            self.entries.entry((kind, labels, stack)).or_default().add(tally);
         }
         for t in r.calls.chunks_exact(3) {
             let slot = self.calls.entry((t[0], t[1])).or_insert(0);
@@ -831,47 +982,48 @@ impl Accumulator {
         }
     }
 
-    fn finish(self, dict: &Dictionary, selector: &Selector) -> MergedProfile {
+    fn finish<R: FnMut(Table, u64) -> Option<Vec<u8>>>(
+        self,
+        dict: &mut Decoder<R>,
+        selector: &Selector,
+        merged: &mut MergedProfile,
+    ) {
         let mut matches: HashMap<u64, bool> = HashMap::new();
-        let mut keep = |id: u64| {
+        let mut keep = |id: u64, dict: &mut Decoder<R>| {
             *matches
                 .entry(id)
-                .or_insert_with(|| dict.labels(id).is_some_and(|l| selector.matches(l)))
+                .or_insert_with(|| dict.labels(id).is_some_and(|l| selector.matches(&l)))
         };
-        let mut merged = MergedProfile {
-            start_ns: self.start_ns.unwrap_or(0),
-            end_ns: self.end_ns,
-            windows: self.windows,
-            drops: self.drops,
-            ..MergedProfile::default()
-        };
+        if let Some(start_ns) = self.start_ns {
+            merged.add_span(start_ns, self.end_ns, self.windows, &self.drops);
+        }
         let mut damaged = self.damaged;
-        for ((labels, stack), count) in self.entries {
-            if !keep(labels) {
+        for ((kind, labels, stack), tally) in self.entries {
+            if kind == SampleKind::Cpu.code()
+                && let Some(l) = dict.labels(labels)
+            {
+                merged.note_ran(&l);
+            }
+            if !keep(labels, dict) {
                 continue;
             }
-            match (dict.labels(labels), dict.stack(stack)) {
-                (Some(l), Some(s)) => {
-                    merged.samples = merged.samples.saturating_add(count);
-                    let slot = merged.entries.entry((l.clone(), s.clone())).or_insert(0);
-                    *slot = slot.saturating_add(count);
-                }
+            match (SampleKind::from_code(kind), dict.labels(labels), dict.stack(stack)) {
+                (Some(kind), Some(l), Some(s)) => merged.add_entry(kind, &l, &s, tally),
                 _ => damaged += 1,
             }
         }
         for ((labels, frame), count) in self.calls {
-            if !keep(labels) {
+            if !keep(labels, dict) {
                 continue;
             }
             if let (Some(l), Some(f)) = (dict.labels(labels), dict.frame(frame)) {
-                let slot = merged.calls.entry((l.clone(), f.clone())).or_insert(0);
+                let slot = merged.calls.entry((l, f)).or_insert(0);
                 *slot = slot.saturating_add(count);
             }
         }
         if damaged > 0 {
             warn!(damaged, "stored records that could not be read were skipped");
         }
-        merged
     }
 }
 
@@ -890,7 +1042,13 @@ mod tests {
             kind: crate::aggregate::FrameKind::Native,
             ..Frame::marker(function)
         });
-        WindowEntry { labels, stack: vec![frame].into(), count }
+        WindowEntry {
+            kind: SampleKind::Cpu,
+            labels,
+            stack: vec![frame].into(),
+            count,
+            value: count,
+        }
     }
 
     /// A 10 s window starting at `start`.
@@ -916,7 +1074,7 @@ mod tests {
 
     fn counts(m: &MergedProfile) -> Vec<(String, u64)> {
         let mut v: Vec<_> =
-            m.entries.iter().map(|((_, s), c)| (s[0].function.to_string(), *c)).collect();
+            m.entries.iter().map(|((_, s), t)| (s[0].function.to_string(), t.count)).collect();
         v.sort();
         v
     }
@@ -938,20 +1096,22 @@ mod tests {
         let status = store.status();
         assert_eq!(status.windows, 720);
         assert_eq!(status.dictionary, 4 + 2, "2 frames + 2 stacks + 2 labels, stored once");
-        let all = store.merge(base, base + 7200 * S, &Selector::default()).unwrap();
+        let all = store.merge(base, base + 7200 * S, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(counts(&all), [("other".into(), 720), ("steady".into(), 2160)]);
         assert_eq!(all.windows, 720);
         // An unaligned range: raw edges plus minute rollups.
-        let part = store.merge(base + 95 * S, base + 3695 * S, &Selector::default()).unwrap();
+        let part =
+            store.merge(base + 95 * S, base + 3695 * S, &Selector::default(), Mode::Cpu).unwrap();
         // Windows starting in [95 s, 3695 s), plus the one that started at 90 s.
         assert_eq!(counts(&part)[1], ("steady".into(), 3 * 361));
-        let only = store.merge(base, base + 7200 * S, &"pid=2".parse().unwrap()).unwrap();
+        let only =
+            store.merge(base, base + 7200 * S, &"pid=2".parse().unwrap(), Mode::Cpu).unwrap();
         assert_eq!(counts(&only), [("other".into(), 720)]);
     }
 
-    #[test]
-    fn retention_drops_the_oldest_first_and_counts_them() {
-        let dir = tempdir("retention");
+    /// A new store that keeps an hour, and the start of an hour to fill it from.
+    fn hour_store(name: &str) -> (Store, i64) {
+        let dir = tempdir(name);
         let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
         let store = Store::open(
             &dir,
@@ -959,14 +1119,36 @@ mod tests {
             false,
         )
         .unwrap();
+        (store, base)
+    }
+
+    #[test]
+    fn retention_drops_the_oldest_first_and_counts_them() {
+        let (store, base) = hour_store("retention");
         for i in 0..720 {
             store.append(&window(base + i * 10 * S, 1, "f", 1), base + (i + 1) * 10 * S).unwrap();
         }
         let status = store.status();
         assert_eq!(status.windows, 360, "one hour kept");
         assert_eq!(status.evicted, 360);
-        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(all.samples, 360);
+    }
+
+    #[test]
+    fn windows_evicted_before_an_exporter_delivered_them_are_counted_for_it() {
+        let (store, base) = hour_store("unexported");
+        // One exporter delivered the first 100 windows, the other none.
+        store.set_export_cursor("caught up", base + 99 * 10 * S).unwrap();
+        store.set_export_cursor("behind", i64::MIN).unwrap();
+        for i in 0..400 {
+            store.append(&window(base + i * 10 * S, 1, "f", 1), base + (i + 1) * 10 * S).unwrap();
+        }
+        // An hour is 360 windows: the first 40 went.
+        assert_eq!(store.status().evicted, 40);
+        assert_eq!(store.evicted_before_export("behind"), 40);
+        assert_eq!(store.evicted_before_export("caught up"), 0);
+        assert_eq!(store.windows_after(base + 99 * 10 * S, 2).unwrap()[0].0, base + 100 * 10 * S);
     }
 
     #[test]
@@ -985,7 +1167,7 @@ mod tests {
         let status = store.status();
         assert!(status.bytes <= 40_000, "{status:?}");
         assert!(status.evicted > 0 && status.evicted.is_multiple_of(360), "{status:?}");
-        let kept = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        let kept = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(kept.samples, status.windows);
     }
 
@@ -1047,7 +1229,7 @@ mod tests {
                 (3, 3 * 360),
                 "only the steady process's frame, stack and labels are referenced"
             );
-            let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+            let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
             assert_eq!(counts(&all), [("steady".into(), 360)]);
         }
         // The tables were swept too.
@@ -1055,10 +1237,39 @@ mod tests {
         assert_eq!(store.status().dictionary, 3);
         // An entry seen again gets a new id, and what is stored reads back.
         store.append(&window(at(721), 1000, "gone0", 2), at(722)).unwrap();
-        let last = store.merge(at(721), i64::MAX, &Selector::default()).unwrap();
+        let last = store.merge(at(721), i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(counts(&last), [("gone0".into(), 2)]);
-        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(counts(&all), [("gone0".into(), 2), ("steady".into(), 359)]);
+    }
+
+    #[test]
+    fn the_dictionary_remembers_a_bounded_number_of_entries_and_queries_read_the_rest() {
+        let dir = tempdir("bounded-dictionary");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let expected: Vec<(String, u64)> = (0..300).map(|i| (format!("f{i:03}"), 1)).collect();
+        {
+            let store = Store::open(&dir, retention(), false).unwrap();
+            store.remember_at_most(16);
+            for i in 0..300 {
+                let w = window(base + i * 10 * S, 1 + i as u32, &format!("f{i:03}"), 1);
+                store.append(&w, base).unwrap();
+            }
+            // A function seen again after it was forgotten: a second row, read back as one.
+            store.append(&window(base + 300 * 10 * S, 1, "f000", 1), base).unwrap();
+            let status = store.status();
+            assert!(status.dictionary_cached <= 3 * 16, "{}", status.dictionary_cached);
+            assert!(status.dictionary >= 3 * 300, "{}", status.dictionary);
+            let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
+            let mut want = expected.clone();
+            want[0].1 = 2;
+            assert_eq!(counts(&all), want);
+        }
+        // After a restart nothing is loaded into memory, and everything reads back.
+        let store = Store::open(&dir, retention(), false).unwrap();
+        assert_eq!(store.status().dictionary_cached, 0);
+        let all = store.merge(0, base + 300 * 10 * S, &Selector::default(), Mode::Cpu).unwrap();
+        assert_eq!(counts(&all), expected);
     }
 
     #[test]
@@ -1088,7 +1299,7 @@ mod tests {
         // Read it all back after a second restart too.
         let store = Store::open(&dir, retention(), false).unwrap();
         let q = |from: i64, to: i64| {
-            let merged = store.merge(from, to, &Selector::default()).unwrap();
+            let merged = store.merge(from, to, &Selector::default(), Mode::Cpu).unwrap();
             (counts(&merged), merged.windows)
         };
         let both = |steady: u64| {
@@ -1214,8 +1425,13 @@ mod tests {
             let after = store.status();
             assert_eq!(
                 (after.bytes, after.windows, after.evicted, after.dictionary),
-                (before.bytes, before.windows, before.evicted, before.dictionary + 3),
-                "counters move only on a commit; the new entries wait to be written"
+                (before.bytes, before.windows, before.evicted, before.dictionary),
+                "counters move only on a commit"
+            );
+            assert_eq!(
+                after.dictionary_cached,
+                before.dictionary_cached + 3,
+                "the new entries are remembered, and their rows wait to be written"
             );
             // Space again: the next window uses the same frame, stack and labels, whose rows
             // must now be written with it. The store reopens its file by itself.
@@ -1226,7 +1442,7 @@ mod tests {
             assert_eq!(store.status().windows, 2);
         }
         let store = Store::open(&dir, retention(), false).unwrap();
-        let all = store.merge(0, i64::MAX, &Selector::default()).unwrap();
+        let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(counts(&all), [("before".into(), 1), ("during".into(), 4)]);
         assert_eq!(store.status().windows, 2);
     }
@@ -1245,7 +1461,12 @@ mod tests {
             store.snapshot(vec![stored.clone(), pending.clone(), lost.clone()]).unwrap();
         let starts: Vec<i64> = memory.iter().map(|w| w.start_ns).collect();
         assert_eq!(starts, [base + 10 * S, base + 20 * S]);
-        let from_store = snapshot.merge(0, i64::MAX, &Selector::default()).unwrap();
+        let from_store = {
+            let mut m = MergedProfile::new(Mode::Cpu, false);
+            snapshot.merge_into(0, i64::MAX, &Selector::default(), &mut m).unwrap();
+            m.finish();
+            m
+        };
         assert_eq!(counts(&from_store), [("stored".into(), 1)]);
         assert_eq!(store.lost().overlapping(base, base + 30 * S), [(base + 20 * S, base + 30 * S)]);
         assert_eq!(store.status().unstored, 1);

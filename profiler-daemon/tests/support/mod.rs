@@ -2,7 +2,10 @@
 //! profilerd child process queried through the real profctl binary.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod pki;
+
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -36,16 +39,16 @@ pub fn scratch(test: &str) -> PathBuf {
 /// Compiles `tests/workloads/NAME.c` with frame pointers into `dir`. `-O0` because gcc omits
 /// the frame pointer of leaf functions at higher levels even when told not to.
 pub fn build_c(name: &str, dir: &Path) -> PathBuf {
+    build_c_with(name, dir, &["-O0", "-g", "-fno-omit-frame-pointer"])
+}
+
+/// Compiles `tests/workloads/NAME.c` with `flags` into `dir`.
+pub fn build_c_with(name: &str, dir: &Path, flags: &[&str]) -> PathBuf {
     let src =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads").join(format!("{name}.c"));
     let out = dir.join(name);
-    let status = Command::new("cc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer"])
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .status()
-        .expect("running cc");
+    let status =
+        Command::new("cc").args(flags).arg(&src).arg("-o").arg(&out).status().expect("running cc");
     assert!(status.success(), "compiling {}", src.display());
     out
 }
@@ -66,12 +69,31 @@ impl Daemon {
 
     /// Starts profilerd with `env` added to its environment.
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_through(dir, extra, env, &[])
+    }
+
+    /// Starts profilerd as the last argument of `through` (a command such as `unshare`), or
+    /// directly when `through` is empty.
+    pub fn start_through(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        through: &[&str],
+    ) -> Daemon {
         let socket = dir.join("profiler.sock");
         let endpoint = format!("unix://{}", socket.display());
         let log = dir.join("profilerd.log");
         let data = dir.join("data");
         let data_args = ["--data-dir", data.to_str().unwrap()];
-        let child = Command::new(env!("CARGO_BIN_EXE_profilerd"))
+        let mut command = match through {
+            [program, args @ ..] => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_profilerd"));
+                c
+            }
+            [] => Command::new(env!("CARGO_BIN_EXE_profilerd")),
+        };
+        let child = command
             .args(["--listen", &endpoint])
             .args(if extra.contains(&"--window") { &[][..] } else { &["--window", "1s"][..] })
             .args(if extra.contains(&"--data-dir") { &[][..] } else { &data_args[..] })
@@ -82,6 +104,8 @@ impl Daemon {
                 &["--metrics-listen", "off"][..]
             })
             .args(extra)
+            // Debian's shell profile can point this at a public server; tests set it themselves.
+            .env_remove("DEBUGINFOD_URLS")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -99,6 +123,11 @@ impl Daemon {
             assert!(Instant::now() < deadline, "profilerd did not become ready:\n{}", daemon.log());
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The folded stacks of the last five minutes of the samples `selector` keeps.
+    pub fn folded_since_5m(&self, selector: &str) -> String {
+        self.ctl_ok(&["query", "--format", "folded", "--since", "5m", "-s", selector])
     }
 
     /// The daemon's log so far.
@@ -176,4 +205,31 @@ pub fn samples_with(folded: &[(String, u64)], needle: &str) -> u64 {
         .filter(|(s, _)| format!(";{s};").contains(&format!(";{needle};")))
         .map(|(_, c)| c)
         .sum()
+}
+
+/// The line of `tests/workloads/workload.py` marked `# LINE:name`.
+pub fn marked_line(name: &str) -> i64 {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/workload.py"),
+    )
+    .unwrap();
+    let marker = format!("# LINE:{name}");
+    text.lines().position(|l| l.contains(&marker)).expect("marker in workload.py") as i64 + 1
+}
+
+/// The rows of a `lines` table: line number to the figure of its third column (seconds, or
+/// MiB in the memory mode).
+pub fn line_amounts(table: &str) -> HashMap<i64, f64> {
+    table
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("Line"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let line = cols.next()?.parse().ok()?;
+            let _hits = cols.next()?;
+            let amount = cols.next()?.parse().ok()?;
+            Some((line, amount))
+        })
+        .collect()
 }

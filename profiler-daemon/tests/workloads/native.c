@@ -2,6 +2,8 @@
  *
  *   native cpu SECONDS       main -> run -> fn_a (2 units) / fn_b (1 unit), by equal loops
  *   native syscall SECONDS   main -> syscall_loop -> write(2) to /dev/null
+ *   native sleep SECONDS     main -> sleep_loop -> nanosleep(2) for 20 ms at a time
+ *   native grow MIB          main -> grow_heap -> touch_pages: MIB MiB of malloc'd memory, kept
  *
  * Built with frame pointers and without inlining, so that user stacks unwind fully. */
 #include <fcntl.h>
@@ -36,6 +38,27 @@ __attribute__((noinline)) void syscall_loop(int fd) {
     }
 }
 
+__attribute__((noinline)) void sleep_loop(void) {
+    struct timespec pause = {.tv_sec = 0, .tv_nsec = 20 * 1000 * 1000};
+    nanosleep(&pause, NULL);
+}
+
+__attribute__((noinline)) void touch_pages(char *block, size_t size) {
+    for (size_t at = 0; at < size; at += 4096) {
+        block[at] = 1;
+    }
+}
+
+__attribute__((noinline)) void grow_heap(long mib) {
+    for (long i = 0; i < mib; i++) {
+        char *block = malloc(1 << 20);
+        if (block == NULL) {
+            exit(4);
+        }
+        touch_pages(block, 1 << 20);
+    }
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -44,8 +67,12 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s cpu|syscall SECONDS\n", argv[0]);
+        fprintf(stderr, "usage: %s cpu|syscall|sleep SECONDS | grow MIB\n", argv[0]);
         return 2;
+    }
+    if (strcmp(argv[1], "grow") == 0) {
+        grow_heap(atol(argv[2]));
+        return 0;
     }
     double end = now() + atof(argv[2]);
     if (strcmp(argv[1], "cpu") == 0) {
@@ -59,6 +86,10 @@ int main(int argc, char **argv) {
         }
         while (now() < end) {
             syscall_loop(fd);
+        }
+    } else if (strcmp(argv[1], "sleep") == 0) {
+        while (now() < end) {
+            sleep_loop();
         }
     } else {
         return 2;

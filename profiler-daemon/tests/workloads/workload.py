@@ -2,6 +2,7 @@
 
     python workload.py MODE SECONDS
     python workload.py calls N
+    python workload.py leaky SECONDS
 
 Lines marked with a `# LINE:name` comment are looked up by the tests, so the file can change
 without the tests hard-coding line numbers.
@@ -103,6 +104,81 @@ def accuracy(deadline):
     print(json.dumps(spent))
 
 
+def with_subinterpreter(seconds):
+    """Makes a subinterpreter (the newest interpreter, at the head of the runtime's list), then
+    waits for a line on standard input and runs hot code in the main interpreter."""
+    try:
+        import _interpreters as interpreters
+    except ImportError:
+        import _xxsubinterpreters as interpreters
+    interpreters.create()
+    print("ready", flush=True)
+    sys.stdin.readline()
+    hot_outer(time.time() + seconds)
+
+
+def wall_handler(spent):
+    """A request that computes, then waits: the wall profile must split its time between the
+    two lines as the clock on the wall does."""
+    start = time.perf_counter()
+    burn(40)  # LINE:wall_cpu
+    middle = time.perf_counter()
+    time.sleep(0.01)  # LINE:wall_sleep
+    end = time.perf_counter()
+    spent["wall_cpu"] += middle - start
+    spent["wall_sleep"] += end - middle
+
+
+def wall(deadline):
+    """Runs wall_handler until the deadline and prints each line's own measure of its wall
+    time, in seconds, as JSON on standard output."""
+    import json
+
+    spent = {"wall_cpu": 0.0, "wall_sleep": 0.0}
+    while time.time() < deadline:
+        wall_handler(spent)
+    print(json.dumps(spent))
+
+
+def wait_for_lock(lock, deadline):
+    while time.time() < deadline:
+        if lock.acquire(timeout=0.2):  # LINE:lock_wait
+            lock.release()
+            time.sleep(0.001)
+
+
+def write_and_sync(deadline):
+    fd = os.open("blocked-io.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    block = os.urandom(64 * 1024)
+    try:
+        while time.time() < deadline:
+            os.pwrite(fd, block, 0)
+            os.fsync(fd)  # LINE:fsync
+    finally:
+        os.close(fd)
+        os.unlink("blocked-io.tmp")
+
+
+def blocked(deadline):
+    """One thread waits on a lock that the main thread holds nearly all the time, another
+    writes and syncs a file in the working directory (disk I/O)."""
+    lock = threading.Lock()
+    lock.acquire()
+    threads = [
+        threading.Thread(target=wait_for_lock, args=(lock, deadline), name="lock-waiter"),
+        threading.Thread(target=write_and_sync, args=(deadline,), name="disk-writer"),
+    ]
+    for t in threads:
+        t.start()
+    while time.time() < deadline:
+        time.sleep(0.5)
+        lock.release()
+        lock.acquire()
+    lock.release()
+    for t in threads:
+        t.join()
+
+
 def cb(x):  # LINE:cb
     return x
 
@@ -135,8 +211,63 @@ def after_exec(deadline):
     hot_outer(deadline)
 
 
+def my_func():
+    # memory_profiler's example: about 7.6 MiB, then about 152.6 MiB that is freed again.
+    a = [1] * (10 ** 6)  # LINE:small_list
+    b = [2] * (2 * 10 ** 7)  # LINE:big_list
+    del b
+    return a
+
+
+def handle_request(kept):
+    # A handler that leaks: each request builds a 256 KiB scratch structure that is freed
+    # again, and keeps 32 KiB alive for good (when `kept` outlives the request).
+    scratch = [bytearray(4096) for _ in range(64)]  # LINE:transient
+    kept.append(bytearray(32 * 1024))  # LINE:leak
+    return len(scratch)
+
+
+def serve(until, kept=None):
+    # With `kept`, what the handler keeps stays there; without, it goes with each request.
+    served = 0
+    while time.time() < until:
+        handle_request([] if kept is None else kept)
+        served += 1
+        time.sleep(0.002)
+    return served
+
+
+def utc(t):
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
+
+
+def leaky_server(seconds):
+    # Serves from a whole second on for SECONDS without leaking, then for SECONDS leaking.
+    # Prints the bounds of the two phases (FROM TO FROM TO) and the requests served while
+    # leaking.
+    start = int(time.time()) + 1
+    time.sleep(start - time.time())
+    serve(start + seconds)
+    kept = []
+    served = serve(start + 2 * seconds, kept)
+    print(utc(start), utc(start + seconds), utc(start + seconds), utc(start + 2 * seconds))
+    print(served, flush=True)
+
+
 def main():
     mode, seconds = sys.argv[1], float(sys.argv[2])
+    if mode == "leaky":
+        # Found by the profiler (its start-up faults) before it serves.
+        time.sleep(1)
+        leaky_server(int(seconds))
+        time.sleep(0.5)
+        return
+    if mode == "memory":
+        # Found by the profiler (its start-up faults) before the function runs.
+        time.sleep(seconds)
+        my_func()
+        time.sleep(0.5)
+        return
     if mode == "reexec":
         # Half the time here, then the same interpreter runs again under the same pid, as a
         # server's re-exec upgrade does: its interpreter state lies at new addresses.
@@ -147,6 +278,9 @@ def main():
         return
     if mode == "calls":
         counted_calls(int(seconds))
+        return
+    if mode == "subinterpreter":
+        with_subinterpreter(seconds)
         return
     deadline = time.time() + seconds
     if mode == "hot":
@@ -191,6 +325,10 @@ def main():
         accuracy(deadline)
     elif mode == "callbacks":
         callbacks(deadline)
+    elif mode == "wall":
+        wall(deadline)
+    elif mode == "blocked":
+        blocked(deadline)
     else:
         raise SystemExit(f"unknown mode {mode}")
 
