@@ -394,25 +394,39 @@ fn detect(
             Err(reason) => Detection::Unsupported(reason),
         };
     }
-    let libpython_mapped = candidates.iter().any(|c| c.linkage == Linkage::Shared);
-    without_symbols(exe, libpython_mapped, || {
+    let mapped = Mapped {
+        exe: candidates.iter().any(|c| c.linkage == Linkage::Static),
+        libpython: candidates.iter().any(|c| c.linkage == Linkage::Shared),
+    };
+    without_symbols(exe, mapped, || {
         readable_path(pid, Path::new(exe)).is_some_and(|p| needs_libpython(&p))
     })
 }
 
-/// What a process is when no file it maps holds `_PyRuntime`. A launcher linked against
-/// libpython, sampled while the dynamic loader is still mapping libraries, is not ready yet:
-/// calling it unsupported would cost it its Python frames for good.
+/// Which of an interpreter's files a process maps executable code from.
+#[derive(Clone, Copy, Debug)]
+struct Mapped {
+    exe: bool,
+    libpython: bool,
+}
+
+/// What a process is when no file it maps holds `_PyRuntime`. A process caught inside
+/// `execve` (its new executable named, not yet mapped) and a launcher linked against libpython,
+/// sampled while the dynamic loader is still mapping libraries, are not ready yet: calling
+/// them unsupported would cost them their Python frames for good.
 fn without_symbols(
     exe: &str,
-    libpython_mapped: bool,
+    mapped: Mapped,
     launcher_needs_libpython: impl FnOnce() -> bool,
 ) -> Detection {
     let exe_name = Path::new(exe).file_name().and_then(|n| n.to_str()).unwrap_or("");
     if !is_interpreter_name(exe_name) {
         return Detection::NotPython;
     }
-    if !libpython_mapped && launcher_needs_libpython() {
+    if !mapped.exe {
+        return Detection::NotReady;
+    }
+    if !mapped.libpython && launcher_needs_libpython() {
         return Detection::NotReady;
     }
     Detection::Unsupported(Unsupported::NoRuntime(exe.to_owned()))
@@ -592,11 +606,23 @@ mod tests {
     #[test]
     fn a_launcher_whose_libpython_is_not_mapped_yet_is_looked_at_again() {
         let exe = "/opt/python/bin/python3.13";
-        assert!(matches!(without_symbols(exe, false, || true), Detection::NotReady));
+        let launcher = Mapped { exe: true, libpython: false };
+        assert!(matches!(without_symbols(exe, launcher, || true), Detection::NotReady));
         // Mapped, yet without the symbol: that interpreter cannot be walked.
-        assert!(matches!(without_symbols(exe, true, || true), Detection::Unsupported(_)));
-        assert!(matches!(without_symbols(exe, false, || false), Detection::Unsupported(_)));
-        assert!(matches!(without_symbols("/usr/bin/bash", false, || true), Detection::NotPython));
+        let both = Mapped { exe: true, libpython: true };
+        assert!(matches!(without_symbols(exe, both, || true), Detection::Unsupported(_)));
+        assert!(matches!(without_symbols(exe, launcher, || false), Detection::Unsupported(_)));
+        let bash = "/usr/bin/bash";
+        assert!(matches!(without_symbols(bash, launcher, || true), Detection::NotPython));
+    }
+
+    #[test]
+    fn a_process_inside_execve_is_looked_at_again() {
+        // `/proc/PID/exe` names the new program before its segments are mapped.
+        let inside = Mapped { exe: false, libpython: false };
+        let static_exe = "/usr/bin/python3.11";
+        assert!(matches!(without_symbols(static_exe, inside, || false), Detection::NotReady));
+        assert!(matches!(without_symbols("/usr/bin/bash", inside, || false), Detection::NotPython));
     }
 
     #[test]
