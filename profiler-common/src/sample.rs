@@ -87,6 +87,9 @@ pub struct SampleHeader {
     /// in units of 1/65536 ([`WEIGHT_ONE`] = always recorded), so that summing weights over
     /// records estimates the number of switches without bias. 0 for CPU samples.
     pub weight: u64,
+    /// Memory records: the address whose fault was sampled (the daemon asks the process's
+    /// page tables whether the fault mapped a huge page there). 0 for other records.
+    pub addr: u64,
     /// The thread's `comm` (NUL-padded).
     pub comm: [u8; TASK_COMM_LEN],
     /// Samples that interrupted user code: the first words of the user stack (`[sp]`,
@@ -330,8 +333,8 @@ unsafe impl aya::Pod for SampleHeader {}
 unsafe impl aya::Pod for OffCpuEnd {}
 
 // No implicit padding anywhere.
-const _: () = assert!(SampleHeader::SIZE == 120);
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 120 + DATA_WORDS * 8);
+const _: () = assert!(SampleHeader::SIZE == 128);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 128 + DATA_WORDS * 8);
 const _: () = assert!(OffCpuEnd::SIZE == 32);
 // Both native stacks and the deepest Python stack fit.
 const _: () = assert!(2 * MAX_STACK_DEPTH + 2 * crate::python::MAX_PY_FRAMES <= DATA_WORDS);

@@ -380,6 +380,7 @@ pub async fn run(
         resident: resident_targets.clone(),
         oom_kills: oom_kills.clone(),
         leaf_rules: crate::leaf::LeafRules::default(),
+        huge_pages: if args.no_memory { None } else { crate::huge_pages::HugePages::new() },
     };
     let (command_tx, command_rx) = mpsc::channel(16);
     let collector_thread = spawn_collector(collector, inbox, counters, command_rx)?;

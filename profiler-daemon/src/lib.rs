@@ -16,6 +16,7 @@ pub mod export;
 pub mod fleet;
 pub mod function_ranges;
 pub mod host;
+pub mod huge_pages;
 pub mod kernel;
 pub mod leaf;
 pub mod loader;

@@ -262,6 +262,51 @@ fn a_native_program_that_mallocs_shows_its_growth_under_its_functions() {
     assert!(timeline.contains("no resident memory readings"), "--no-resident:\n{timeline}");
 }
 
+#[test]
+fn a_fault_that_maps_a_huge_page_counts_the_huge_page() {
+    if !require_bpf("a_fault_that_maps_a_huge_page_counts_the_huge_page") {
+        return;
+    }
+    let dir = scratch("memory_huge_pages");
+    let native = build_c("native", &dir);
+    // Every fault sampled: 64 MiB of huge pages are 32 faults.
+    let daemon = Daemon::start(&dir, &["--memory-fault-period", "1"]);
+    let child = std::process::Command::new(&native)
+        .args(["huge", "64"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let rollup = String::from_utf8_lossy(&out.stdout);
+    let huge_kib: u64 = rollup
+        .trim()
+        .strip_prefix("AnonHugePages:")
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        huge_kib >= 32 << 10,
+        "the test needs transparent huge pages for madvised memory (at least half of the 64 MiB \
+         in huge pages): {rollup}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let folded = parse_folded(&daemon.ctl_ok(&[
+        "query", "--mode", "memory", "--format", "folded", "--since", "5m", "--pid", &pid,
+    ]));
+    let grown: f64 = folded
+        .iter()
+        .filter(|(s, _)| s.split(';').any(|f| f.starts_with("grow_huge")))
+        .map(|(_, bytes)| *bytes as f64 / MIB)
+        .sum();
+    assert!(
+        (grown - 64.0).abs() <= 64.0 * 0.2,
+        "64 MiB touched under grow_huge, {} MiB of it in huge pages; the profile has {grown:.1} \
+         MiB:\n{folded:?}",
+        huge_kib >> 10
+    );
+}
+
 /// A Python process that grows by `mib_per_second` for `seconds`, holds it for two seconds,
 /// and exits; its pid.
 fn python_growing(mib_per_second: u32, seconds: u32) -> std::process::Child {

@@ -121,6 +121,16 @@ fn regs(ctx: &PerfEventContext) -> *const bpf_user_pt_regs_t {
     unsafe { &raw const (*data).regs }
 }
 
+/// The address of the sampled page fault (the perf event's sample address; the kernel sets it
+/// for every `page-faults` event).
+#[inline(always)]
+pub fn fault_addr(ctx: &PerfEventContext) -> u64 {
+    let data = ctx.as_ptr().cast::<bpf_perf_event_data>();
+    // SAFETY: a whole 8-byte read of the context's `addr` field, which the verifier rewrites
+    // into a read of the sample's address.
+    unsafe { core::ptr::read_volatile(&raw const (*data).addr) }
+}
+
 /// The `futex` system call's number.
 ///
 /// x86_64: the 64-bit system call table (a 32-bit or x32 process numbers it differently, and

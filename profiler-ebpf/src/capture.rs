@@ -87,6 +87,8 @@ pub(crate) struct Meta {
     pub state: u32,
     /// See `SampleHeader::weight`.
     pub weight: u64,
+    /// See `SampleHeader::addr`.
+    pub addr: u64,
 }
 
 /// Records the current thread (`pid_tgid` as `bpf_get_current_pid_tgid` returns it) and
@@ -112,6 +114,7 @@ pub(crate) fn capture(
     header.time_ns = meta.time_ns;
     header.state = meta.state;
     header.weight = meta.weight;
+    header.addr = meta.addr;
     let (start_ns, exec_id) = process::identity();
     header.start_ns = start_ns;
     header.exec_id = exec_id;

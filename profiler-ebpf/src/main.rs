@@ -69,7 +69,7 @@ fn try_sample_cpu(ctx: &PerfEventContext) -> Result<(), c_long> {
         bump(Counter::IdleSkipped);
         return Ok(());
     }
-    let meta = Meta { kind: RECORD_CPU, time_ns: boot_ns(), state: 0, weight: 0 };
+    let meta = Meta { kind: RECORD_CPU, time_ns: boot_ns(), state: 0, weight: 0, addr: 0 };
     if capture::capture(ctx.as_ptr(), pid_tgid, Stacks::Sampled(ctx), meta)? {
         bump(Counter::Sampled);
     } else {
@@ -94,7 +94,8 @@ pub fn sample_fault(ctx: PerfEventContext) -> u32 {
     }
     // SAFETY: a read of a global the loader rewrites before load.
     let weight = unsafe { read_volatile(&FAULT_PERIOD_BYTES) };
-    let meta = Meta { kind: RECORD_MEMORY, time_ns: boot_ns(), state: 0, weight };
+    let addr = arch::fault_addr(&ctx);
+    let meta = Meta { kind: RECORD_MEMORY, time_ns: boot_ns(), state: 0, weight, addr };
     match capture::capture(ctx.as_ptr(), pid_tgid, Stacks::Sampled(&ctx), meta) {
         Ok(true) => bump(Counter::MemorySampled),
         Ok(false) => bump(Counter::MemoryRingBufFull),

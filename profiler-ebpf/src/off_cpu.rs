@@ -214,7 +214,7 @@ fn on_switch<T: TaskField>(
     if state & TASK_DEAD != 0 {
         return Ok(());
     }
-    let meta = Meta { kind: RECORD_OFF_CPU, time_ns: now, state, weight: decision.weight };
+    let meta = Meta { kind: RECORD_OFF_CPU, time_ns: now, state, weight: decision.weight, addr: 0 };
     if !capture::capture(ctx.as_ptr(), pid_tgid, Stacks::Current, meta)? {
         bump(Counter::OffCpuRingBufFull);
         return Ok(());

@@ -98,6 +98,8 @@ pub struct Collector {
     pub oom_kills: Arc<crate::oom::KillLog>,
     /// Where functions sampled before they set up a frame record keep their return address.
     pub leaf_rules: crate::leaf::LeafRules,
+    /// Tells the faults that mapped a huge page (absent without transparent huge pages).
+    pub huge_pages: Option<crate::huge_pages::HugePages>,
 }
 
 /// A request to the collector.
@@ -186,6 +188,14 @@ impl Collector {
             _ => None,
         };
         let labels = process.labels(h.tid, h.comm_bytes(), self.by_thread);
+        let value = match h.kind {
+            RECORD_CPU => self.cpu_period_ns,
+            RECORD_MEMORY => match &mut self.huge_pages {
+                Some(huge) => huge.fault_bytes(pid, identity, h.addr, h.weight),
+                None => h.weight,
+            },
+            _ => 0,
+        };
         let user: Vec<u64> = record.user_stack().collect();
         let mut user = self.processes.normalize(h.tgid, &user);
         self.add_leaf_caller(pid, h, &mut user);
@@ -202,11 +212,7 @@ impl Collector {
                 RECORD_MEMORY => SampleKind::Memory,
                 _ => SampleKind::Cpu,
             },
-            value: match h.kind {
-                RECORD_CPU => self.cpu_period_ns,
-                RECORD_MEMORY => h.weight,
-                _ => 0,
-            },
+            value,
             block: (h.kind == RECORD_OFF_CPU).then_some(RawBlock {
                 boot_ns: h.time_ns,
                 weight: h.weight,
@@ -548,6 +554,7 @@ mod tests {
             resident: None,
             oom_kills: Arc::default(),
             leaf_rules: crate::leaf::LeafRules::default(),
+            huge_pages: None,
         };
         (collector, rx)
     }

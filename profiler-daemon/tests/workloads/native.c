@@ -4,9 +4,13 @@
  *   native syscall SECONDS   main -> syscall_loop -> write(2) to /dev/null
  *   native sleep SECONDS     main -> sleep_loop -> nanosleep(2) for 20 ms at a time
  *   native grow MIB          main -> grow_heap -> touch_pages: MIB MiB of malloc'd memory, kept
+ *   native huge MIB          main -> grow_huge -> touch_pages: MIB MiB of memory advised to use
+ *                            transparent huge pages, kept; prints its AnonHugePages line and
+ *                            waits a second
  *
  * Built with frame pointers and without inlining, so that user stacks unwind fully. */
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +63,26 @@ __attribute__((noinline)) void grow_heap(long mib) {
     }
 }
 
+__attribute__((noinline)) void grow_huge(long mib) {
+    size_t huge = 2 << 20, size = (size_t)mib << 20;
+    char *raw = mmap(NULL, size + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) {
+        exit(4);
+    }
+    char *block = (char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (madvise(block, size, MADV_HUGEPAGE) != 0) {
+        exit(5);
+    }
+    touch_pages(block, size);
+    FILE *rollup = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    while (rollup != NULL && fgets(line, sizeof line, rollup) != NULL) {
+        if (strncmp(line, "AnonHugePages:", 14) == 0) {
+            fputs(line, stdout);
+        }
+    }
+}
+
 static double now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -67,8 +91,15 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s cpu|syscall|sleep SECONDS | grow MIB\n", argv[0]);
+        fprintf(stderr, "usage: %s cpu|syscall|sleep SECONDS | grow|huge MIB\n", argv[0]);
         return 2;
+    }
+    if (strcmp(argv[1], "huge") == 0) {
+        grow_huge(atol(argv[2]));
+        /* Kept for a second: the daemon reads what each fault mapped while the process runs. */
+        fflush(stdout);
+        sleep(1);
+        return 0;
     }
     if (strcmp(argv[1], "grow") == 0) {
         grow_heap(atol(argv[2]));
