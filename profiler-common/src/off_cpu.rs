@@ -81,6 +81,27 @@ pub const fn average(mean_ns: u64, elapsed_ns: u64) -> u64 {
     mean_ns - (mean_ns >> AVERAGE_SHIFT) + (elapsed >> AVERAGE_SHIFT)
 }
 
+/// The next draw of the capture decision's random generator (one per CPU) from its state
+/// `state` (not 0), which is also the next state: xorshift32 (Marsaglia's 13, 17, 5), which
+/// takes every value but 0 once in each period of `2^32 - 1` draws. The decision compares the
+/// whole draw with a threshold, so the draws need to be uniform, not unpredictable, and they
+/// depend on earlier switches only, never on the block being decided about. The kernel's
+/// `bpf_get_prandom_u32` costs more than the rest of the decision; it only gives the [`seed`].
+#[inline(always)]
+pub const fn next_draw(state: u32) -> u32 {
+    let mut x = state;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    x
+}
+
+/// A generator state from a random `u32`: any value but 0, which xorshift never leaves.
+#[inline(always)]
+pub const fn seed(random: u32) -> u32 {
+    if random == 0 { 1 } else { random }
+}
+
 /// Whether a switch-out is recorded, and with what weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -176,6 +197,30 @@ mod tests {
         // No mean is too small to be recorded: below T / 4096 it counts as T / 4096.
         assert_eq!(decide(0, 10 * MS, SCALE_ONE), decide((10 * MS) >> 12, 10 * MS, SCALE_ONE));
         assert!(decide(100, 10 * MS, SCALE_ONE).threshold > 0);
+    }
+
+    #[test]
+    fn the_generator_gives_uniform_draws_and_never_stops() {
+        // From a seed of 0 (the worst case) and a random one: the share of draws below a
+        // threshold is the threshold's share of 2^32, as the capture decision needs.
+        for start in [seed(0), seed(0x9e37_79b9)] {
+            let mut state = start;
+            let n = 200_000u32;
+            let mut below = [0u32; 3];
+            let thresholds = [1u64 << 28, 1u64 << 31, 3u64 << 30];
+            for _ in 0..n {
+                state = next_draw(state);
+                assert_ne!(state, 0);
+                for (count, &t) in below.iter_mut().zip(&thresholds) {
+                    *count += u32::from(u64::from(state) < t);
+                }
+            }
+            for (&count, &t) in below.iter().zip(&thresholds) {
+                let expected = f64::from(n) * t as f64 / (1u64 << 32) as f64;
+                let off = (f64::from(count) - expected).abs() / expected;
+                assert!(off < 0.02, "{count} draws below {t:#x}, expected {expected}");
+            }
+        }
     }
 
     #[test]

@@ -294,6 +294,7 @@ pub async fn run(
             interval_ns: u64::try_from(args.off_cpu_interval.as_nanos()).unwrap_or(u64::MAX),
             raw_tracepoint: false,
             skip_pid: std::process::id(),
+            task_storage: true,
         }),
         memory: (!args.no_memory).then_some(MemoryConfig { period: args.memory_fault_period }),
     })?;

@@ -27,10 +27,17 @@ use crate::kernel::{self, KernelError};
 
 mod off_cpu;
 
-pub use off_cpu::{OffCpuAttachment, OffCpuConfig, OffCpuScale, OptionalHelpers};
+pub use off_cpu::{
+    OffCpuAttachment, OffCpuConfig, OffCpuScale, OffCpuThreads, OptionalHelpers,
+    TASK_STORAGE_KERNEL,
+};
 
-/// The kernel object, built by `build.rs`.
+/// The kernel object, built by `build.rs`, with the off-CPU program's thread state in
+/// task-local storage.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+/// The same programs with that state in a hash map, for kernels before 6.4.
+static EBPF_OBJECT_HASH: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler-hash"));
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// The entry probe that counts CPython calls.
@@ -207,7 +214,7 @@ pub struct Sampler {
     ebpf: Ebpf,
     cpus: Vec<u32>,
     program_id: u32,
-    off_cpu: Option<(OffCpuAttachment, u32)>,
+    off_cpu: Option<(OffCpuAttachment, u32, OffCpuThreads)>,
     memory_program_id: Option<u32>,
     call_links: HashMap<u64, UProbeLinkId>,
     next_call_link: u64,
@@ -313,7 +320,10 @@ impl Sampler {
                 warn!(error = %e, "no resident page counters; OOM kills are recorded without the victim's size");
                 [0; 3]
             });
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
+            // aya has no typed wrapper for task storage; the daemon never opens that map.
+            .allow_unsupported_maps()
             .override_global("INCLUDE_IDLE", &include_idle, true)
             .override_global("FAULT_PERIOD_BYTES", &fault_bytes, true)
             .override_global("OFF_CPU_INTERVAL_NS", &off_cpu_globals.interval_ns, true)
@@ -336,9 +346,20 @@ impl Sampler {
             .override_global("OOM_TASK_MM", &oom_rss[0], true)
             .override_global("OOM_RSS_FIRST", &oom_rss[1], true)
             .override_global("OOM_RSS_STRIDE", &oom_rss[2], true)
-            .map_max_entries("SAMPLES", config.ring_buffer_bytes)
-            .load(EBPF_OBJECT)
-            .map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;
+            .map_max_entries("SAMPLES", config.ring_buffer_bytes);
+        let mut threads = OffCpuThreads::choose(config.off_cpu.as_ref());
+        let loaded = match threads {
+            OffCpuThreads::TaskStorage => match loader.load(EBPF_OBJECT) {
+                Err(e) if !is_permission_error(&e) => {
+                    warn!(error = %e, "the programs with task-local storage failed to load; using a hash map for off-CPU thread state");
+                    threads = OffCpuThreads::HashMap;
+                    loader.load(EBPF_OBJECT_HASH)
+                }
+                loaded => loaded,
+            },
+            OffCpuThreads::HashMap => loader.load(EBPF_OBJECT_HASH),
+        };
+        let mut ebpf = loaded.map_err(|e| privileges_or(e, |e| LoadError::Load(Box::new(e))))?;
         let program: &mut PerfEvent = ebpf
             .program_mut("sample_cpu")
             .ok_or(LoadError::Program(ProgramError::UnexpectedProgramType))?
@@ -367,6 +388,10 @@ impl Sampler {
             Some(c) => Some(off_cpu::attach(&mut ebpf, c.raw_tracepoint)?),
             None => None,
         };
+        // The raw tracepoint keeps thread state in the hash map in either object.
+        if off_cpu.is_some_and(|(how, _)| how == OffCpuAttachment::RawTracePoint) {
+            threads = OffCpuThreads::HashMap;
+        }
         let memory_program_id = match config.memory {
             Some(m) => Some(attach_faults(&mut ebpf, &cpus, m)?),
             None => None,
@@ -396,6 +421,7 @@ impl Sampler {
             cpus = cpus.len(),
             frequency = config.frequency,
             off_cpu = ?off_cpu.map(|(how, _)| how),
+            off_cpu_threads = ?off_cpu.map(|_| threads),
             load_ms = started.elapsed().as_millis(),
             "sampler attached"
         );
@@ -403,7 +429,7 @@ impl Sampler {
             ebpf,
             cpus,
             program_id,
-            off_cpu,
+            off_cpu: off_cpu.map(|(how, id)| (how, id, threads)),
             memory_program_id,
             call_links: HashMap::new(),
             next_call_link: 0,
@@ -471,12 +497,17 @@ impl Sampler {
 
     /// Kernel id of the off-CPU program, when it is attached.
     pub fn off_cpu_program_id(&self) -> Option<u32> {
-        self.off_cpu.map(|(_, id)| id)
+        self.off_cpu.map(|(_, id, _)| id)
     }
 
     /// How the off-CPU program is attached, when it is.
     pub fn off_cpu_attachment(&self) -> Option<OffCpuAttachment> {
-        self.off_cpu.map(|(how, _)| how)
+        self.off_cpu.map(|(how, _, _)| how)
+    }
+
+    /// Where the off-CPU program keeps thread state, when it is attached.
+    pub fn off_cpu_threads(&self) -> Option<OffCpuThreads> {
+        self.off_cpu.map(|(_, _, threads)| threads)
     }
 
     /// Takes the scale of the off-CPU capture probability (once).

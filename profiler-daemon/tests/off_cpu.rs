@@ -23,7 +23,7 @@ use profiler_common::{
     sample::{RECORD_OFF_CPU, Record, WEIGHT_ONE},
 };
 use profiler_daemon::loader::{
-    OffCpuAttachment, OffCpuConfig, OptionalHelpers, Sampler, SamplerConfig,
+    OffCpuAttachment, OffCpuConfig, OffCpuThreads, OptionalHelpers, Sampler, SamplerConfig,
 };
 use support::require_bpf;
 
@@ -112,6 +112,17 @@ fn load_with(attachment: OffCpuAttachment, helpers: OptionalHelpers) -> Sampler 
 
 /// Loads the programs, not recording the switches of process `skip_pid` (0: none).
 fn load_skipping(attachment: OffCpuAttachment, helpers: OptionalHelpers, skip_pid: u32) -> Sampler {
+    load_config(attachment, helpers, skip_pid, true)
+}
+
+/// Loads the programs with thread state in task storage where the kernel allows it
+/// (`task_storage`), else in the hash map.
+fn load_config(
+    attachment: OffCpuAttachment,
+    helpers: OptionalHelpers,
+    skip_pid: u32,
+    task_storage: bool,
+) -> Sampler {
     let raw_tracepoint = attachment == OffCpuAttachment::RawTracePoint;
     let config = SamplerConfig {
         frequency: 19,
@@ -123,6 +134,7 @@ fn load_skipping(attachment: OffCpuAttachment, helpers: OptionalHelpers, skip_pi
             interval_ns: INTERVAL.as_nanos() as u64,
             raw_tracepoint,
             skip_pid,
+            task_storage,
         }),
         memory: None,
     };
@@ -130,6 +142,19 @@ fn load_skipping(attachment: OffCpuAttachment, helpers: OptionalHelpers, skip_pi
         .unwrap_or_else(|e| panic!("loading the sampler with off-CPU sampling: {e}"));
     assert_eq!(sampler.off_cpu_attachment(), Some(attachment));
     assert!(sampler.off_cpu_program_id().is_some());
+    // Task storage where it was asked for, the BTF tracepoint passes typed task pointers and
+    // the kernel is new enough; the hash map everywhere else.
+    let kernel = profiler_daemon::kernel::running_release()
+        .and_then(|r| profiler_daemon::kernel::KernelVersion::parse(&r));
+    let threads = if task_storage
+        && !raw_tracepoint
+        && kernel.is_some_and(|v| v >= profiler_daemon::loader::TASK_STORAGE_KERNEL)
+    {
+        OffCpuThreads::TaskStorage
+    } else {
+        OffCpuThreads::HashMap
+    };
+    assert_eq!(sampler.off_cpu_threads(), Some(threads));
     sampler
 }
 
@@ -226,6 +251,21 @@ fn sleeps_are_recorded_through_the_raw_tracepoint() {
         return;
     }
     sleeps_are_recorded_through(OffCpuAttachment::RawTracePoint);
+}
+
+/// The same with thread state in the hash map that kernels before 6.4 get, through the BTF
+/// tracepoint.
+#[test]
+fn sleeps_are_recorded_with_thread_state_in_a_hash_map() {
+    if !require_bpf("sleeps_are_recorded_with_thread_state_in_a_hash_map") {
+        return;
+    }
+    sleeps_are_recorded(load_config(
+        OffCpuAttachment::BtfTracePoint,
+        OptionalHelpers::probe(),
+        0,
+        false,
+    ));
 }
 
 /// The same as on a kernel that lets tracing programs call neither `bpf_jiffies64` nor

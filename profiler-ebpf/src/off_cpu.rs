@@ -5,9 +5,10 @@
 //! probability `profiler_common::off_cpu::decide` gives, and if so records the thread's stacks
 //! (the current thread is the one leaving the CPU) as a `RECORD_OFF_CPU` sample with the task
 //! state and the inverse of the probability as its weight. A switch that is not recorded costs
-//! a read of `jiffies`, two hash lookups, two task field reads, a random draw and two stores
-//! (the thread's mean time between switch-outs, see `profiler_common::off_cpu`); the precise
-//! clock is read only when a switch is recorded and when a recorded block ends.
+//! a read of `jiffies`, two lookups of per-thread state (in the tasks themselves from Linux 6.4,
+//! see `threads_task.rs`, else in a hash map), two task field reads, a step of a per-CPU
+//! random generator and a few stores (see `profiler_common::off_cpu`); the precise clock is
+//! read only when a switch is recorded and when a recorded block ends.
 //!
 //! The program is attached as a BTF tracepoint (`off_cpu_switch`) or, where that cannot be
 //! loaded, as a raw tracepoint (`off_cpu_switch_raw`); both pass the tracepoint's arguments
@@ -21,18 +22,21 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_jiffies64, bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{Array, LruHashMap},
+    maps::{Array, LruHashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 use profiler_common::{
     counters::Counter,
-    off_cpu::{MAX_OFF_CPU_THREADS, OffCpuThread, PF_KTHREAD, TASK_DEAD, average, decide},
+    off_cpu::{
+        MAX_OFF_CPU_THREADS, OffCpuThread, PF_KTHREAD, TASK_DEAD, average, decide, next_draw, seed,
+    },
     sample::{OffCpuEnd, RECORD_OFF_CPU, RECORD_OFF_CPU_END},
 };
 
 use crate::{
     boot_ns, bump,
     capture::{self, Meta, Stacks},
+    threads,
 };
 
 /// The interval `T` of the capture probability, in nanoseconds; set by the loader.
@@ -69,10 +73,34 @@ static SWITCH_HAS_PREV_STATE: u32 = 0;
 #[unsafe(no_mangle)]
 static TICK_NS: u64 = 0;
 
-/// Per thread (by thread id): the open recorded block and the time of the last capture.
+/// Per thread (by thread id): the open recorded block, the mean time between switch-outs and
+/// the draws. The raw tracepoint keeps its state here; the BTF tracepoint does too in the
+/// object for kernels before 6.4, and in task-local storage after (`crate::threads`).
 #[map]
-static OFF_CPU_THREADS: LruHashMap<u32, OffCpuThread> =
+pub(crate) static OFF_CPU_THREADS: LruHashMap<u32, OffCpuThread> =
     LruHashMap::with_max_entries(MAX_OFF_CPU_THREADS, 0);
+
+/// Per CPU: the state of the capture decision's random generator (`next_draw`), seeded from
+/// `bpf_get_prandom_u32` at its first use.
+#[map]
+static OFF_CPU_RNG: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The next uniform `u32` draw for a capture decision (see `next_draw`).
+#[inline(always)]
+fn draw() -> u64 {
+    let Some(state) = OFF_CPU_RNG.get_ptr_mut(0) else {
+        // SAFETY: a helper without memory arguments.
+        return u64::from(unsafe { bpf_get_prandom_u32() });
+    };
+    // SAFETY: this CPU's slot; the `sched_switch` program runs with interrupts off, so no
+    // other program on this CPU runs it meanwhile.
+    unsafe {
+        let current = if *state == 0 { seed(bpf_get_prandom_u32()) } else { *state };
+        let next = next_draw(current);
+        *state = next;
+        u64::from(next)
+    }
+}
 
 /// The daemon's scale of the capture probability, in 1/65536 (`SCALE_ONE` = 1.0); the loader
 /// sets it to 1.0.
@@ -105,6 +133,10 @@ pub fn off_cpu_switch_raw(ctx: RawTracePointContext) -> i32 {
 trait TaskField {
     /// The `u32` at `addr`, a task pointer plus a field offset.
     fn read_u32(addr: u64) -> Result<u32, c_long>;
+    /// The off-CPU state of `task`, whose thread id is `tid`, if it has one.
+    fn thread(task: u64, tid: u32) -> Option<*mut OffCpuThread>;
+    /// Gives `task` its first off-CPU state.
+    fn insert(task: u64, tid: u32, thread: OffCpuThread);
 }
 
 /// Plain loads: the BTF tracepoint's task pointers are typed, so the verifier checks a load
@@ -118,6 +150,16 @@ impl TaskField for Direct {
         // SAFETY: see above; the verifier proves the access.
         Ok(unsafe { read_volatile(addr as *const u32) })
     }
+
+    #[inline(always)]
+    fn thread(task: u64, tid: u32) -> Option<*mut OffCpuThread> {
+        threads::thread(task, tid)
+    }
+
+    #[inline(always)]
+    fn insert(task: u64, tid: u32, thread: OffCpuThread) {
+        threads::insert(task, tid, thread);
+    }
 }
 
 /// `bpf_probe_read_kernel`, for the raw tracepoint's untyped pointers.
@@ -128,6 +170,16 @@ impl TaskField for Probe {
     fn read_u32(addr: u64) -> Result<u32, c_long> {
         // SAFETY: bpf_probe_read_kernel fails instead of faulting.
         unsafe { bpf_probe_read_kernel(addr as *const u32) }.map_err(c_long::from)
+    }
+
+    #[inline(always)]
+    fn thread(_task: u64, tid: u32) -> Option<*mut OffCpuThread> {
+        OFF_CPU_THREADS.get_ptr_mut(&tid)
+    }
+
+    #[inline(always)]
+    fn insert(_task: u64, tid: u32, thread: OffCpuThread) {
+        let _ = OFF_CPU_THREADS.insert(&tid, &thread, 0);
     }
 }
 
@@ -159,7 +211,7 @@ fn on_switch<T: TaskField>(
             read_volatile(&TICK_NS),
         )
     };
-    switch_in::<T>(switch.next + pid_at);
+    switch_in::<T>(switch.next, pid_at);
 
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
@@ -171,14 +223,12 @@ fn on_switch<T: TaskField>(
     if task_flags & PF_KTHREAD != 0 {
         return Ok(());
     }
-    let entry = OFF_CPU_THREADS.get_ptr_mut(&tid);
+    let entry = T::thread(switch.prev, tid);
     let scale = OFF_CPU_SCALE.get(0).copied().unwrap_or(0);
-    // SAFETY: helpers without memory arguments; bpf_jiffies64 is called only where the loader
-    // said that the kernel allows it.
-    let (coarse_ns, draw) = unsafe {
-        let coarse = if tick != 0 { bpf_jiffies64().wrapping_mul(tick) } else { boot_ns() };
-        (coarse, u64::from(bpf_get_prandom_u32()))
-    };
+    // SAFETY: a helper without memory arguments, called only where the loader said that the
+    // kernel allows it.
+    let coarse_ns = if tick != 0 { unsafe { bpf_jiffies64() }.wrapping_mul(tick) } else { boot_ns() };
+    let draw = draw();
     // The thread's mean time between switch-outs, with this one; a thread not seen before
     // counts as rare (recorded at once, and then learnt).
     let mean = match entry {
@@ -234,22 +284,22 @@ fn on_switch<T: TaskField>(
                 tgid: (pid_tgid >> 32) as u32,
                 _pad: 0,
             };
-            let _ = OFF_CPU_THREADS.insert(&tid, &thread, 0);
+            T::insert(switch.prev, tid, thread);
         }
     }
     Ok(())
 }
 
-/// Ends the open block, if any, of the thread whose `task_struct::pid` is at `pid_addr`.
+/// Ends the open block, if any, of `task`, whose `task_struct::pid` is at offset `pid_at`.
 #[inline(always)]
-fn switch_in<T: TaskField>(pid_addr: u64) {
-    let Ok(tid) = T::read_u32(pid_addr) else {
+fn switch_in<T: TaskField>(task: u64, pid_at: u64) {
+    let Ok(tid) = T::read_u32(task + pid_at) else {
         return;
     };
     if tid == 0 {
         return;
     }
-    let Some(entry) = OFF_CPU_THREADS.get_ptr_mut(&tid) else {
+    let Some(entry) = T::thread(task, tid) else {
         return;
     };
     // SAFETY: a pointer to a map value, valid while this program runs. A thread is switched in

@@ -17,7 +17,7 @@ use std::{
 };
 
 use profiler_common::{counters::Counter, off_cpu::SCALE_ONE};
-use profiler_daemon::loader::{self, OffCpuConfig, Sampler, SamplerConfig};
+use profiler_daemon::loader::{self, OffCpuConfig, OffCpuThreads, Sampler, SamplerConfig};
 
 use crate::{measure::BpfCost, report::OffCpuCost, watchdog, workloads::Programs};
 
@@ -26,18 +26,33 @@ pub const GOAL_SWITCHES_PER_SECOND: f64 = 50_000.0;
 
 /// Measures the off-CPU program at the scales "nothing recorded" (0, the path every switch
 /// takes) and 1 (the loader's default, before the daemon's budget lowers it), each for
-/// `seconds` of ping-pong.
+/// `seconds` of ping-pong: with thread state in task-local storage (Linux 6.4 on) and in the
+/// hash map of older kernels.
 pub fn cost(programs: &Programs, seconds: f64) -> Result<Vec<OffCpuCost>, String> {
+    let mut out = cost_with(programs, seconds, true)?;
+    out.extend(cost_with(programs, seconds, false)?);
+    Ok(out)
+}
+
+fn cost_with(
+    programs: &Programs,
+    seconds: f64,
+    task_storage: bool,
+) -> Result<Vec<OffCpuCost>, String> {
     let mut sampler = Sampler::load(&SamplerConfig {
         // The perf-event program is not measured here.
         frequency: 1,
         include_idle: false,
         bpf_stats: false,
         ring_buffer_bytes: 8 << 20,
-        off_cpu: Some(OffCpuConfig::default()),
+        off_cpu: Some(OffCpuConfig { task_storage, ..OffCpuConfig::default() }),
         memory: None,
     })
     .map_err(|e| format!("loading the off-CPU program: {e}"))?;
+    let threads = match sampler.off_cpu_threads() {
+        Some(OffCpuThreads::TaskStorage) => "threads in task storage",
+        _ => "threads in a hash map",
+    };
     let id = sampler.off_cpu_program_id().ok_or("the off-CPU program is not attached")?;
     let mut scale = sampler.take_off_cpu_scale().map_err(|e| e.to_string())?;
     let counters = sampler.take_counters().map_err(|e| e.to_string())?;
@@ -59,7 +74,8 @@ pub fn cost(programs: &Programs, seconds: f64) -> Result<Vec<OffCpuCost>, String
     };
     let floor = EmptyProgram::attach("sched_switch")?;
     let mut out = Vec::new();
-    for (case, value) in [("nothing recorded (scale 0)", 0), ("scale 1", SCALE_ONE)] {
+    for (scale_case, value) in [("nothing recorded (scale 0)", 0), ("scale 1", SCALE_ONE)] {
+        let case = format!("{scale_case}, {threads}");
         watchdog::step(1, format!("off-CPU, {case}"));
         scale.set(value).map_err(|e| e.to_string())?;
         let captured = |c: &loader::KernelCounters| {
@@ -87,7 +103,7 @@ pub fn cost(programs: &Programs, seconds: f64) -> Result<Vec<OffCpuCost>, String
             return Err(format!("off-CPU, {case}: no program runs (are BPF statistics on?)"));
         }
         out.push(OffCpuCost {
-            case: case.to_owned(),
+            case,
             switches_per_second: ours.runs as f64 / wall,
             records_per_second: records as f64 / wall,
             ns_per_switch: ours.run_ns as f64 / ours.runs as f64,

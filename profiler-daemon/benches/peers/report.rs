@@ -637,12 +637,22 @@ fn goals(results: &Results) -> Vec<Goal> {
             met: Some(cost.core_percent <= 0.2 && cost.processes_tracked >= 200),
         });
     }
-    if let Some(c) = results.off_cpu.iter().find(|c| c.case.contains("scale 0")) {
+    let unrecorded = |threads: &str| {
+        results.off_cpu.iter().find(|c| c.case.contains("scale 0") && c.case.contains(threads))
+    };
+    if let Some(c) = unrecorded("task storage") {
         let at = crate::off_cpu::GOAL_SWITCHES_PER_SECOND;
         let percent = c.core_percent_at(at);
+        let older = unrecorded("hash map").map_or(String::new(), |h| {
+            format!(
+                " ({:.0} ns, {:.2}%, with the hash map of kernels before 6.4)",
+                h.net_ns_per_switch(),
+                h.core_percent_at(at)
+            )
+        });
         out.push(Goal {
-            goal: "off-CPU program ≤ 0.5% of a core at 50,000 switches/s, when it records nothing (less the bpf_stats floor)",
-            measured: format!("{:.0} ns per switch, {percent:.2}%", c.net_ns_per_switch()),
+            goal: "off-CPU program ≤ 0.5% of a core at 50,000 switches/s, when it records nothing (less the bpf_stats floor; thread state in task storage, Linux 6.4+)",
+            measured: format!("{:.0} ns per switch, {percent:.2}%{older}", c.net_ns_per_switch()),
             met: Some(percent <= 0.5),
         });
     }
@@ -683,7 +693,9 @@ pub fn off_cpu_table(rows: &[OffCpuCost]) -> String {
          is the difference, what the program costs with the statistics off. At scale 0 \
          nothing is recorded (the path of nearly every switch under the daemon's budget); at \
          scale 1 every switch-out is recorded with the full probability (before the budget \
-         lowers it).\n"
+         lowers it). Each case runs with the per-thread state in task-local storage (the \
+         daemon's choice from Linux 6.4) and in the hash map keyed by thread id that older \
+         kernels get.\n"
     );
     let _ = writeln!(
         s,

@@ -36,11 +36,53 @@ pub struct OffCpuConfig {
     /// A process whose switches are not recorded (0: none): the daemon itself, whose threads
     /// would otherwise block and wake for every record they handle, and be recorded for it.
     pub skip_pid: u32,
+    /// Keep the per-thread state in the tasks themselves where the kernel allows it
+    /// ([`OffCpuThreads::TaskStorage`]); `false` keeps it in a hash map on any kernel, the
+    /// path of older kernels.
+    pub task_storage: bool,
 }
 
 impl Default for OffCpuConfig {
     fn default() -> Self {
-        OffCpuConfig { interval_ns: 10_000_000, raw_tracepoint: false, skip_pid: 0 }
+        OffCpuConfig {
+            interval_ns: 10_000_000,
+            raw_tracepoint: false,
+            skip_pid: 0,
+            task_storage: true,
+        }
+    }
+}
+
+/// Where the off-CPU program keeps each thread's state (its open block, its mean time between
+/// switch-outs and its random generator), which it looks up twice at every context switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffCpuThreads {
+    /// In task-local storage, found from the task pointers the BTF tracepoint passes and freed
+    /// with the task: Linux 6.4 on, where it allocates from BPF's own allocator, which is safe
+    /// under the scheduler's locks.
+    TaskStorage,
+    /// In a hash map keyed by thread id, the least recently used entry making room: older
+    /// kernels, and the raw tracepoint, whose task pointers are untyped.
+    HashMap,
+}
+
+/// The first kernel whose task-local storage the off-CPU program uses (see
+/// [`OffCpuThreads::TaskStorage`]).
+pub const TASK_STORAGE_KERNEL: crate::kernel::KernelVersion =
+    crate::kernel::KernelVersion::new(6, 4);
+
+impl OffCpuThreads {
+    /// Where `config` keeps thread state on the running kernel (`None`: no off-CPU program,
+    /// which the hash map's object serves as well).
+    pub fn choose(config: Option<&OffCpuConfig>) -> OffCpuThreads {
+        let wanted = config.is_some_and(|c| c.task_storage && !c.raw_tracepoint);
+        let kernel =
+            crate::kernel::running_release().and_then(|r| crate::kernel::KernelVersion::parse(&r));
+        if wanted && kernel.is_some_and(|v| v >= TASK_STORAGE_KERNEL) {
+            OffCpuThreads::TaskStorage
+        } else {
+            OffCpuThreads::HashMap
+        }
     }
 }
 
