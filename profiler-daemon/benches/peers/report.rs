@@ -991,7 +991,7 @@ pub fn check(r: &Results, text: &str) -> Result<(), String> {
     if r.kernel.len() != 3 || r.kernel.iter().any(|k| k.runs == 0) {
         return Err("kernel cost: a case without program runs".to_owned());
     }
-    if r.off_cpu.len() != 2
+    if r.off_cpu.len() != 4
         || r.off_cpu.iter().any(|c| c.switches_per_second <= 0.0 || c.floor_ns_per_switch <= 0.0)
     {
         return Err("off-CPU cost: a case without program runs".to_owned());
