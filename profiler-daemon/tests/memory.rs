@@ -5,7 +5,10 @@
 mod pythons;
 mod support;
 
-use std::{process::Stdio, time::Duration};
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
 
 use pythons::{Interpreter, interpreters};
 use support::{Daemon, build_c, line_amounts, marked_line, parse_folded, require_bpf, scratch};
@@ -290,15 +293,23 @@ fn a_fault_that_maps_a_huge_page_counts_the_huge_page() {
         "the test needs transparent huge pages for madvised memory (at least half of the 64 MiB \
          in huge pages): {rollup}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    let folded = parse_folded(&daemon.ctl_ok(&[
-        "query", "--mode", "memory", "--format", "folded", "--since", "5m", "--pid", &pid,
-    ]));
-    let grown: f64 = folded
-        .iter()
-        .filter(|(s, _)| s.split(';').any(|f| f.starts_with("grow_huge")))
-        .map(|(_, bytes)| *bytes as f64 / MIB)
-        .sum();
+    // The samples reach the windows after the daemon's queues, which lag on a loaded machine
+    // (other tests run beside this one): asked again until they are all there or 30 s passed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (folded, grown) = loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let folded = parse_folded(&daemon.ctl_ok(&[
+            "query", "--mode", "memory", "--format", "folded", "--since", "5m", "--pid", &pid,
+        ]));
+        let grown: f64 = folded
+            .iter()
+            .filter(|(s, _)| s.split(';').any(|f| f.starts_with("grow_huge")))
+            .map(|(_, bytes)| *bytes as f64 / MIB)
+            .sum();
+        if grown >= 64.0 * 0.8 || Instant::now() > deadline {
+            break (folded, grown);
+        }
+    };
     assert!(
         (grown - 64.0).abs() <= 64.0 * 0.2,
         "64 MiB touched under grow_huge, {} MiB of it in huge pages; the profile has {grown:.1} \
