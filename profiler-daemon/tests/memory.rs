@@ -274,6 +274,10 @@ fn a_fault_that_maps_a_huge_page_counts_the_huge_page() {
     let native = build_c("native", &dir);
     // Every fault sampled: 64 MiB of huge pages are 32 faults.
     let daemon = Daemon::start(&dir, &["--memory-fault-period", "1"]);
+    // At a period of 1 the daemon records every page fault of the host: the faults of its own
+    // start (reading every process's maps and symbols) fill its symbolizer queue for a while,
+    // and the samples that find it full are dropped. The workload starts once that has passed.
+    settle(&daemon);
     let child = std::process::Command::new(&native)
         .args(["huge", "64"])
         .stdout(Stdio::piped())
@@ -316,6 +320,29 @@ fn a_fault_that_maps_a_huge_page_counts_the_huge_page() {
          MiB:\n{folded:?}",
         huge_kib >> 10
     );
+}
+
+/// Waits until the daemon's `dropped:` line of its status has not changed for two seconds
+/// (at most 60 s).
+fn settle(daemon: &Daemon) {
+    let drops = || {
+        daemon
+            .ctl_ok(&["status"])
+            .lines()
+            .find(|l| l.starts_with("dropped:"))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = drops();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = drops();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
 }
 
 /// A Python process that grows by `mib_per_second` for `seconds`, holds it for two seconds,
