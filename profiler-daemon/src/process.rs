@@ -503,7 +503,10 @@ impl ProcessTable {
     /// Marks exited processes and forgets those that exited a while ago. A pid that was reused
     /// by a new process is forgotten at once. Returns the pids forgotten.
     pub fn sweep(&mut self) -> Vec<u32> {
-        let now = Instant::now();
+        self.sweep_at(Instant::now())
+    }
+
+    fn sweep_at(&mut self, now: Instant) -> Vec<u32> {
         let mut forgotten = std::mem::take(&mut self.evicted);
         self.procs.retain(|&pid, info| {
             if info.exited_at.is_none() {
@@ -527,7 +530,19 @@ impl ProcessTable {
         forgotten.retain(|pid| !self.procs.contains_key(pid));
         // Files no process maps any more.
         self.files.retain(|_, f| Arc::strong_count(f) > 1);
+        // A hash table keeps the capacity of its largest size: after a burst of short-lived
+        // processes, that was tens of MiB of empty slots for good.
+        shrink_after_sweep(&mut self.procs);
+        shrink_after_sweep(&mut self.files);
         forgotten
+    }
+}
+
+/// Gives back most of `map`'s capacity once it holds under a quarter of it.
+fn shrink_after_sweep<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    const KEEP: usize = 256;
+    if map.capacity() > 4 * map.len().max(KEEP) {
+        map.shrink_to(2 * map.len().max(KEEP));
     }
 }
 
@@ -921,6 +936,22 @@ mod tests {
         table.observe(pid, pid, b"after-exec", Identity::default());
         assert_eq!(table.len(), 1);
         assert!(!table.sweep().contains(&pid), "the live process keeps its registrations");
+    }
+
+    #[test]
+    fn the_table_gives_back_its_room_once_a_burst_of_processes_is_forgotten() {
+        let mut table = ProcessTable::new(1_000_000);
+        // Pids above the kernel's limit (4,194,304): never alive, so read as exited.
+        for pid in 5_000_000..5_050_000 {
+            table.observe(pid, pid, b"short", Identity::default());
+        }
+        let own = std::process::id();
+        table.observe(own, own, b"test", Identity::default());
+        let grown = table.procs.capacity();
+        assert!(grown >= 50_000, "{grown}");
+        let forgotten = table.sweep_at(Instant::now() + EXITED_GRACE + Duration::from_secs(1));
+        assert_eq!((forgotten.len(), table.len()), (50_000, 1));
+        assert!(table.procs.capacity() <= 1024, "{} of {grown} slots kept", table.procs.capacity());
     }
 
     #[test]
