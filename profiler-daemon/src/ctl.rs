@@ -518,6 +518,15 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             sym.kernel_frames,
             100.0 * sym.hits as f64 / lookups as f64
         );
+        if sym.code_bytes_limit > 0 {
+            let _ = writeln!(
+                out,
+                "python code: {} code objects cached, {} KiB of names and line tables (limit {} MiB)",
+                sym.code_objects,
+                sym.code_bytes / 1024,
+                sym.code_bytes_limit >> 20
+            );
+        }
         if let Some(d) = &sym.debug_files {
             let mut line = format!("debug files: {} binaries named from them", d.found);
             if d.debuginfod {

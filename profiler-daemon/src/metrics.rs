@@ -405,6 +405,24 @@ pub async fn render(sources: &Sources) -> String {
         "Frames the user symbol cache holds at most (--symbol-cache-size).",
     )
     .sample(&[("kind", "user")], sym.user_capacity.load(Relaxed));
+    out.single(
+        "profilerd_code_cache_entries",
+        Kind::Gauge,
+        "Python code objects cached (names and line tables).",
+        sym.code_objects.load(Relaxed),
+    );
+    out.single(
+        "profilerd_code_cache_bytes",
+        Kind::Gauge,
+        "What the cached Python code objects weigh.",
+        sym.code_bytes.load(Relaxed),
+    );
+    out.single(
+        "profilerd_code_cache_max_bytes",
+        Kind::Gauge,
+        "The most the cached Python code objects may weigh.",
+        sym.code_bytes_limit.load(Relaxed),
+    );
 
     // Without an answer from the aggregator these series are left out rather than zeroed.
     if let Some(a) = aggregation {

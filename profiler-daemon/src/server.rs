@@ -385,6 +385,9 @@ impl Profiler for ProfilerService {
                 user_frames: sym.user_frames.load(Relaxed),
                 user_frames_capacity: sym.user_capacity.load(Relaxed),
                 kernel_frames: sym.kernel_frames.load(Relaxed),
+                code_objects: sym.code_objects.load(Relaxed),
+                code_bytes: sym.code_bytes.load(Relaxed),
+                code_bytes_limit: sym.code_bytes_limit.load(Relaxed),
                 hits: sym.hits.load(Relaxed),
                 misses: sym.misses.load(Relaxed),
                 debug_files: sym.debug_files.get().map(|d| v1::DebugFilesStatus {

@@ -127,6 +127,8 @@ pub enum Work {
     Watermark(i64),
     /// Samples that need no resolving (resident memory readings, OOM kills).
     Resolved(Vec<StackSample>),
+    /// Processes forgotten after their exit: their cached code objects go.
+    Forget(Vec<u32>),
 }
 
 /// Cache sizes and hit counts, shared with `Status`.
@@ -138,6 +140,12 @@ pub struct SymbolizerStats {
     pub user_capacity: AtomicU64,
     /// Kernel frames cached.
     pub kernel_frames: AtomicU64,
+    /// Python code objects cached.
+    pub code_objects: AtomicU64,
+    /// What the cached code objects weigh.
+    pub code_bytes: AtomicU64,
+    /// The most they may weigh.
+    pub code_bytes_limit: AtomicU64,
     /// Lookups answered from a cache.
     pub hits: AtomicU64,
     /// Lookups that went to blazesym.
@@ -255,6 +263,8 @@ impl Resolver {
                         frames.push(frame);
                     }
                 }
+                self.stats.code_objects.store(codes.len() as u64, Relaxed);
+                self.stats.code_bytes.store(codes.bytes() as u64, Relaxed);
                 drop(codes);
                 if raw.flags & FLAG_PY_TRUNCATED != 0 {
                     frames.push(self.truncated.clone());
@@ -690,13 +700,20 @@ pub fn spawn(
     stats: Arc<SymbolizerStats>,
     debug: Option<Arc<DebugInfo>>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let codes = Arc::new(Mutex::new(CodeCache::new(capacity)));
+    let codes = CodeCache::new(capacity);
+    stats.code_bytes_limit.store(codes.max_bytes() as u64, Relaxed);
+    let codes = Arc::new(Mutex::new(codes));
     let shared = codes.clone();
     let (ahead_tx, mut ahead) = mpsc::channel(READ_AHEAD);
     let reader = std::thread::Builder::new().name("python-reader".into()).spawn(move || {
         while let Some(work) = input.blocking_recv() {
-            if let Work::Stack(pid, raw) = &work {
-                prefetch_python(&codes, *pid, raw);
+            match &work {
+                Work::Stack(pid, raw) => prefetch_python(&codes, *pid, raw),
+                Work::Forget(pids) => {
+                    codes.lock().unwrap_or_else(PoisonError::into_inner).forget(pids);
+                    continue;
+                }
+                _ => {}
             }
             // Blocking here backs up the collector's queue, which counts what it cannot
             // enqueue; it never waits.
@@ -720,6 +737,8 @@ pub fn spawn(
                 Work::Calls(raw) => Resolved::Calls(resolver.resolve_calls(&raw)),
                 Work::BlockEnd(end) => Resolved::BlockEnd(end),
                 Work::Watermark(t) => Resolved::Watermark(t),
+                // The reader keeps these.
+                Work::Forget(_) => continue,
                 Work::Resolved(samples) => {
                     for sample in samples {
                         if output.blocking_send(Resolved::Sample(sample)).is_err() {

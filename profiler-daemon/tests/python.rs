@@ -182,6 +182,14 @@ fn python_functions_chains_and_the_hot_line() {
         status.lines().any(|l| l.contains(&format!("pid {pid} (")) && l.contains(": CPython 3.")),
         "{status}"
     );
+    // And the code objects it read, with what they weigh against their bound.
+    let code = status.lines().find(|l| l.starts_with("python code: ")).unwrap_or_default();
+    let cached: u64 = code["python code: ".len().min(code.len())..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(cached >= 5 && code.ends_with("(limit 64 MiB)"), "{status}");
 }
 
 fn marked_line_of(text: &str) -> u32 {

@@ -56,6 +56,9 @@ use crate::{
 const COUNTERS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often exited processes are swept.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Forgotten pids kept for the symbolizer while its queue is full; beyond it, the code cache's
+/// own bounds drop what they leave.
+const MAX_FORGET_PENDING: usize = 65_536;
 /// How long a call-count request waits for its process's inspection.
 const CALLS_WAIT: Duration = Duration::from_secs(5);
 
@@ -267,6 +270,23 @@ impl Collector {
     }
 
     /// Queues work for the symbolizer without waiting; a full queue is counted.
+    /// Tells the symbolizer that the processes `pids` are gone for good, so that their code
+    /// objects leave its cache; what a full queue refused is kept for the next sweep (the
+    /// cache's own bounds hold meanwhile).
+    fn forget_code(&self, pids: &mut Vec<u32>) {
+        if pids.is_empty() {
+            return;
+        }
+        match self.output.try_send(Work::Forget(std::mem::take(pids))) {
+            Ok(()) | Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(Work::Forget(back))) => {
+                *pids = back;
+                pids.truncate(MAX_FORGET_PENDING);
+            }
+            Err(TrySendError::Full(_)) => {}
+        }
+    }
+
     fn send(&self, work: Work) {
         match self.output.try_send(work) {
             Ok(()) => {}
@@ -479,6 +499,8 @@ impl Collector {
     ) {
         let mut counted_at = Instant::now();
         let mut swept_at = Instant::now();
+        // Forgotten processes whose code objects are still to be dropped (the queue was full).
+        let mut forgotten = Vec::new();
         while let Some(input) = inbox.recv() {
             while let Ok(Command::SetCalls { pid, enable, reply }) = commands.try_recv() {
                 self.set_calls(pid, enable, reply);
@@ -516,7 +538,9 @@ impl Collector {
                     if let Some(probes) = self.probes.as_deref_mut() {
                         self.calls.forget(probes, pid);
                     }
+                    forgotten.push(pid);
                 }
+                self.forget_code(&mut forgotten);
             }
         }
         if let Ok(totals) = counters.read() {

@@ -26,6 +26,12 @@ use crate::aggregate::{Frame, FrameKind};
 const RECHECK_AFTER: Duration = Duration::from_secs(2);
 const MAX_STRING_CHARS: u64 = 1024;
 const MAX_LINETABLE: u64 = 1 << 20;
+/// The bytes of names and line tables the cache holds at most: line tables can be long (up to
+/// `MAX_LINETABLE`), so a bound on the number of code objects alone does not bound memory.
+pub const CODE_CACHE_BYTES: usize = 64 << 20;
+/// What a cached code object costs besides its names and line table: the entry, the `Arc` and
+/// the `CodeInfo`.
+const CODE_OVERHEAD: usize = 160;
 
 /// What a code object says about itself.
 #[derive(Debug)]
@@ -55,17 +61,72 @@ pub enum CodeError {
 pub struct CodeCache {
     codes: LruCache<(u32, u64), Arc<CodeInfo>>,
     frames: LruCache<(u32, u64, u32), Arc<Frame>>,
+    /// What the cached code objects weigh (`weight`).
+    bytes: usize,
+    max_bytes: usize,
 }
 
 impl CodeCache {
-    /// A cache of `capacity` code objects and as many frames.
+    /// A cache of `capacity` code objects and as many frames, holding at most
+    /// [`CODE_CACHE_BYTES`] of code objects.
     pub fn new(capacity: NonZeroUsize) -> CodeCache {
-        CodeCache { codes: LruCache::new(capacity), frames: LruCache::new(capacity) }
+        CodeCache::bounded(capacity, CODE_CACHE_BYTES)
+    }
+
+    /// A cache of `capacity` code objects and as many frames, holding at most `max_bytes` of
+    /// code objects (always the last one read, whatever it weighs).
+    pub fn bounded(capacity: NonZeroUsize, max_bytes: usize) -> CodeCache {
+        CodeCache {
+            codes: LruCache::new(capacity),
+            frames: LruCache::new(capacity),
+            bytes: 0,
+            max_bytes,
+        }
     }
 
     /// Code objects cached.
     pub fn len(&self) -> usize {
         self.codes.len()
+    }
+
+    /// What the cached code objects weigh: their names, line tables and entries.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The most the cached code objects may weigh.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Drops what is cached for the processes `pids` (gone for good).
+    pub fn forget(&mut self, pids: &[u32]) {
+        let pids: std::collections::HashSet<u32> = pids.iter().copied().collect();
+        let codes: Vec<(u32, u64)> =
+            self.codes.iter().map(|(k, _)| *k).filter(|k| pids.contains(&k.0)).collect();
+        for key in codes {
+            if let Some(old) = self.codes.pop(&key) {
+                self.bytes = self.bytes.saturating_sub(weight(&old));
+            }
+        }
+        let frames: Vec<(u32, u64, u32)> =
+            self.frames.iter().map(|(k, _)| *k).filter(|k| pids.contains(&k.0)).collect();
+        for key in frames {
+            self.frames.pop(&key);
+        }
+    }
+
+    /// Caches `info`, forgetting the least recently used code objects beyond the bounds.
+    fn insert(&mut self, key: (u32, u64), info: Arc<CodeInfo>) {
+        self.bytes += weight(&info);
+        // The entry replaced under the same key, or the one the count bound pushed out.
+        if let Some((_, old)) = self.codes.push(key, info) {
+            self.bytes = self.bytes.saturating_sub(weight(&old));
+        }
+        while self.bytes > self.max_bytes && self.codes.len() > 1 {
+            let Some((_, old)) = self.codes.pop_lru() else { break };
+            self.bytes = self.bytes.saturating_sub(weight(&old));
+        }
     }
 
     /// Whether nothing is cached.
@@ -163,14 +224,19 @@ impl CodeCache {
                     identity: info.identity,
                     checked: Instant::now(),
                 });
-                self.codes.put((pid, addr), fresh.clone());
+                self.insert((pid, addr), fresh.clone());
                 return Ok(fresh);
             }
         }
         let info = Arc::new(read_code(pid, py, addr)?);
-        self.codes.put((pid, addr), info.clone());
+        self.insert((pid, addr), info.clone());
         Ok(info)
     }
+}
+
+/// What a cached code object costs.
+fn weight(info: &CodeInfo) -> usize {
+    CODE_OVERHEAD + info.qualname.len() + info.filename.len() + info.linetable.len()
 }
 
 /// Where in the code object the frame is, in the unit its line table uses.
@@ -314,6 +380,59 @@ mod tests {
         assert_eq!(&*frame.function, "Worker.run");
         // Never read, it cannot be named.
         assert!(cache.function(gone, &python(), 0x2000).is_none());
+    }
+
+    fn code_info(qualname: &str, linetable_bytes: usize) -> Arc<CodeInfo> {
+        Arc::new(CodeInfo {
+            qualname: qualname.into(),
+            filename: "/srv/app.py".into(),
+            first_line: 1,
+            linetable: vec![0; linetable_bytes],
+            identity: Identity([0; 5]),
+            checked: Instant::now(),
+        })
+    }
+
+    #[test]
+    fn a_forgotten_process_takes_its_code_objects_and_frames_along() {
+        let mut cache = CodeCache::bounded(NonZeroUsize::new(100).unwrap(), 1 << 20);
+        for pid in [7, 8, 9] {
+            for addr in 0..5u64 {
+                cache.insert((pid, addr), code_info("f", 100));
+                cache.frames.put((pid, addr, 1), Arc::new(Frame::marker("f")));
+            }
+        }
+        cache.forget(&[7, 9, 1234]);
+        assert_eq!((cache.len(), cache.frames.len()), (5, 5));
+        assert!(cache.codes.iter().all(|(k, _)| k.0 == 8));
+        assert!(cache.frames.iter().all(|(k, _)| k.0 == 8));
+        assert_eq!(cache.bytes(), 5 * weight(&code_info("f", 100)));
+    }
+
+    #[test]
+    fn long_line_tables_are_bounded_by_their_bytes_not_their_count() {
+        let max_bytes = 1 << 20;
+        let mut cache = CodeCache::bounded(NonZeroUsize::new(200_000).unwrap(), max_bytes);
+        // 64 KiB each: sixteen fit, the 100 read would take 6.4 MiB.
+        for addr in 0..100u64 {
+            cache.insert((1, addr), code_info("f", 64 << 10));
+            assert!(cache.bytes() <= max_bytes, "{} bytes after {addr}", cache.bytes());
+        }
+        assert_eq!(cache.len(), 15, "as many as fit with their overhead");
+        // The newest stayed, the oldest went.
+        assert!(cache.codes.contains(&(1, 99)) && !cache.codes.contains(&(1, 0)));
+        // Replacing an entry counts it once.
+        cache.insert((1, 99), code_info("g", 64 << 10));
+        assert_eq!(cache.bytes(), cache.codes.iter().map(|(_, i)| weight(i)).sum::<usize>());
+        // One code object larger than the bound is still kept: it is the one being named.
+        cache.insert((2, 1), code_info("huge", 2 << 20));
+        assert_eq!((cache.len(), cache.codes.contains(&(2, 1))), (1, true));
+        // The count bound still holds for small ones, and the bytes follow it.
+        let mut small = CodeCache::bounded(NonZeroUsize::new(4).unwrap(), max_bytes);
+        for addr in 0..10u64 {
+            small.insert((1, addr), code_info("f", 10));
+        }
+        assert_eq!((small.len(), small.bytes()), (4, 4 * weight(&code_info("f", 10))));
     }
 
     #[test]
