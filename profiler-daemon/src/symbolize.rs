@@ -704,13 +704,17 @@ pub fn spawn(
     stats.code_bytes_limit.store(codes.max_bytes() as u64, Relaxed);
     let codes = Arc::new(Mutex::new(codes));
     let shared = codes.clone();
+    let reader_stats = stats.clone();
     let (ahead_tx, mut ahead) = mpsc::channel(READ_AHEAD);
     let reader = std::thread::Builder::new().name("python-reader".into()).spawn(move || {
         while let Some(work) = input.blocking_recv() {
             match &work {
                 Work::Stack(pid, raw) => prefetch_python(&codes, *pid, raw),
                 Work::Forget(pids) => {
-                    codes.lock().unwrap_or_else(PoisonError::into_inner).forget(pids);
+                    let mut codes = codes.lock().unwrap_or_else(PoisonError::into_inner);
+                    codes.forget(pids);
+                    reader_stats.code_objects.store(codes.len() as u64, Relaxed);
+                    reader_stats.code_bytes.store(codes.bytes() as u64, Relaxed);
                     continue;
                 }
                 _ => {}

@@ -5,7 +5,11 @@
 mod pythons;
 mod support;
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use pythons::{Interpreter, interpreters};
 use support::{Daemon, parse_folded, require_bpf, scratch};
@@ -183,13 +187,42 @@ fn python_functions_chains_and_the_hot_line() {
         "{status}"
     );
     // And the code objects it read, with what they weigh against their bound.
-    let code = status.lines().find(|l| l.starts_with("python code: ")).unwrap_or_default();
-    let cached: u64 = code["python code: ".len().min(code.len())..]
-        .split(' ')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(cached >= 5 && code.ends_with("(limit 64 MiB)"), "{status}");
+    assert!(code_objects(&status) >= 5, "{status}");
+    assert!(status.contains("of names and line tables (limit 64 MiB)"), "{status}");
+}
+
+/// The code objects `profctl status` says are cached.
+fn code_objects(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("python code: ")).unwrap_or_default();
+    let count = line.strip_prefix("python code: ").unwrap_or_default().split(' ').next();
+    count.and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn an_exited_python_process_s_code_objects_leave_the_cache_when_it_is_forgotten() {
+    if !require_bpf("an_exited_python_process_s_code_objects_leave_the_cache_when_it_is_forgotten")
+    {
+        return;
+    }
+    let dir = scratch("python_code_forgotten");
+    let daemon = Daemon::start(&dir, &["--frequency", "199"]);
+    let python = interpreters().into_iter().find(|p| p.supported()).expect("an interpreter");
+    let ran = python.command().arg(python.workload(WORKLOAD)).args(["hot", "2"]).status();
+    assert!(ran.unwrap().success(), "{}", python.name());
+    std::thread::sleep(Duration::from_millis(1200));
+    let status = daemon.ctl_ok(&["status"]);
+    assert!(code_objects(&status) >= 5, "{}:\n{status}", python.name());
+    // Exited processes are kept for 30 s, then forgotten at a sweep (every 5 s), and their
+    // code objects go with them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = daemon.ctl_ok(&["status"]);
+        if code_objects(&status) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}: still cached:\n{status}", python.name());
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn marked_line_of(text: &str) -> u32 {
