@@ -39,7 +39,8 @@ struct CodeInfo {
     qualname: Arc<str>,
     filename: Arc<str>,
     first_line: u32,
-    linetable: Vec<u8>,
+    /// Shared, so that a recheck does not copy it.
+    linetable: Arc<[u8]>,
     /// What the object said about itself, to notice when the address was reused.
     identity: Identity,
     checked: Instant,
@@ -293,7 +294,7 @@ fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeEr
         qualname: qualname.into(),
         filename: filename.into(),
         first_line,
-        linetable,
+        linetable: linetable.into(),
         identity: Identity::of(&header, layout),
         checked: Instant::now(),
     })
@@ -371,7 +372,7 @@ mod tests {
             qualname: "Worker.run".into(),
             filename: "/srv/app.py".into(),
             first_line: 10,
-            linetable: Vec::new(),
+            linetable: Arc::from([]),
             identity: Identity([0; 5]),
             checked: Instant::now().checked_sub(RECHECK_AFTER * 2).unwrap(),
         };
@@ -387,7 +388,7 @@ mod tests {
             qualname: qualname.into(),
             filename: "/srv/app.py".into(),
             first_line: 1,
-            linetable: vec![0; linetable_bytes],
+            linetable: vec![0; linetable_bytes].into(),
             identity: Identity([0; 5]),
             checked: Instant::now(),
         })
