@@ -33,6 +33,19 @@ fn start_unanswered(program: &std::path::Path) -> Child {
     child
 }
 
+/// The unanswered processes, killed however the test ends: while they live, every daemon on
+/// the host (other tests' too) has an inspection stalled on each of them.
+struct Unanswered(Vec<Child>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 #[test]
 fn processes_whose_memory_never_answers_stall_no_other_process() {
     if !require_bpf("processes_whose_memory_never_answers_stall_no_other_process") {
@@ -43,10 +56,13 @@ fn processes_whose_memory_never_answers_stall_no_other_process() {
     // Named like an interpreter, so that the daemon reads its memory to find its version.
     let unanswered = dir.join("python3.12");
     std::fs::rename(build_c("unanswered", &dir), &unanswered).unwrap();
-    // A small ring: one second of samples, so that a collector held up for longer loses some.
-    let daemon = Daemon::start(&dir, &["--frequency", "999", "--ring-buffer-size", "256KiB"]);
+    // A small ring: four seconds of samples, so that a collector held up by the stalled
+    // processes (for as long as they live, longer than the steady process runs) loses some,
+    // while one slowed by other work on a busy machine does not (one second was too little
+    // when the whole suite ran).
+    let daemon = Daemon::start(&dir, &["--frequency", "999", "--ring-buffer-size", "1MiB"]);
 
-    let mut blocked: Vec<Child> = (0..UNANSWERED).map(|_| start_unanswered(&unanswered)).collect();
+    let mut blocked = Unanswered((0..UNANSWERED).map(|_| start_unanswered(&unanswered)).collect());
     let steady = Command::new(&native).args(["cpu", "6"]).status().unwrap();
     assert!(steady.success());
     let folded = parse_folded(&daemon.folded_since_5m("comm=native"));
@@ -62,7 +78,7 @@ fn processes_whose_memory_never_answers_stall_no_other_process() {
         status.contains("being inspected"),
         "the unanswered processes are listed as being inspected:\n{status}"
     );
-    for child in &mut blocked {
+    for child in &mut blocked.0 {
         child.kill().unwrap();
         child.wait().unwrap();
     }
