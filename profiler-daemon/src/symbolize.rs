@@ -156,6 +156,14 @@ pub struct SymbolizerStats {
     pub debug_files: std::sync::OnceLock<Arc<crate::debuginfo::DebugInfoStats>>,
 }
 
+impl SymbolizerStats {
+    /// Publishes the code cache's size.
+    fn set_code_cache(&self, codes: &CodeCache) {
+        self.code_objects.store(codes.len() as u64, Relaxed);
+        self.code_bytes.store(codes.bytes() as u64, Relaxed);
+    }
+}
+
 /// Files blazesym keeps open (mapped, with their parsed symbol tables) before it is started
 /// afresh: it never closes one by itself, and on a busy host every build leaves new binaries
 /// behind. The frame caches keep what was symbolized.
@@ -263,8 +271,7 @@ impl Resolver {
                         frames.push(frame);
                     }
                 }
-                self.stats.code_objects.store(codes.len() as u64, Relaxed);
-                self.stats.code_bytes.store(codes.bytes() as u64, Relaxed);
+                self.stats.set_code_cache(&codes);
                 drop(codes);
                 if raw.flags & FLAG_PY_TRUNCATED != 0 {
                     frames.push(self.truncated.clone());
@@ -713,8 +720,7 @@ pub fn spawn(
                 Work::Forget(pids) => {
                     let mut codes = codes.lock().unwrap_or_else(PoisonError::into_inner);
                     codes.forget(pids);
-                    reader_stats.code_objects.store(codes.len() as u64, Relaxed);
-                    reader_stats.code_bytes.store(codes.bytes() as u64, Relaxed);
+                    reader_stats.set_code_cache(&codes);
                     continue;
                 }
                 _ => {}

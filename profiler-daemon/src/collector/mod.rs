@@ -269,7 +269,6 @@ impl Collector {
         self.send(Work::Resolved(samples));
     }
 
-    /// Queues work for the symbolizer without waiting; a full queue is counted.
     /// Tells the symbolizer that the processes `pids` are gone for good, so that their code
     /// objects leave its cache; what a full queue refused is kept for the next sweep (the
     /// cache's own bounds hold meanwhile).
@@ -287,6 +286,7 @@ impl Collector {
         }
     }
 
+    /// Queues work for the symbolizer without waiting; a full queue is counted.
     fn send(&self, work: Work) {
         match self.output.try_send(work) {
             Ok(()) => {}
