@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Prints a step's name with the time of day, so that a slow step shows in a CI log.
 STEP = @echo "== $$(date -u +%H:%M:%S) $(1)"
 
-.PHONY: setup setup-tests build run test lint unit check-deploy bench bench-smoke fuzz fuzz-long
+.PHONY: setup setup-tests build run test test-ready build-tests build-lane setup-lane bench-build fuzz-build cross-aarch64-build lint unit check-deploy bench bench-smoke fuzz fuzz-long
 
 setup:
 	$(call STEP,setup)
@@ -38,10 +38,46 @@ check-deploy: setup
 	$(call STEP,deployment checks)
 	./.ci/check-deploy
 
+# The test binaries, without running them.
+build-tests: lint
+	$(call STEP,building the tests)
+	if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-run; \
+	else \
+		$(CARGO) test --no-run; \
+	fi
+
+# Everything the tests wait for, in two lanes that make test runs side by side (-j2), so that
+# the downloads of the test setup overlap the builds. The lint and the builds of the tests,
+# the benchmark and the fuzz targets in one; in the other the test setup, the deployment checks and the aarch64 build,
+# each of which may install Debian packages (apt takes its lock without waiting, so they take
+# turns). Within a lane one step at a time; each step's output is printed whole when it ends.
+test-ready: build-lane setup-lane
+
+build-lane: setup
+	$(MAKE) -j1 --no-print-directory lint build-tests bench-build fuzz-build
+
+setup-lane: setup
+	$(MAKE) -j1 --no-print-directory setup-tests check-deploy cross-aarch64-build
+
+bench-build: setup
+	$(call STEP,benchmark build)
+	$(CARGO) bench --profile dev -p profiler-daemon --bench peers --no-run
+
+fuzz-build: setup
+	$(call STEP,fuzz build)
+	./.ci/fuzz --build-only
+
+cross-aarch64-build: setup
+	$(call STEP,aarch64 cross build)
+	./.ci/cross-aarch64 --build-only
+
 # nextest prints one summary line for the whole run; plain cargo test is the fallback.
-# Then the aarch64 cross build and the smoke run of the benchmark harness. Each step starts
-# with the time of day (see STEP).
-test: lint check-deploy setup-tests
+# Then the fuzzing, the aarch64 unit tests and the smoke run of the benchmark harness, one
+# after another: the tests compare sample counts with what their workloads did, so nothing
+# else runs next to them. Each step starts with the time of day (see STEP).
+test:
+	$(MAKE) -j2 --output-sync=target test-ready
 	$(call STEP,tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
@@ -50,7 +86,7 @@ test: lint check-deploy setup-tests
 	fi
 	$(call STEP,fuzzing)
 	./.ci/fuzz
-	$(call STEP,aarch64 cross build)
+	$(call STEP,aarch64 unit tests)
 	./.ci/cross-aarch64
 	$(call STEP,benchmark smoke run)
 	$(MAKE) bench-smoke

@@ -23,7 +23,7 @@ use profiler_daemon::{
     loader::{OffCpuConfig, OptionalHelpers, Sampler, SamplerConfig},
     python::{Detection, Detector},
 };
-use pythons::{Interpreter, interpreters};
+use pythons::{Interpreter, one_per_version};
 use support::require_bpf;
 
 /// How long records are counted, per case.
@@ -238,7 +238,7 @@ fn gil_holders_and_waiters_in_every_interpreter() {
     }
     let mut kernel = Kernel::load();
     let mut tested = Vec::new();
-    for it in interpreters().into_iter().filter(Interpreter::supported) {
+    for it in one_per_version().into_iter().filter(Interpreter::supported) {
         if it.free_threaded {
             // Without its GIL (the default): no thread holds it or waits for it.
             for threads in [2, 1] {

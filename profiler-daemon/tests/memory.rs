@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pythons::{Interpreter, interpreters};
+use pythons::{Interpreter, one_per_version};
 use support::{Daemon, build_c, line_amounts, marked_line, parse_folded, require_bpf, scratch};
 
 const WORKLOAD: &str = "workload.py";
@@ -52,7 +52,7 @@ fn the_memory_profile_puts_memory_profilers_big_list_on_its_line() {
     let (small, big) = (marked_line("small_list"), marked_line("big_list"));
     // `[2] * (2 * 10 ** 7)`: 20 million pointers.
     let expected = 2e7 * 8.0 / MIB;
-    for python in interpreters().into_iter().filter(Interpreter::supported) {
+    for python in one_per_version().into_iter().filter(Interpreter::supported) {
         let table = lines_of(&daemon, &python, "memory", "my_func");
         let rows = line_amounts(&table);
         let got = rows.get(&big).copied().unwrap_or(0.0);
@@ -84,7 +84,7 @@ fn a_leaking_handler_shows_in_the_timeline_its_line_and_the_comparison_of_its_tw
     let dir = scratch("memory_leak");
     let daemon = Daemon::start(&dir, &["--window", "1s"]);
     let (transient, leak) = (marked_line("transient"), marked_line("leak"));
-    for python in interpreters().into_iter().filter(Interpreter::supported) {
+    for python in one_per_version().into_iter().filter(Interpreter::supported) {
         let child = python
             .command()
             .arg(python.workload(WORKLOAD))

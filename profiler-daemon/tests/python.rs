@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use pythons::{Interpreter, interpreters};
+use pythons::{Interpreter, interpreters, one_per_version};
 use support::{Daemon, parse_folded, require_bpf, scratch};
 
 const WORKLOAD: &str = "workload.py";
@@ -50,8 +50,22 @@ impl Run {
 /// stacks (checked by the caller on the returned runs); any other version must be reported
 /// in `Status` as profiled with native stacks only, and is not returned.
 fn profile_each(daemon: &Daemon, mode: &str, seconds: &str) -> Vec<Run> {
+    profile_under(interpreters(), daemon, mode, seconds)
+}
+
+/// [`profile_each`] under one interpreter of each version.
+fn profile_each_version(daemon: &Daemon, mode: &str, seconds: &str) -> Vec<Run> {
+    profile_under(one_per_version(), daemon, mode, seconds)
+}
+
+fn profile_under(
+    pythons: Vec<Interpreter>,
+    daemon: &Daemon,
+    mode: &str,
+    seconds: &str,
+) -> Vec<Run> {
     let mut out = Vec::new();
-    for python in interpreters() {
+    for python in pythons {
         let mut child =
             python.command().arg(python.workload(WORKLOAD)).args([mode, seconds]).spawn().unwrap();
         let pid = child.id().to_string();
@@ -240,7 +254,7 @@ fn python_recursion_deeper_than_the_limit_is_marked_truncated() {
     }
     let dir = scratch("python_recurse");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, folded, .. } in profile_each(&daemon, "recurse", "2") {
+    for Run { python, folded, .. } in profile_each_version(&daemon, "recurse", "2") {
         let all = total(&folded);
         let deep = matching(&folded, |s| {
             s.starts_with("[truncated];") && s.matches(";recurse (").count() >= 120
@@ -261,7 +275,7 @@ fn python_threads_generators_and_coroutines() {
     }
     let dir = scratch("python_kinds");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, folded, .. } in profile_each(&daemon, "threads", "2") {
+    for Run { python, folded, .. } in profile_each_version(&daemon, "threads", "2") {
         let a = matching(&folded, |s| s.contains(";worker_a (") && s.contains("hot_inner ("));
         let b = matching(&folded, |s| s.contains(";worker_b (") && s.contains("hot_inner ("));
         assert!(
@@ -271,7 +285,7 @@ fn python_threads_generators_and_coroutines() {
             dump(&folded)
         );
     }
-    for Run { python, folded, .. } in profile_each(&daemon, "generator", "2") {
+    for Run { python, folded, .. } in profile_each_version(&daemon, "generator", "2") {
         let n = matching(&folded, |s| {
             s.contains(";drive_generator (")
                 && s.contains(";gen_work (")
@@ -279,7 +293,7 @@ fn python_threads_generators_and_coroutines() {
         });
         assert!(n * 10 > total(&folded) * 8, "{}: {n}\n{}", python.name(), dump(&folded));
     }
-    for Run { python, folded, .. } in profile_each(&daemon, "asyncio", "2") {
+    for Run { python, folded, .. } in profile_each_version(&daemon, "asyncio", "2") {
         let n = matching(&folded, |s| s.contains(";coro_work (") && s.contains(";hot_inner ("));
         assert!(n * 10 > total(&folded) * 7, "{}: {n}\n{}", python.name(), dump(&folded));
     }
@@ -292,7 +306,7 @@ fn the_main_thread_behind_a_thousand_newer_threads_is_found() {
     }
     let dir = scratch("python_many_threads");
     let daemon = Daemon::start(&dir, &["--frequency", "199"]);
-    for Run { python, pid, .. } in profile_each(&daemon, "manythreads", "2") {
+    for Run { python, pid, .. } in profile_each_version(&daemon, "manythreads", "2") {
         // The main thread alone: its thread id is the pid.
         let selector = format!("pid={pid},tid={pid}");
         let main = parse_folded(
@@ -359,7 +373,7 @@ fn python_cpu_shares_match_self_measured_truth() {
     }
     let dir = scratch("python_accuracy");
     let daemon = Daemon::start(&dir, &["--frequency", "999"]);
-    for python in interpreters() {
+    for python in one_per_version() {
         if !python.supported() {
             continue;
         }
@@ -584,7 +598,7 @@ fn a_subinterpreter_does_not_hide_the_main_interpreters_threads() {
     }
     let dir = scratch("python_subinterpreter");
     let mut children = Vec::new();
-    for python in interpreters().into_iter().filter(|p| p.supported()) {
+    for python in one_per_version().into_iter().filter(|p| p.supported()) {
         let mut child = python
             .command()
             .arg(python.workload(WORKLOAD))

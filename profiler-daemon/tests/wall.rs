@@ -7,7 +7,7 @@ mod support;
 
 use std::{collections::HashMap, path::Path, process::Command, time::Duration};
 
-use pythons::interpreters;
+use pythons::one_per_version;
 use support::{Daemon, build_c, line_amounts, marked_line, parse_folded, require_bpf, scratch};
 
 const WORKLOAD: &str = "workload.py";
@@ -21,7 +21,7 @@ fn the_wall_profile_splits_a_functions_time_between_its_lines_as_the_clock_does(
     let dir = scratch("wall_lines");
     let daemon = Daemon::start(&dir, &["--frequency", "199", "--off-cpu-budget", "20000"]);
     let (cpu_line, sleep_line) = (marked_line("wall_cpu"), marked_line("wall_sleep"));
-    for python in interpreters().into_iter().filter(|p| p.supported()) {
+    for python in one_per_version().into_iter().filter(|p| p.supported()) {
         let child = python
             .command()
             .arg(python.workload(WORKLOAD))
@@ -86,7 +86,7 @@ fn off_cpu_time_names_why_threads_waited() {
     }
     let dir = scratch("off_cpu_reasons");
     let daemon = Daemon::start(&dir, &["--frequency", "199", "--off-cpu-budget", "20000"]);
-    for python in interpreters().into_iter().filter(|p| p.supported()) {
+    for python in one_per_version().into_iter().filter(|p| p.supported()) {
         let mut child = python
             .command()
             .arg(python.workload(WORKLOAD))
@@ -235,7 +235,7 @@ fn the_gil_mode_shows_two_threads_taking_turns_and_one_thread_alone_never_waitin
     let daemon = Daemon::start(&dir, &["--frequency", "199", "--off-cpu-budget", "20000"]);
     let workload = |p: &pythons::Interpreter| p.workload("gil.py");
     // Free-threaded builds run without a GIL: nothing to show.
-    for python in interpreters().into_iter().filter(|p| p.supported() && !p.free_threaded) {
+    for python in one_per_version().into_iter().filter(|p| p.supported() && !p.free_threaded) {
         for threads in [2, 1] {
             let mut child = python
                 .command()

@@ -166,6 +166,15 @@ pub fn interpreters() -> Vec<Interpreter> {
     found
 }
 
+/// One interpreter of each version, the first found: for the tests of what differs between
+/// versions (frame layouts, the GIL, thread lists), whatever the interpreter's linking. The
+/// tests of what depends on linking (symbols in the executable or in libpython, the call
+/// probe, native frames under Python) run under every interpreter ([`interpreters`]).
+pub fn one_per_version() -> Vec<Interpreter> {
+    let mut seen = std::collections::HashSet::new();
+    interpreters().into_iter().filter(|it| seen.insert(it.version.clone())).collect()
+}
+
 fn check_promised(found: &[Interpreter]) {
     let names: Vec<String> = found.iter().map(Interpreter::name).collect();
     eprintln!("CPython interpreters found: {}", names.join(", "));
