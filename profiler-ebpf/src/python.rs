@@ -35,6 +35,10 @@ static PY_THREADS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(65536, 0)
 #[map]
 static PY_THREAD_SEARCH: LruHashMap<u32, [u64; 2]> = LruHashMap::with_max_entries(16384, 0);
 
+/// Per-CPU copy of the sampled process's `PY_PROCS` entry (see [`thread`]).
+#[map]
+static PY_PROC_COPY: PerCpuArray<PyProcess> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU copy of the frame being examined.
 #[map]
 static FRAME_BUF: PerCpuArray<[u8; FRAME_CHUNK]> = PerCpuArray::with_max_entries(1, 0);
@@ -145,8 +149,27 @@ pub fn thread<'a>(
     (tgid, tid): (u32, u32),
     (start_ns, exec_id): (u64, u32),
 ) -> Option<PyThread<'a>> {
-    // SAFETY: map lookups return valid pointers or None.
-    let process = unsafe { PY_PROCS.get(&tgid) }?;
+    // The daemon replaces and deletes entries while programs run, and the kernel gives an
+    // entry's memory to the map's next update at once (preallocated elements), so a pointer to
+    // it could come to show another process's layout in the middle of a walk. The walk uses a
+    // copy instead, taken while the entry was this process's: the same element, with this
+    // process's identity, before and after the copy.
+    let entry = PY_PROCS.get_ptr(&tgid)?;
+    let copy = PY_PROC_COPY.get_ptr_mut(0)?;
+    // SAFETY: map lookups return valid pointers or None; the copy is this CPU's buffer, which
+    // nothing else uses while this program runs here.
+    unsafe {
+        *copy = core::ptr::read_volatile(entry);
+        let again = PY_PROCS.get_ptr(&tgid)?;
+        if !core::ptr::eq(again, entry)
+            || core::ptr::read_volatile(&raw const (*again).start_ns) != start_ns
+            || core::ptr::read_volatile(&raw const (*again).exec_id) != exec_id
+        {
+            return None;
+        }
+    }
+    // SAFETY: as above; the buffer outlives this program's run.
+    let process = unsafe { &*copy };
     // An entry for another process under a reused pid, or for the program this one replaced
     // by `execve`: its addresses mean nothing here. The daemon re-registers the process.
     if process.start_ns != start_ns || process.exec_id != exec_id {
