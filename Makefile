@@ -39,7 +39,7 @@ check-deploy: setup
 	./.ci/check-deploy
 
 # The test binaries, without running them.
-build-tests: lint
+build-tests: setup
 	$(call STEP,building the tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-run; \
@@ -51,14 +51,20 @@ build-tests: lint
 # the downloads of the test setup overlap the builds. The lint and the builds of the tests,
 # the benchmark and the fuzz targets in one; in the other the test setup, the deployment checks and the aarch64 build,
 # each of which may install Debian packages (apt takes its lock without waiting, so they take
-# turns). Within a lane one step at a time; each step's output is printed whole when it ends.
+# turns). Within a lane one step at a time, each a make of its own whose output is printed
+# whole when it ends.
 test-ready: build-lane setup-lane
 
 build-lane: setup
-	$(MAKE) -j1 --no-print-directory lint build-tests bench-build fuzz-build
+	$(MAKE) --no-print-directory lint
+	$(MAKE) --no-print-directory build-tests
+	$(MAKE) --no-print-directory bench-build
+	$(MAKE) --no-print-directory fuzz-build
 
 setup-lane: setup
-	$(MAKE) -j1 --no-print-directory setup-tests check-deploy cross-aarch64-build
+	$(MAKE) --no-print-directory setup-tests
+	$(MAKE) --no-print-directory check-deploy
+	$(MAKE) --no-print-directory cross-aarch64-build
 
 bench-build: setup
 	$(call STEP,benchmark build)
@@ -77,7 +83,7 @@ cross-aarch64-build: setup
 # after another: the tests compare sample counts with what their workloads did, so nothing
 # else runs next to them. Each step starts with the time of day (see STEP).
 test:
-	$(MAKE) -j2 --output-sync=target test-ready
+	$(MAKE) -j2 --output-sync=recurse test-ready
 	$(call STEP,tests)
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --no-fail-fast; \
