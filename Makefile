@@ -48,11 +48,11 @@ build-tests: setup
 	fi
 
 # Everything the tests wait for, in two lanes that make test runs side by side (-j2), so that
-# the downloads of the test setup overlap the builds. The lint and the builds of the tests,
-# the benchmark and the fuzz targets in one; in the other the test setup, the deployment checks and the aarch64 build,
-# each of which may install Debian packages (apt takes its lock without waiting, so they take
-# turns). Within a lane one step at a time, each a make of its own whose output is printed
-# whole when it ends.
+# the downloads of the test setup overlap the builds. In one the lint and the builds of the
+# tests, the benchmark and the fuzz targets; in the other the test setup, the deployment
+# checks and the aarch64 build, each of which may install Debian packages (apt takes its lock
+# without waiting, so they take turns). Within a lane one step at a time, each a make of its
+# own whose output is printed whole when it ends.
 test-ready: build-lane setup-lane
 
 build-lane: setup
