@@ -152,21 +152,15 @@ pub fn thread<'a>(
     // The daemon replaces and deletes entries while programs run, and the kernel gives an
     // entry's memory to the map's next update at once (preallocated elements), so a pointer to
     // it could come to show another process's layout in the middle of a walk. The walk uses a
-    // copy instead, taken while the entry was this process's: the same element, with this
-    // process's identity, before and after the copy.
+    // copy instead, taken while the entry was this process's: the same element before and
+    // after the copy (the identity is checked on the copy, below).
     let entry = PY_PROCS.get_ptr(&tgid)?;
     let copy = PY_PROC_COPY.get_ptr_mut(0)?;
     // SAFETY: map lookups return valid pointers or None; the copy is this CPU's buffer, which
     // nothing else uses while this program runs here.
-    unsafe {
-        *copy = core::ptr::read_volatile(entry);
-        let again = PY_PROCS.get_ptr(&tgid)?;
-        if !core::ptr::eq(again, entry)
-            || core::ptr::read_volatile(&raw const (*again).start_ns) != start_ns
-            || core::ptr::read_volatile(&raw const (*again).exec_id) != exec_id
-        {
-            return None;
-        }
+    unsafe { *copy = core::ptr::read_volatile(entry) };
+    if !core::ptr::eq(PY_PROCS.get_ptr(&tgid)?, entry) {
+        return None;
     }
     // SAFETY: as above; the buffer outlives this program's run.
     let process = unsafe { &*copy };
