@@ -28,6 +28,10 @@ pub const FLAG_KERNEL_ERROR: u32 = 1 << 2;
 /// `flags` bit: reading the user stack failed.
 pub const FLAG_USER_ERROR: u32 = 1 << 3;
 
+/// Most bytes of the user stack a sample copies (see [`SampleHeader::stack_bytes`]), as
+/// `perf record --call-graph dwarf` copies by default.
+pub const STACK_COPY_MAX: usize = 8192;
+
 /// `kind` of a sample taken by the `cpu-clock` perf event: the thread was running.
 pub const RECORD_CPU: u32 = 0;
 /// `kind` of a sample taken when a thread left the CPU (`sched_switch`): the stacks are where
@@ -100,6 +104,16 @@ pub struct SampleHeader {
     pub leaf_stack: [u64; LEAF_WORDS],
     /// Samples that interrupted user code on aarch64: the link register (`x30`); 0 otherwise.
     pub leaf_lr: u64,
+    /// Samples that interrupted user code: the stack pointer; 0 otherwise.
+    pub user_sp: u64,
+    /// Samples that interrupted user code: the frame pointer (`rbp`, `x29`); 0 otherwise.
+    pub user_fp: u64,
+    /// Bytes of the user stack from `user_sp` up that follow the frames, a multiple of 8 and
+    /// at most [`STACK_COPY_MAX`]: copied for processes that run code built without frame
+    /// pointers, which the daemon unwinds with the files' `.eh_frame`; 0 for others.
+    pub stack_bytes: u32,
+    /// Explicit padding (zero).
+    pub _pad: u32,
 }
 
 /// The end of an off-CPU block ([`RECORD_OFF_CPU_END`]): the thread of a [`RECORD_OFF_CPU`]
@@ -242,15 +256,19 @@ pub const DATA_WORDS: usize = 512;
 
 /// One on-CPU sample as the kernel program builds it in a per-CPU scratch buffer. Only the
 /// header and the used part of `data` go into the ring buffer, so a record is
-/// `SampleHeader::SIZE + 8 * (kernel_len + user_len + 2 * py_len)` bytes.
+/// `SampleHeader::SIZE + 8 * (kernel_len + user_len + 2 * py_len) + stack_bytes` bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SampleEvent {
     /// Who and when.
     pub header: SampleHeader,
     /// Kernel return addresses (leaf first), then user return addresses (leaf first), then
-    /// Python frames (leaf first) as (code, instruction) pairs.
+    /// Python frames (leaf first) as (code, instruction) pairs; then the copy of the user
+    /// stack, which `stack` leaves room for.
     pub data: [u64; DATA_WORDS],
+    /// Room for the user stack's copy after the frames, and a page more: the kernel's
+    /// verifier bounds a read's offset and length each on its own, not their sum.
+    pub stack: [u8; STACK_COPY_MAX + 4096],
 }
 
 impl SampleHeader {
@@ -261,6 +279,7 @@ impl SampleHeader {
     pub const fn record_size(&self) -> usize {
         Self::SIZE
             + 8 * (self.kernel_len as usize + self.user_len as usize + 2 * self.py_len as usize)
+            + self.stack_bytes as usize
     }
 
     /// The thread name up to its first NUL.
@@ -291,6 +310,8 @@ impl<'a> SampleRecord<'a> {
             || header.kernel_len as usize > MAX_STACK_DEPTH
             || header.user_len as usize > MAX_STACK_DEPTH
             || header.py_len as usize > crate::python::MAX_PY_FRAMES
+            || header.stack_bytes as usize > STACK_COPY_MAX
+            || !header.stack_bytes.is_multiple_of(8)
             || header.record_size() != bytes.len()
         {
             return None;
@@ -314,6 +335,14 @@ impl<'a> SampleRecord<'a> {
         (k..k + self.header.user_len as usize).map(|i| self.ip(i))
     }
 
+    /// The copy of the user stack from `header.user_sp` up (empty when none was taken).
+    pub fn stack_copy(&self) -> &'a [u8] {
+        let frames = self.header.kernel_len as usize
+            + self.header.user_len as usize
+            + 2 * self.header.py_len as usize;
+        &self.ips[frames * 8..]
+    }
+
     /// Python frames, leaf first.
     pub fn python_stack(&self) -> impl Iterator<Item = crate::python::PyFrame> + '_ {
         let start = self.header.kernel_len as usize + self.header.user_len as usize;
@@ -333,8 +362,9 @@ unsafe impl aya::Pod for SampleHeader {}
 unsafe impl aya::Pod for OffCpuEnd {}
 
 // No implicit padding anywhere.
-const _: () = assert!(SampleHeader::SIZE == 128);
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 128 + DATA_WORDS * 8);
+const _: () = assert!(SampleHeader::SIZE == 152);
+const _: () =
+    assert!(core::mem::size_of::<SampleEvent>() == 152 + DATA_WORDS * 8 + STACK_COPY_MAX + 4096);
 const _: () = assert!(OffCpuEnd::SIZE == 32);
 // Both native stacks and the deepest Python stack fit.
 const _: () = assert!(2 * MAX_STACK_DEPTH + 2 * crate::python::MAX_PY_FRAMES <= DATA_WORDS);
@@ -393,6 +423,35 @@ mod tests {
             assert_eq!((user.next(), user.next()), (Some(0x1000), None));
             assert!(SampleRecord::parse(&bytes).is_some());
         }
+    }
+
+    #[test]
+    fn a_stack_copy_follows_the_frames() {
+        let mut header = SampleHeader {
+            kind: RECORD_CPU,
+            user_len: 1,
+            py_len: 1,
+            stack_bytes: 16,
+            user_sp: 0x7000,
+            ..SampleHeader::default()
+        };
+        let mut out = [0u8; SampleHeader::SIZE + 24 + 16];
+        out[..SampleHeader::SIZE].copy_from_slice(bytes(&header));
+        for (i, word) in [0x1000u64, 0xc0de, 7, 0xaaaa, 0xbbbb].iter().enumerate() {
+            out[SampleHeader::SIZE + 8 * i..][..8].copy_from_slice(&word.to_ne_bytes());
+        }
+        let record = SampleRecord::parse(&out).expect("parses");
+        assert_eq!(record.user_stack().last(), Some(0x1000));
+        assert_eq!(record.user_stack().count(), 1);
+        assert_eq!(record.python_stack().count(), 1);
+        let copy = record.stack_copy();
+        assert_eq!(copy.len(), 16);
+        assert_eq!(u64::from_ne_bytes(copy[8..].try_into().unwrap()), 0xbbbb);
+        // The size must match, and a copy is whole words no longer than the maximum.
+        assert!(SampleRecord::parse(&out[..out.len() - 8]).is_none());
+        header.stack_bytes = 12;
+        out[..SampleHeader::SIZE].copy_from_slice(bytes(&header));
+        assert!(SampleRecord::parse(&out[..out.len() - 4]).is_none());
     }
 
     #[test]

@@ -307,6 +307,7 @@ pub async fn run(
     let ring = sampler.take_samples()?;
     let counters = sampler.take_counters()?;
     let py_procs = sampler.take_python_procs()?;
+    let stack_copies = sampler.take_stack_copies()?;
     let py_calls = sampler.take_python_calls()?;
     let off_cpu_scale = if args.no_off_cpu { None } else { Some(sampler.take_off_cpu_scale()?) };
     let cpus = u32::try_from(sampler.cpus().len()).unwrap_or(u32::MAX);
@@ -381,6 +382,7 @@ pub async fn run(
         resident: resident_targets.clone(),
         oom_kills: oom_kills.clone(),
         leaf_rules: crate::leaf::LeafRules::default(),
+        stack_copies: crate::collector::native::StackCopies::new(Some(stack_copies)),
         huge_pages: if args.no_memory { None } else { crate::huge_pages::HugePages::new() },
     };
     let (command_tx, command_rx) = mpsc::channel(16);

@@ -53,7 +53,7 @@ impl Arch {
     pub const HOST: Arch = if cfg!(target_arch = "aarch64") { Arch::Aarch64 } else { Arch::X86_64 };
 
     /// (stack pointer, frame pointer, return address) as DWARF numbers them.
-    fn registers(self) -> (Register, Register, Register) {
+    pub(crate) fn registers(self) -> (Register, Register, Register) {
         match self {
             Arch::X86_64 => (X86_64::RSP, X86_64::RBP, X86_64::RA),
             Arch::Aarch64 => (AArch64::SP, AArch64::X29, AArch64::X30),
@@ -139,7 +139,9 @@ impl UnwindInfo {
         };
         let mut ctx = Box::new(UnwindContext::new());
         let row = fde.unwind_info_for_address(&eh, &bases, &mut ctx, pc).ok()?;
-        Some(classify(arch, row.cfa(), &row.register(arch.registers().2)))
+        // A register without a rule of its own has the ABI's default: undefined.
+        let ra = row.register(arch.registers().2).unwrap_or(RegisterRule::Undefined);
+        Some(classify(arch, row.cfa(), &ra))
     }
 }
 

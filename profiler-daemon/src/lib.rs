@@ -35,3 +35,4 @@ pub mod store;
 pub mod symbolize;
 pub mod timeline;
 pub mod tls;
+pub mod unwind;

@@ -533,6 +533,13 @@ impl Sampler {
         self.take("PY_PROCS", aya::maps::HashMap::try_from)
     }
 
+    /// Takes the kernel's table of processes whose user stacks samples copy (once).
+    pub fn take_stack_copies(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<MapData, u32, u32>, LoadError> {
+        self.take("UNWIND_PROCS", aya::maps::HashMap::try_from)
+    }
+
     /// Takes the per-CPU counters (once).
     pub fn take_counters(&mut self) -> Result<KernelCounters, LoadError> {
         self.take("COUNTERS", PerCpuArray::try_from).map(KernelCounters)

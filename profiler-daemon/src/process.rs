@@ -65,6 +65,19 @@ fn fd_path(file: &std::fs::File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
 }
 
+/// A mapping of executable code from a file, as the process table lists it.
+#[derive(Debug)]
+pub struct FileMapping<'a> {
+    /// Start address in the process.
+    pub start: u64,
+    /// End address (exclusive).
+    pub end: u64,
+    /// Offset of `start` in the file.
+    pub offset: u64,
+    /// The file.
+    pub file: &'a MappedFile,
+}
+
 /// A user address after normalization.
 #[derive(Clone, Debug)]
 pub enum UserAddr {
@@ -198,6 +211,8 @@ pub struct ProcessInfo {
     read_at: Instant,
     exe_checked_at: Instant,
     maps: Vec<Mapping>,
+    /// Changes with every new reading of `maps` (unique across processes).
+    maps_generation: u64,
     maps_read_at: Instant,
     /// When [`read_process`] began, in nanoseconds of `CLOCK_BOOTTIME` (the samples' clock).
     read_boot_ns: i64,
@@ -306,6 +321,21 @@ impl ProcessInfo {
         });
         self.threads.insert(tid, labels.clone());
         labels
+    }
+
+    /// Changes whenever the process's mappings are read again.
+    pub fn maps_generation(&self) -> u64 {
+        self.maps_generation
+    }
+
+    /// The process's mappings of executable code from files.
+    pub fn file_mappings(&self) -> impl Iterator<Item = FileMapping<'_>> {
+        self.maps.iter().filter_map(|m| match &m.target {
+            MappingTarget::File(file) => {
+                Some(FileMapping { start: m.start, end: m.end, offset: m.offset, file })
+            }
+            MappingTarget::Region(_) => None,
+        })
     }
 
     fn lookup(&self, addr: u64) -> Option<UserAddr> {
@@ -479,6 +509,7 @@ impl ProcessTable {
         {
             if let Ok(maps) = read_maps(pid, &mut self.files) {
                 info.maps = maps;
+                info.maps_generation = next_maps_generation();
             }
             info.maps_read_at = Instant::now();
         }
@@ -575,6 +606,7 @@ fn read_process(
         read_at: now,
         exe_checked_at: now,
         maps: Vec::new(),
+        maps_generation: next_maps_generation(),
         maps_read_at: now,
         read_boot_ns: crate::clock::boot_ns(),
         last_seen: now,
@@ -615,7 +647,10 @@ fn read_process(
         info.pod_uid = pod_uid.into();
     }
     match read_maps(pid, files) {
-        Ok(maps) => info.maps = maps,
+        Ok(maps) => {
+            info.maps = maps;
+            info.maps_generation = next_maps_generation();
+        }
         Err(e) => debug!(pid, error = %e, "reading maps failed"),
     }
     info.exe_build_id = info
@@ -695,6 +730,12 @@ fn read_maps(
     }
     out.sort_by_key(|m| m.start);
     Ok(out)
+}
+
+/// A number no earlier reading of any process's maps had.
+fn next_maps_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn makedev((major, minor): (i32, i32)) -> u64 {

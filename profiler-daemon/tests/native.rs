@@ -81,6 +81,37 @@ fn the_caller_of_a_frameless_leaf_is_in_the_chain() {
 }
 
 #[test]
+fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
+    if !require_bpf("code_without_frame_pointers_unwinds_by_its_unwind_tables") {
+        return;
+    }
+    let dir = scratch("native_unwind");
+    let program = build_c_with("unwind", &dir, &["-O2", "-g", "-fomit-frame-pointer"]);
+    let daemon = Daemon::start(&dir, &["--frequency", "499"]);
+    let mut child = Command::new(&program).arg("4").spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(500));
+    let folded = parse_folded(&daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid]));
+    let dump = || folded.iter().take(20).map(|(s, c)| format!("{s} {c}\n")).collect::<String>();
+    let leaf: u64 = folded
+        .iter()
+        .filter(|(s, _)| s == "mix_block" || s.ends_with(";mix_block"))
+        .map(|(_, c)| c)
+        .sum();
+    let even = samples_with(&folded, "main;dispatch_even;mix_block");
+    let odd = samples_with(&folded, "main;dispatch_odd;mix_block");
+    assert!(leaf > 1000, "expected about 2000 samples of the leaf, got {leaf}:\n{}", dump());
+    // Without unwind tables no sample has a chain: the frame pointer register holds data.
+    assert!(even + odd >= leaf * 95 / 100, "{even} + {odd} of {leaf} chained:\n{}", dump());
+    let share = even as f64 / (even + odd) as f64;
+    assert!((share - 2.0 / 3.0).abs() < 0.05, "dispatch_even's share {share:.3}:\n{}", dump());
+    // Above main, the C library's start-up (itself without frame pointers).
+    assert!(samples_with(&folded, "__libc_start_call_main;main") > leaf / 2, "{}", dump());
+    assert!(daemon.stop());
+}
+
+#[test]
 fn kernel_frames_of_a_syscall_heavy_loop() {
     if !require_bpf("kernel_frames_of_a_syscall_heavy_loop") {
         return;

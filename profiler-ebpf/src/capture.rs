@@ -25,7 +25,7 @@ use profiler_common::{
     },
 };
 
-use crate::{arch, bump, gil, process, python, user_stack};
+use crate::{arch, bump, gil, process, python, stack_copy, user_stack};
 
 /// Unread bytes in `SAMPLES` above which a submit wakes the daemon; set by the loader. Below
 /// it, records are submitted without a wakeup and the daemon drains them on its timer: a
@@ -125,6 +125,9 @@ pub(crate) fn capture(
     header.comm = bpf_get_current_comm().unwrap_or([0; 16]);
     header.leaf_stack = [0; LEAF_WORDS];
     header.leaf_lr = 0;
+    header.user_sp = 0;
+    header.user_fp = 0;
+    header.stack_bytes = 0;
 
     // A sample of user code has no kernel stack, yet asking for it costs a microsecond.
     let in_user = match stacks {
@@ -157,6 +160,8 @@ pub(crate) fn capture(
                 header.leaf_stack = unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_WORDS]) }
                     .unwrap_or_default();
                 header.leaf_lr = lr;
+                header.user_sp = sp;
+                header.user_fp = fp;
             }
             let (frames, truncated) = user_stack::walk(ips, user_at, ip, fp);
             if truncated {
@@ -222,7 +227,20 @@ pub(crate) fn capture(
 
     // Verifier: bound the size by the scratch value's size.
     let frames = (py_at + 2 * py_len as usize) & (DATA_WORDS - 1);
-    let size = (SampleHeader::SIZE + frames * 8).min(core::mem::size_of::<SampleEvent>());
+    // The stack's copy follows the frames, for processes whose code lacks frame pointers.
+    let stack_bytes = if header.user_sp != 0 {
+        let want = stack_copy::wanted(header.tgid);
+        if want == 0 {
+            0
+        } else {
+            stack_copy::copy(ips.as_mut_ptr().cast::<u8>(), frames * 8, header.user_sp, want)
+        }
+    } else {
+        0
+    };
+    header.stack_bytes = stack_bytes;
+    let size = (SampleHeader::SIZE + frames * 8 + stack_bytes as usize)
+        .min(core::mem::size_of::<SampleEvent>());
     // SAFETY: `ev` is valid for size_of::<SampleEvent>() >= size bytes.
     let record = unsafe { core::slice::from_raw_parts(ev.cast::<u8>().cast_const(), size) };
     Ok(submit(record))

@@ -18,6 +18,7 @@ mod off_cpu;
 mod oom;
 mod process;
 mod python;
+mod stack_copy;
 mod user_stack;
 
 use capture::{Meta, Stacks};

@@ -166,26 +166,39 @@ pub async fn drain(
             () = shutdown.cancelled() => break,
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                queue.offer(read_all(guard.get_inner_mut()));
-                guard.clear_ready();
+                let (batch, more) = read_some(guard.get_inner_mut(), queue.max_bytes / 4);
+                queue.offer(batch);
+                // With records left the ring stays ready, and is read again after the other
+                // branches had their turn.
+                if !more {
+                    guard.clear_ready();
+                }
             }
             _ = tick.tick() => {
                 // Every record the kernel wrote before this moment is read below.
                 let at = crate::clock::now_ns();
-                queue.offer(read_all(ring.get_mut()));
-                queue.mark(at);
+                let (batch, more) = read_some(ring.get_mut(), queue.max_bytes / 4);
+                queue.offer(batch);
+                if !more {
+                    queue.mark(at);
+                }
             }
         }
     }
     Ok(())
 }
 
-fn read_all(ring: &mut RingBuf<MapData>) -> Batch {
+/// Reads records until the ring is empty or `max_bytes` were read, and says whether it
+/// stopped for the latter. The kernel may write as fast as this reads (at a page-fault period
+/// of 1 the daemon's own faults while it copies records are records too), so a read that only
+/// ends on an empty ring may never end.
+fn read_some(ring: &mut RingBuf<MapData>, max_bytes: usize) -> (Batch, bool) {
     let mut batch = Batch::default();
-    while let Some(record) = ring.next() {
+    while batch.size() < max_bytes {
+        let Some(record) = ring.next() else { return (batch, false) };
         batch.push(&record);
     }
-    batch
+    (batch, true)
 }
 
 #[cfg(test)]

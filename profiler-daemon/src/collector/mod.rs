@@ -12,6 +12,7 @@
 
 pub mod drain;
 pub mod inspect;
+pub mod native;
 
 use std::{
     sync::{
@@ -101,6 +102,8 @@ pub struct Collector {
     pub oom_kills: Arc<crate::oom::KillLog>,
     /// Where functions sampled before they set up a frame record keep their return address.
     pub leaf_rules: crate::leaf::LeafRules,
+    /// The processes whose stacks the kernel copies, and the unwinding of the copies.
+    pub stack_copies: native::StackCopies,
     /// Tells the faults that mapped a huge page (absent without transparent huge pages).
     pub huge_pages: Option<crate::huge_pages::HugePages>,
 }
@@ -151,9 +154,16 @@ impl Collector {
                 // runtime) at its first sample, once its loader has mapped its libraries.
                 let identity = Identity { start_ns: exec.start_ns, exec_id: exec.exec_id };
                 let time_ns = i64::try_from(exec.time_ns).unwrap_or(i64::MAX);
-                self.processes
-                    .observe_at(exec.tgid, exec.tid, exec.comm_bytes(), identity, time_ns)
-                    .expect_new_mappings();
+                let process = self.processes.observe_at(
+                    exec.tgid,
+                    exec.tid,
+                    exec.comm_bytes(),
+                    identity,
+                    time_ns,
+                );
+                process.expect_new_mappings();
+                // Its first samples copy the stack if its program needs it.
+                self.stack_copies.update(process);
                 return;
             }
             Some(Record::OffCpuEnd(end)) => {
@@ -179,6 +189,7 @@ impl Collector {
             self.inspect(pid);
         }
         let Some(process) = self.processes.get_mut(pid) else { return };
+        self.stack_copies.update(process);
         if let Some(names) = &self.pods
             && process.awaits_pod_name(|| names.generation())
             && !process.name_pod(&names.directory())
@@ -199,9 +210,12 @@ impl Collector {
             },
             _ => 0,
         };
-        let user: Vec<u64> = record.user_stack().collect();
-        let mut user = self.processes.normalize(h.tgid, &user);
-        self.add_leaf_caller(pid, h, &mut user);
+        let walked: Vec<u64> = record.user_stack().collect();
+        let stack = self.stack_copies.user_stack(pid, &record, walked);
+        let mut user = self.processes.normalize(h.tgid, &stack.addrs);
+        if !stack.unwound {
+            self.add_leaf_caller(pid, h, &mut user);
+        }
         let raw = RawStack {
             time_ns: crate::clock::boot_to_wall_ns(h.time_ns),
             labels,
@@ -538,6 +552,7 @@ impl Collector {
                     if let Some(probes) = self.probes.as_deref_mut() {
                         self.calls.forget(probes, pid);
                     }
+                    self.stack_copies.forget(pid);
                     forgotten.push(pid);
                 }
                 self.forget_code(&mut forgotten);
@@ -578,6 +593,7 @@ mod tests {
             resident: None,
             oom_kills: Arc::default(),
             leaf_rules: crate::leaf::LeafRules::default(),
+            stack_copies: native::StackCopies::default(),
             huge_pages: None,
         };
         (collector, rx)

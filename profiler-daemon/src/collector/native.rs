@@ -1,0 +1,98 @@
+//! The collector's side of unwinding native code built without frame pointers: which
+//! processes the kernel copies the stack of, and the unwinding of those copies (see
+//! [`crate::unwind`]).
+
+use std::collections::HashSet;
+
+use aya::maps::{HashMap, MapData};
+use profiler_common::sample::{STACK_COPY_MAX, SampleRecord};
+use tracing::debug;
+
+use crate::{
+    process::ProcessInfo,
+    unwind::{NativeUnwind, UserRegs, combine},
+};
+
+/// The kernel's `UNWIND_PROCS` (absent in tests without BPF) and the processes in it.
+#[derive(Debug, Default)]
+pub struct StackCopies {
+    unwind: NativeUnwind,
+    map: Option<HashMap<MapData, u32, u32>>,
+    copied: HashSet<u32>,
+}
+
+impl StackCopies {
+    /// Keeps the kernel's table `map` of the processes whose stacks it copies.
+    pub fn new(map: Option<HashMap<MapData, u32, u32>>) -> StackCopies {
+        StackCopies { map, ..StackCopies::default() }
+    }
+
+    /// Processes whose samples carry a copy of the stack.
+    pub fn len(&self) -> usize {
+        self.copied.len()
+    }
+
+    /// Whether no process's stack is copied.
+    pub fn is_empty(&self) -> bool {
+        self.copied.is_empty()
+    }
+
+    /// Brings `process`'s modules up to date, and its entry in the kernel's table: present
+    /// while its code breaks the frame-pointer chain.
+    pub fn update(&mut self, process: &ProcessInfo) {
+        let pid = process.pid;
+        let breaks = self.unwind.update(pid, process.maps_generation(), process.file_mappings());
+        if breaks == self.copied.contains(&pid) {
+            return;
+        }
+        if breaks {
+            self.copied.insert(pid);
+            if let Some(map) = &mut self.map
+                && let Err(e) = map.insert(pid, STACK_COPY_MAX as u32, 0)
+            {
+                debug!(pid, error = %e, "the kernel's table of stack copies is full");
+            }
+        } else {
+            self.remove(pid);
+        }
+    }
+
+    /// The user stack of `record`, leaf first: unwound from its stack copy when it has one
+    /// (and then `walked`, the frame-pointer walk, only below the copy), else `walked`.
+    pub fn user_stack(&mut self, pid: u32, record: &SampleRecord<'_>, walked: Vec<u64>) -> Stack {
+        let h = &record.header;
+        let Some(&ip) = walked.first() else { return Stack { addrs: walked, unwound: false } };
+        if h.stack_bytes == 0 {
+            return Stack { addrs: walked, unwound: false };
+        }
+        let regs = UserRegs { ip, sp: h.user_sp, fp: h.user_fp, lr: h.leaf_lr };
+        let unwound = self.unwind.unwind(pid, regs, record.stack_copy());
+        if unwound.len() < 2 {
+            return Stack { addrs: walked, unwound: false };
+        }
+        Stack { addrs: combine(unwound, &walked), unwound: true }
+    }
+
+    /// Forgets process `pid`, which is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.unwind.forget(pid);
+        self.remove(pid);
+    }
+
+    fn remove(&mut self, pid: u32) {
+        if self.copied.remove(&pid)
+            && let Some(map) = &mut self.map
+        {
+            let _ = map.remove(&pid);
+        }
+    }
+}
+
+/// A sample's user stack.
+#[derive(Debug)]
+pub struct Stack {
+    /// Addresses, leaf first.
+    pub addrs: Vec<u64>,
+    /// Whether they were unwound from the stack's copy (the leaf's caller is then known).
+    pub unwound: bool,
+}
