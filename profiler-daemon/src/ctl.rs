@@ -527,6 +527,19 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
                 sym.code_bytes_limit >> 20
             );
         }
+        if let Some(u) = s.native_unwind.as_ref().filter(|u| u.processes + u.files > 0) {
+            let _ = writeln!(
+                out,
+                "unwinding:   {} processes copy their stacks; tables of {} files mapped ({} KiB, \
+                 at most {} files); {} samples unwound, {} without a caller",
+                u.processes,
+                u.files,
+                u.table_bytes / 1024,
+                u.max_files,
+                u.unwound,
+                u.failed
+            );
+        }
         if let Some(d) = &sym.debug_files {
             let mut line = format!("debug files: {} binaries named from them", d.found);
             if d.debuginfod {

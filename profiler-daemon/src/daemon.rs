@@ -382,7 +382,7 @@ pub async fn run(
         resident: resident_targets.clone(),
         oom_kills: oom_kills.clone(),
         leaf_rules: crate::leaf::LeafRules::default(),
-        stack_copies: crate::collector::native::StackCopies::new(Some(stack_copies)),
+        stack_copies: crate::collector::native::StackCopies::new(Some(stack_copies), stats.clone()),
         huge_pages: if args.no_memory { None } else { crate::huge_pages::HugePages::new() },
     };
     let (command_tx, command_rx) = mpsc::channel(16);

@@ -287,6 +287,37 @@ pub async fn render(sources: &Sources) -> String {
             );
         }
     }
+    let unwind = &stats.unwind;
+    out.single(
+        "profilerd_native_unwind_processes",
+        Kind::Gauge,
+        "Processes whose code lacks frame pointers: their samples copy the user stack, which is \
+         unwound with the files' unwind tables.",
+        unwind.processes.load(Relaxed),
+    );
+    out.single(
+        "profilerd_native_unwind_files",
+        Kind::Gauge,
+        "Files whose unwind tables are mapped for unwinding (at most 512, least recently used \
+         out).",
+        unwind.files.load(Relaxed),
+    );
+    out.single(
+        "profilerd_native_unwind_table_bytes",
+        Kind::Gauge,
+        "Bytes of the mapped unwind tables (.eh_frame, its index and .debug_frame).",
+        unwind.table_bytes.load(Relaxed),
+    );
+    {
+        let mut family = out.family(
+            "profilerd_native_unwind_samples_total",
+            Kind::Counter,
+            "Samples with a stack copy, by whether unwinding found a caller (failed ones keep \
+             the frame-pointer walk).",
+        );
+        family.sample(&[("result", "unwound")], unwind.unwound.load(Relaxed));
+        family.sample(&[("result", "failed")], unwind.failed.load(Relaxed));
+    }
     out.single(
         "profilerd_off_cpu_scale",
         Kind::Gauge,

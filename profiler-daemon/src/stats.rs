@@ -114,9 +114,26 @@ pub struct PipelineStats {
     /// Samples that arrived after their window had closed.
     late: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
+    /// Native unwinding (see [`crate::unwind`]).
+    pub unwind: UnwindStats,
     /// When the collector last drained the ring buffer: [`monotonic_ms`] plus one, zero before
     /// the first drain. A monotonic clock, so that a wall clock step cannot fail a health check.
     last_drain: AtomicU64,
+}
+
+/// What native unwinding holds and did, for `Status` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct UnwindStats {
+    /// Processes whose samples copy their stack.
+    pub processes: AtomicU64,
+    /// Files whose unwind tables are mapped.
+    pub files: AtomicU64,
+    /// Bytes of those tables.
+    pub table_bytes: AtomicU64,
+    /// Samples unwound from their copy.
+    pub unwound: AtomicU64,
+    /// Samples with a copy from which no caller was found.
+    pub failed: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts the first time it is read.

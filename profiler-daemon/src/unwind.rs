@@ -45,7 +45,8 @@ use framehop::x86_64::{
 };
 
 /// Files whose sections stay mapped for unwinding.
-const FILES: NonZeroUsize = NonZeroUsize::new(512).unwrap();
+pub const MAX_FILES: usize = 512;
+const FILES: NonZeroUsize = NonZeroUsize::new(MAX_FILES).unwrap();
 /// Processes whose module lists are kept (a few hundred bytes per mapped file each).
 const PROCESSES: NonZeroUsize = NonZeroUsize::new(1024).unwrap();
 /// Frames unwound at most, as for the frame-pointer walk.
@@ -73,6 +74,8 @@ pub struct FileUnwind {
     /// Whether a function of the file has a frame without a frame record (see
     /// [`breaks_chain`]).
     pub breaks_chain: bool,
+    /// Bytes of its unwind tables (`.eh_frame`, its index and `.debug_frame`).
+    pub table_bytes: u64,
 }
 
 impl std::fmt::Debug for FileUnwind {
@@ -126,7 +129,12 @@ impl FileUnwind {
             text_segment_svma: None,
             text_segment: None,
         };
-        Some(FileUnwind { layout: Layout::parse(&map)?, sections, breaks_chain })
+        let table_bytes = [&sections.eh_frame, &sections.eh_frame_hdr, &sections.debug_frame]
+            .iter()
+            .filter_map(|s| s.as_ref())
+            .map(|s| s.len() as u64)
+            .sum();
+        Some(FileUnwind { layout: Layout::parse(&map)?, sections, breaks_chain, table_bytes })
     }
 }
 
@@ -212,6 +220,8 @@ pub struct NativeUnwind {
     files: LruCache<FileKey, Option<Arc<FileUnwind>>>,
     processes: LruCache<u32, ProcessModules>,
     cache: Box<NativeCache>,
+    /// Bytes of the unwind tables in `files`.
+    table_bytes: u64,
 }
 
 impl std::fmt::Debug for NativeUnwind {
@@ -230,6 +240,7 @@ impl Default for NativeUnwind {
             files: LruCache::new(FILES),
             processes: LruCache::new(PROCESSES),
             cache: Box::new(NativeCache::new()),
+            table_bytes: 0,
         }
     }
 }
@@ -237,15 +248,24 @@ impl Default for NativeUnwind {
 impl NativeUnwind {
     /// The unwind tables of `file`, which process `pid` maps.
     fn file(&mut self, pid: u32, file: &MappedFile) -> Option<Arc<FileUnwind>> {
-        let arch = self.arch;
-        self.files
-            .get_or_insert(file.key, || {
-                let path = file
-                    .held_path()
-                    .or_else(|| readable_file(pid, Path::new(&*file.module.path), file.key))?;
-                FileUnwind::read(&path, arch).map(Arc::new)
-            })
-            .clone()
+        if let Some(info) = self.files.get(&file.key) {
+            return info.clone();
+        }
+        let info = file
+            .held_path()
+            .or_else(|| readable_file(pid, Path::new(&*file.module.path), file.key))
+            .and_then(|path| FileUnwind::read(&path, self.arch))
+            .map(Arc::new);
+        self.table_bytes += info.as_ref().map_or(0, |i| i.table_bytes);
+        if let Some((_, Some(evicted))) = self.files.push(file.key, info.clone()) {
+            self.table_bytes = self.table_bytes.saturating_sub(evicted.table_bytes);
+        }
+        info
+    }
+
+    /// Files whose tables are mapped (or known to have none), and the tables' bytes.
+    pub fn files(&self) -> (usize, u64) {
+        (self.files.len(), self.table_bytes)
     }
 
     /// Brings process `pid`'s modules up to date with its mappings (`generation` counts their

@@ -108,6 +108,16 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
     assert!((share - 2.0 / 3.0).abs() < 0.05, "dispatch_even's share {share:.3}:\n{}", dump());
     // Above main, the C library's start-up (itself without frame pointers).
     assert!(samples_with(&folded, "__libc_start_call_main;main") > leaf / 2, "{}", dump());
+    // Status says what unwinding holds and did.
+    let status = daemon.ctl_ok(&["status"]);
+    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
+    let unwound: u64 = line
+        .split("; ")
+        .find(|part| part.contains(" samples unwound"))
+        .and_then(|part| part.split(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(unwound >= even + odd, "{status}");
+    assert!(line.contains("at most 512 files"), "{status}");
     assert!(daemon.stop());
 }
 

@@ -2,7 +2,10 @@
 //! processes the kernel copies the stack of, and the unwinding of those copies (see
 //! [`crate::unwind`]).
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
 
 use aya::maps::{HashMap, MapData};
 use profiler_common::sample::{STACK_COPY_MAX, SampleRecord};
@@ -10,6 +13,7 @@ use tracing::debug;
 
 use crate::{
     process::ProcessInfo,
+    stats::PipelineStats,
     unwind::{NativeUnwind, UserRegs, combine},
 };
 
@@ -19,12 +23,14 @@ pub struct StackCopies {
     unwind: NativeUnwind,
     map: Option<HashMap<MapData, u32, u32>>,
     copied: HashSet<u32>,
+    stats: Arc<PipelineStats>,
 }
 
 impl StackCopies {
-    /// Keeps the kernel's table `map` of the processes whose stacks it copies.
-    pub fn new(map: Option<HashMap<MapData, u32, u32>>) -> StackCopies {
-        StackCopies { map, ..StackCopies::default() }
+    /// Keeps the kernel's table `map` of the processes whose stacks it copies, and counts in
+    /// `stats`.
+    pub fn new(map: Option<HashMap<MapData, u32, u32>>, stats: Arc<PipelineStats>) -> StackCopies {
+        StackCopies { map, stats, ..StackCopies::default() }
     }
 
     /// Processes whose samples carry a copy of the stack.
@@ -42,11 +48,15 @@ impl StackCopies {
     pub fn update(&mut self, process: &ProcessInfo) {
         let pid = process.pid;
         let breaks = self.unwind.update(pid, process.maps_generation(), process.file_mappings());
+        let (files, bytes) = self.unwind.files();
+        self.stats.unwind.files.store(files as u64, Relaxed);
+        self.stats.unwind.table_bytes.store(bytes, Relaxed);
         if breaks == self.copied.contains(&pid) {
             return;
         }
         if breaks {
             self.copied.insert(pid);
+            self.stats.unwind.processes.store(self.copied.len() as u64, Relaxed);
             if let Some(map) = &mut self.map
                 && let Err(e) = map.insert(pid, STACK_COPY_MAX as u32, 0)
             {
@@ -68,8 +78,10 @@ impl StackCopies {
         let regs = UserRegs { ip, sp: h.user_sp, fp: h.user_fp, lr: h.leaf_lr };
         let unwound = self.unwind.unwind(pid, regs, record.stack_copy());
         if unwound.len() < 2 {
+            self.stats.unwind.failed.fetch_add(1, Relaxed);
             return Stack { addrs: walked, unwound: false };
         }
+        self.stats.unwind.unwound.fetch_add(1, Relaxed);
         Stack { addrs: combine(unwound, &walked), unwound: true }
     }
 
@@ -80,9 +92,11 @@ impl StackCopies {
     }
 
     fn remove(&mut self, pid: u32) {
-        if self.copied.remove(&pid)
-            && let Some(map) = &mut self.map
-        {
+        if !self.copied.remove(&pid) {
+            return;
+        }
+        self.stats.unwind.processes.store(self.copied.len() as u64, Relaxed);
+        if let Some(map) = &mut self.map {
             let _ = map.remove(&pid);
         }
     }
