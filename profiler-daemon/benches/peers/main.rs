@@ -5,7 +5,8 @@
 //! make bench                      # the full run (about 25 minutes), rewrites BENCHMARKS.md
 //! make bench-smoke                # a few seconds per case; checks that the harness works
 //! cargo bench -p profiler-daemon --bench peers -- [--smoke] [--rounds N] [--out FILE]
-//! cargo bench -p profiler-daemon --bench peers -- --only off-cpu|churn|memory|store [--smoke]
+//! cargo bench -p profiler-daemon --bench peers -- --only SECTION [--smoke]
+//!                                 # SECTION: off-cpu, churn, memory, store or unwind
 //! ```
 //!
 //! Every ratio compares runs of the same round; rounds alternate the order of the settings,
@@ -22,6 +23,7 @@ mod memory;
 mod off_cpu;
 mod profilers;
 mod report;
+mod unwind;
 mod watchdog;
 mod workloads;
 
@@ -96,12 +98,12 @@ impl Options {
             match arg.as_str() {
                 "--smoke" => options.smoke = true,
                 "--only" => match args.next().as_deref() {
-                    Some(section @ ("off-cpu" | "churn" | "memory" | "store")) => {
+                    Some(section @ ("off-cpu" | "churn" | "memory" | "store" | "unwind")) => {
                         options.only = Some(section.to_owned());
                     }
                     other => {
                         return Err(format!(
-                            "--only takes off-cpu, churn, memory or store, not {other:?}"
+                            "--only takes off-cpu, churn, memory, store or unwind, not {other:?}"
                         ));
                     }
                 },
@@ -121,7 +123,7 @@ impl Options {
                 "--bench" => {}
                 other => {
                     return Err(format!(
-                        "unknown argument {other:?}; use --smoke, --rounds N, --out FILE, --only off-cpu|churn|memory|store"
+                        "unknown argument {other:?}; use --smoke, --rounds N, --out FILE, --only off-cpu|churn|memory|store|unwind"
                     ));
                 }
             }
@@ -230,6 +232,11 @@ fn run() -> Result<(), String> {
                 print!("\n{}", report::tools_table(&rows));
             }
         }
+        Some("unwind") => {
+            let perf = Tools::find().perf;
+            let cost = unwind::cost(&work, perf.as_deref(), options.seconds(6.0, 2.0))?;
+            print!("{}", report::unwind_table(&cost));
+        }
         Some("store") => {
             let (_, export) = query_latency(&options, &work)?;
             print!("{}", report::export_table(&export));
@@ -263,6 +270,8 @@ fn run() -> Result<(), String> {
     results.trials = overhead(&options, &programs, &tools, &work)?;
     watchdog::step(0, "kernel cost per sample");
     results.kernel = kernel_cost(&options, &programs, &work)?;
+    watchdog::step(0, "native unwinding");
+    results.unwind = Some(unwind::cost(&work, tools.perf.as_deref(), options.seconds(6.0, 2.0))?);
     watchdog::step(0, "off-CPU cost per context switch");
     results.off_cpu = off_cpu::cost(&programs, options.seconds(8.0, 2.0))?;
     watchdog::step(0, "page-fault cost");
