@@ -99,6 +99,12 @@ pub struct PyProcess {
     /// Address of the GIL's `int enabled` in a free-threaded build, where the GIL exists only
     /// while it is not 0; 0 in a build with a GIL.
     pub gil_enabled: u64,
+    /// Where the interpreter's code is mapped (`text_start..text_end`, the executable or
+    /// libpython), 0 to 0 when unknown. A sample whose instruction is there copies no stack:
+    /// the Python frames replace the interpreter's native ones.
+    pub text_start: u64,
+    /// See `text_start`.
+    pub text_end: u64,
 }
 
 /// One recorded Python frame.
@@ -169,5 +175,5 @@ unsafe impl aya::Pod for PyProcess {}
 unsafe impl aya::Pod for CallKey {}
 
 const _: () = assert!(core::mem::size_of::<PyOffsets>() == 56);
-const _: () = assert!(core::mem::size_of::<PyProcess>() == 112);
+const _: () = assert!(core::mem::size_of::<PyProcess>() == 128);
 const _: () = assert!(core::mem::size_of::<CallKey>() == 16);

@@ -645,3 +645,52 @@ fn a_subinterpreter_does_not_hide_the_main_interpreters_threads() {
         );
     }
 }
+
+/// The `unwinding:` line's count of samples unwound from a stack copy (host-wide).
+fn samples_unwound(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
+    line.split("; ")
+        .find(|part| part.contains(" samples unwound"))
+        .and_then(|part| part.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn samples_in_the_interpreters_own_code_copy_no_stack() {
+    if !require_bpf("samples_in_the_interpreters_own_code_copy_no_stack") {
+        return;
+    }
+    let dir = scratch("python_no_copy");
+    let daemon = Daemon::start(&dir, &["--frequency", "999"]);
+    // Debian's interpreter has no frame pointers, so its process is one whose stacks are
+    // copied; a pure-Python loop spends nearly all its samples in the interpreter itself.
+    let python = interpreters().into_iter().find(|p| p.supported()).expect("an interpreter");
+    let before = samples_unwound(&daemon.ctl_ok(&["status"]));
+    let mut child = python.command().arg(python.workload(WORKLOAD)).args(["hot", "2"]).spawn();
+    let child = child.as_mut().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success(), "{}", python.name());
+    std::thread::sleep(Duration::from_millis(1200));
+    // Host-wide, but the daemon does not copy its own stacks, and nothing else here is busy.
+    let status = daemon.ctl_ok(&["status"]);
+    let unwound = samples_unwound(&status) - before;
+    let folded = parse_folded(
+        &daemon.ctl_ok(&["query", "--format", "folded", "--pid", &pid, "--since", "5m"]),
+    );
+    let samples = total(&folded);
+    assert!(samples > 1000, "{}: {samples} samples\n{}", python.name(), dump(&folded));
+    // Without the interpreter's range every one of its samples was copied and unwound.
+    assert!(
+        unwound * 4 < samples,
+        "{}: {unwound} samples unwound host-wide for the process's {samples}\n{status}",
+        python.name()
+    );
+    // Its Python stacks are whole all the same.
+    let hot = matching(&folded, |s| s.contains("hot_outer ("));
+    assert!(
+        hot * 2 > samples,
+        "{}: {hot} of {samples} in hot_outer\n{}",
+        python.name(),
+        dump(&folded)
+    );
+}

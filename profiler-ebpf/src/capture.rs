@@ -151,8 +151,10 @@ pub(crate) fn capture(
         Stacks::Sampled(ctx) => arch::user_ip_and_fp(ctx),
         Stacks::Current => None,
     };
+    let mut user_ip = 0;
     let user_len = match user_regs {
         Some((ip, fp)) => {
+            user_ip = ip;
             // The words a function without a frame record keeps its return address in.
             if let Stacks::Sampled(ctx) = stacks {
                 let (sp, lr) = arch::user_sp_and_lr(ctx);
@@ -193,6 +195,11 @@ pub(crate) fn capture(
     };
     let py_at = (user_at + user_len as usize) & 0xff;
     let thread = python::thread((header.tgid, tid), (start_ns, exec_id));
+    // A sample in a Python interpreter's own code copies no stack: the Python frames replace
+    // its native ones.
+    let in_interpreter = thread.as_ref().is_some_and(|t| {
+        user_ip >= t.process.text_start && user_ip < t.process.text_end
+    });
     let py_len = thread.as_ref().map_or(0, |t| python::walk(ips, py_at, t, &mut flags));
     // Verifier: as for the user stack, the count goes through map memory, so that what follows
     // (the GIL's reads among it) is checked once rather than once per way out of the walk.
@@ -228,7 +235,7 @@ pub(crate) fn capture(
     // Verifier: bound the size by the scratch value's size.
     let frames = (py_at + 2 * py_len as usize) & (DATA_WORDS - 1);
     // The stack's copy follows the frames, for processes whose code lacks frame pointers.
-    let stack_bytes = if header.user_sp != 0 {
+    let stack_bytes = if header.user_sp != 0 && !in_interpreter {
         let want = stack_copy::wanted(header.tgid);
         if want == 0 {
             0

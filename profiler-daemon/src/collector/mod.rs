@@ -342,7 +342,14 @@ impl Collector {
                 }
                 Detection::Python(p) => {
                     if let Some(map) = &mut self.py_procs {
-                        let entry = p.kernel_entry(identity.start_ns, identity.exec_id);
+                        let mut entry = p.kernel_entry(identity.start_ns, identity.exec_id);
+                        // Samples in the interpreter's own code copy no stack.
+                        let text = process
+                            .file_mappings()
+                            .filter(|m| m.file.key == p.interpreter_file)
+                            .map(|m| (m.start, m.end))
+                            .reduce(|(s0, e0), (s1, e1)| (s0.min(s1), e0.max(e1)));
+                        (entry.text_start, entry.text_end) = text.unwrap_or_default();
                         if let Err(e) = map.insert(pid, entry, 0) {
                             warn!(pid, error = %e, "registering a Python process failed");
                         }

@@ -44,9 +44,14 @@ impl StackCopies {
     }
 
     /// Brings `process`'s modules up to date, and its entry in the kernel's table: present
-    /// while its code breaks the frame-pointer chain.
+    /// while its code breaks the frame-pointer chain (never for the daemon itself).
     pub fn update(&mut self, process: &ProcessInfo) {
         let pid = process.pid;
+        // The daemon's own samples are walked by frame pointers only: copying and unwinding
+        // them would add to the work they sample, for every sample of that work.
+        if pid == std::process::id() {
+            return;
+        }
         let breaks = self.unwind.update(pid, process.maps_generation(), process.file_mappings());
         let (files, bytes) = self.unwind.files();
         self.stats.unwind.files.store(files as u64, Relaxed);

@@ -91,6 +91,8 @@ impl PythonProcess {
             gil_holder: gil.map_or(0, gil::Gil::last_holder),
             gil_cond: gil.map_or(0, gil::Gil::cond),
             gil_enabled: gil.and_then(gil::Gil::enabled).unwrap_or(0),
+            text_start: 0,
+            text_end: 0,
         }
     }
 
