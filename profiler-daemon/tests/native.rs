@@ -122,6 +122,35 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
 }
 
 #[test]
+fn off_cpu_stacks_of_code_without_frame_pointers_are_unwound() {
+    if !require_bpf("off_cpu_stacks_of_code_without_frame_pointers_are_unwound") {
+        return;
+    }
+    let dir = scratch("native_unwind_sleep");
+    let program = build_c_with("unwind", &dir, &["-O2", "-g", "-fomit-frame-pointer"]);
+    let daemon = Daemon::start(&dir, &["--frequency", "99"]);
+    let mut child = Command::new(&program).args(["sleep", "4"]).spawn().unwrap();
+    let pid = child.id().to_string();
+    assert!(child.wait().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1500));
+    let folded = parse_folded(
+        &daemon.ctl_ok(&["query", "--mode", "off-cpu", "--format", "folded", "--pid", &pid]),
+    );
+    let dump = || folded.iter().take(20).map(|(s, c)| format!("{s} {c}\n")).collect::<String>();
+    // Blocked in the C library's sleep, which the kernel's frame-pointer walk cannot leave:
+    // its callers come from the stack's copy, read at the switch with the registers the thread
+    // entered the kernel with.
+    let asleep: u64 = folded.iter().filter(|(s, _)| s.contains("sleep")).map(|(_, v)| v).sum();
+    let long = samples_with(&folded, "main;nap_long");
+    let short = samples_with(&folded, "main;nap_short");
+    assert!(asleep > 0, "no off-CPU time in a sleep:\n{}", dump());
+    assert!(long + short >= asleep * 9 / 10, "{long} + {short} of {asleep} chained:\n{}", dump());
+    let share = long as f64 / (long + short) as f64;
+    assert!((share - 2.0 / 3.0).abs() < 0.1, "nap_long's share {share:.3}:\n{}", dump());
+    assert!(daemon.stop());
+}
+
+#[test]
 fn kernel_frames_of_a_syscall_heavy_loop() {
     if !require_bpf("kernel_frames_of_a_syscall_heavy_loop") {
         return;

@@ -144,6 +144,30 @@ pub const SYS_FUTEX: u64 = 202;
 #[cfg(bpf_target_arch = "aarch64")]
 pub const SYS_FUTEX: u64 = 98;
 
+/// The stack pointer, frame pointer and link register (0 on x86_64) among a task's saved user
+/// registers at `regs` (a `struct pt_regs` from `bpf_task_pt_regs`): `bp` at byte 32 and `sp`
+/// at 152. `None` when a read fails.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+#[inline(always)]
+pub fn saved_sp_fp_lr(regs: u64) -> Option<(u64, u64, u64)> {
+    use aya_ebpf::helpers::bpf_probe_read_kernel;
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    let fp = unsafe { bpf_probe_read_kernel((regs + 32) as *const u64) }.ok()?;
+    // SAFETY: as above.
+    let sp = unsafe { bpf_probe_read_kernel((regs + 152) as *const u64) }.ok()?;
+    Some((sp, fp, 0))
+}
+
+/// As on x86_64: `x29` and `x30` at bytes 232 and 240, `sp` right after them.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn saved_sp_fp_lr(regs: u64) -> Option<(u64, u64, u64)> {
+    use aya_ebpf::helpers::bpf_probe_read_kernel;
+    // SAFETY: bpf_probe_read_kernel fails instead of faulting.
+    let [fp, lr, sp] = unsafe { bpf_probe_read_kernel((regs + 232) as *const [u64; 3]) }.ok()?;
+    Some((sp, fp, lr))
+}
+
 /// The system call a task is in, from its saved user registers at `regs` (a `struct pt_regs`
 /// from `bpf_task_pt_regs`): its number, first and second argument. `None` when a read fails.
 ///

@@ -190,7 +190,17 @@ pub(crate) fn capture(
                     BPF_F_USER_STACK.into(),
                 )
             };
-            stack_len(user, &mut flags, FLAG_USER_ERROR, FLAG_USER_TRUNCATED)
+            let len = stack_len(user, &mut flags, FLAG_USER_ERROR, FLAG_USER_TRUNCATED);
+            // The registers the thread left user code with, for the stack's copy.
+            if len > 0
+                && let Some((sp, fp, lr)) = gil::saved_user_regs().and_then(arch::saved_sp_fp_lr)
+            {
+                user_ip = ips[user_at];
+                header.user_sp = sp;
+                header.user_fp = fp;
+                header.leaf_lr = lr;
+            }
+            len
         }
     };
     let py_at = (user_at + user_len as usize) & 0xff;

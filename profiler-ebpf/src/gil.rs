@@ -21,6 +21,19 @@ use crate::arch;
 #[unsafe(no_mangle)]
 static TASK_PT_REGS: u32 = 0;
 
+/// The current task's saved user registers (`struct pt_regs`), when the kernel has the helpers
+/// that find them (see [`TASK_PT_REGS`]).
+#[inline(always)]
+pub fn saved_user_regs() -> Option<u64> {
+    // SAFETY: a read of a global the loader may rewrite before load; volatile keeps the
+    // compiler from folding in the default.
+    if unsafe { core::ptr::read_volatile(&TASK_PT_REGS) } == 0 {
+        return None;
+    }
+    // SAFETY: helpers whose only argument is the task pointer the first returns.
+    Some(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64)
+}
+
 /// `FUTEX_WAIT` and `FUTEX_WAIT_BITSET`, the operations a condition variable waits with (its
 /// timed wait uses the latter), without the private and clock flags.
 const FUTEX_WAIT: u64 = 0;
@@ -68,13 +81,11 @@ fn read_u32(addr: u64) -> Option<u32> {
 fn waits_on(cond: u64) -> bool {
     // SAFETY: a read of a global the loader may rewrite before load; volatile keeps the
     // compiler from folding in the default.
-    if cond == 0 || unsafe { core::ptr::read_volatile(&TASK_PT_REGS) } == 0 {
+    if cond == 0 {
         return false;
     }
-    // SAFETY: helpers whose only argument is the task pointer the first returns; the
-    // registers are read through bpf_probe_read_kernel, which fails instead of faulting.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let Some((nr, uaddr, op)) = arch::syscall(regs) else {
+    // The registers are read through bpf_probe_read_kernel, which fails instead of faulting.
+    let Some((nr, uaddr, op)) = saved_user_regs().and_then(arch::syscall) else {
         return false;
     };
     let op = op & !FUTEX_FLAGS;
