@@ -384,6 +384,7 @@ pub async fn run(
         leaf_rules: crate::leaf::LeafRules::default(),
         stack_copies: crate::collector::native::StackCopies::new(Some(stack_copies), stats.clone()),
         huge_pages: if args.no_memory { None } else { crate::huge_pages::HugePages::new() },
+        unmapped_faults: Default::default(),
     };
     let (command_tx, command_rx) = mpsc::channel(16);
     let collector_thread = spawn_collector(collector, inbox, counters, command_rx)?;

@@ -113,14 +113,27 @@ impl HugePages {
         addr: u64,
         period_bytes: u64,
     ) -> u64 {
+        self.fault_bytes_if_mapped(pid, identity, addr, period_bytes).unwrap_or(period_bytes)
+    }
+
+    /// As [`HugePages::fault_bytes`], or `None` while nothing maps `addr` yet: the sample is
+    /// taken as the fault begins, and the fault may still be allocating (and zeroing) its huge
+    /// page when the sample is read.
+    pub fn fault_bytes_if_mapped(
+        &mut self,
+        pid: u32,
+        identity: Identity,
+        addr: u64,
+        period_bytes: u64,
+    ) -> Option<u64> {
         if self.support == Support::No || addr == 0 || self.huge_bytes <= self.page_bytes {
-            return period_bytes;
+            return Some(period_bytes);
         }
-        if !self.is_huge(pid, identity, addr) {
-            return period_bytes;
+        if !self.is_huge(pid, identity, addr)? {
+            return Some(period_bytes);
         }
         self.huge_faults += 1;
-        (period_bytes / self.page_bytes).saturating_mul(self.huge_bytes)
+        Some((period_bytes / self.page_bytes).saturating_mul(self.huge_bytes))
     }
 
     /// Sampled faults found to have mapped a huge page, since the start.
@@ -129,7 +142,8 @@ impl HugePages {
         self.huge_faults
     }
 
-    fn is_huge(&mut self, pid: u32, identity: Identity, addr: u64) -> bool {
+    /// Whether a huge page maps `addr`; `None` when nothing maps it yet.
+    fn is_huge(&mut self, pid: u32, identity: Identity, addr: u64) -> Option<bool> {
         if self.pagemaps.get(&pid).is_none_or(|(known, _)| *known != identity) {
             if self.pagemaps.len() >= MAX_OPEN {
                 self.pagemaps.clear();
@@ -137,12 +151,12 @@ impl HugePages {
             let file = File::open(format!("/proc/{pid}/pagemap")).ok();
             self.pagemaps.insert(pid, (identity, file));
         }
-        let Some((_, Some(file))) = self.pagemaps.get(&pid) else { return false };
+        let Some((_, Some(file))) = self.pagemaps.get(&pid) else { return Some(false) };
         let start = addr & !(self.page_bytes - 1);
         match scan(file, start, start + self.page_bytes) {
-            Ok(huge) => {
+            Ok(mapped) => {
                 self.support = Support::Yes;
-                huge
+                mapped
             }
             Err(e) => {
                 let unsupported = matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL));
@@ -156,15 +170,15 @@ impl HugePages {
                 }
                 // The process is gone, or its memory no longer answers.
                 self.pagemaps.remove(&pid);
-                false
+                Some(false)
             }
         }
     }
 }
 
-/// Whether a present huge page other than the huge zero page maps `[start, end)` of the
-/// process whose pagemap `file` is.
-fn scan(file: &File, start: u64, end: u64) -> std::io::Result<bool> {
+/// Whether a huge page maps `[start, end)` of the process whose pagemap `file` is, when a
+/// present page other than the (huge) zero page maps it; `None` when none does.
+fn scan(file: &File, start: u64, end: u64) -> std::io::Result<Option<bool>> {
     let mut found = [PageRegion::default()];
     let mut arg = ScanArg {
         size: size_of::<ScanArg>() as u64,
@@ -172,8 +186,8 @@ fn scan(file: &File, start: u64, end: u64) -> std::io::Result<bool> {
         end,
         vec: found.as_mut_ptr() as u64,
         vec_len: found.len() as u64,
-        // Every one of these must match, the zero page inverted: present, huge, not zero.
-        category_mask: PAGE_IS_PRESENT | PAGE_IS_HUGE | PAGE_IS_PFNZERO,
+        // Every one of these must match, the zero page inverted: present, not zero.
+        category_mask: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
         category_inverted: PAGE_IS_PFNZERO,
         return_mask: PAGE_IS_HUGE,
         ..ScanArg::default()
@@ -184,7 +198,7 @@ fn scan(file: &File, start: u64, end: u64) -> std::io::Result<bool> {
     if matched < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(matched > 0 && found[0].categories & PAGE_IS_HUGE != 0)
+    Ok((matched > 0).then(|| found[0].categories & PAGE_IS_HUGE != 0))
 }
 
 #[cfg(test)]

@@ -305,7 +305,8 @@ pub async fn render(sources: &Sources) -> String {
     out.single(
         "profilerd_native_unwind_table_bytes",
         Kind::Gauge,
-        "Bytes of the mapped unwind tables (.eh_frame, its index and .debug_frame).",
+        "Bytes of the mapped unwind tables (each file's .eh_frame and its index, and its DWARF \
+         call frame information when it has some).",
         unwind.table_bytes.load(Relaxed),
     );
     {

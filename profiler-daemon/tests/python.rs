@@ -176,12 +176,16 @@ fn python_functions_chains_and_the_hot_line() {
             line_containing("        hot_outer(deadline)")
         );
         let in_chain = matching(&folded, |s| s.contains(&chain) && s.contains(";spin_until ("));
+        // The loop's samples, whatever is below them; the others are the interpreter's start
+        // (its imports), whose share grows on a loaded machine.
+        let looping = matching(&folded, |s| s.contains("spin_until ("));
         let on_hot_line = matching(&folded, |s| s.ends_with(&format!("hot_inner ({file}:{hot})")));
-        eprintln!("{}: {in_chain} of {all} samples under the chain", python.name());
+        eprintln!("{}: {in_chain} of {looping} loop samples under the chain", python.name());
         assert!(all > 300, "{}: {all} samples\n{}", python.name(), dump(&folded));
+        assert!(looping * 10 > all * 7, "{}: {looping} of {all} in the loop", python.name());
         assert!(
-            in_chain * 10 > all * 9,
-            "{}: {in_chain} of {all} under {chain}\n{}",
+            in_chain * 100 > looping * 95,
+            "{}: {in_chain} of {looping} loop samples under {chain}\n{}",
             python.name(),
             dump(&folded)
         );

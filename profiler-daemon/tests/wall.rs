@@ -176,9 +176,10 @@ fn a_sleeping_native_program_shows_its_kernel_frames_off_the_cpu() {
     let asleep: f64 = folded
         .iter()
         .filter(|(s, _)| {
-            // libc's clock_nanosleep keeps no frame pointer, so its caller sleep_loop is
-            // skipped by the frame-pointer walk; main is found.
-            s.contains(";main;clock_nanosleep;")
+            // libc's functions keep no frame pointer: the frame-pointer walk skipped
+            // sleep_loop and nanosleep (`main;clock_nanosleep`); the stack's copy, unwound,
+            // has them all.
+            s.contains(";main;sleep_loop;nanosleep;clock_nanosleep;")
                 && s.contains("do_nanosleep")
                 && s.ends_with(";__schedule;[off-CPU: sleep]")
         })

@@ -79,8 +79,6 @@ fn read_u32(addr: u64) -> Option<u32> {
 /// `cond`.
 #[inline(always)]
 fn waits_on(cond: u64) -> bool {
-    // SAFETY: a read of a global the loader may rewrite before load; volatile keeps the
-    // compiler from folding in the default.
     if cond == 0 {
         return false;
     }

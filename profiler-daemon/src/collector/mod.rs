@@ -60,6 +60,22 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Forgotten pids kept for the symbolizer while its queue is full; beyond it, the code cache's
 /// own bounds drop what they leave.
 const MAX_FORGET_PENDING: usize = 65_536;
+/// Memory samples held back while their fault's page is not mapped yet, at most.
+const MAX_UNMAPPED_FAULTS: usize = 4096;
+/// How long after its sample was read such a fault is weighed again.
+const UNMAPPED_FAULT_RETRY: Duration = Duration::from_millis(20);
+/// How long it is held back at most.
+const UNMAPPED_FAULT_WAIT: Duration = Duration::from_millis(500);
+
+/// A memory sample whose fault had not mapped its page yet when it was read.
+#[derive(Debug)]
+pub struct UnmappedFault {
+    seen: Instant,
+    pid: u32,
+    identity: Identity,
+    addr: u64,
+}
+
 /// How long a call-count request waits for its process's inspection.
 const CALLS_WAIT: Duration = Duration::from_secs(5);
 
@@ -106,6 +122,8 @@ pub struct Collector {
     pub stack_copies: native::StackCopies,
     /// Tells the faults that mapped a huge page (absent without transparent huge pages).
     pub huge_pages: Option<crate::huge_pages::HugePages>,
+    /// Memory samples whose fault had not mapped its page yet, oldest first.
+    pub unmapped_faults: std::collections::VecDeque<(UnmappedFault, RawStack)>,
 }
 
 /// A request to the collector.
@@ -202,10 +220,17 @@ impl Collector {
             _ => None,
         };
         let labels = process.labels(h.tid, h.comm_bytes(), self.by_thread);
+        // A fault whose page is not mapped yet is weighed again a little later.
+        let mut unmapped_fault = false;
         let value = match h.kind {
             RECORD_CPU => self.cpu_period_ns,
             RECORD_MEMORY => match &mut self.huge_pages {
-                Some(huge) => huge.fault_bytes(pid, identity, h.addr, h.weight),
+                Some(huge) => huge
+                    .fault_bytes_if_mapped(pid, identity, h.addr, h.weight)
+                    .unwrap_or_else(|| {
+                        unmapped_fault = true;
+                        h.weight
+                    }),
                 None => h.weight,
             },
             _ => 0,
@@ -236,7 +261,36 @@ impl Collector {
                 state: h.state,
             }),
         };
+        if unmapped_fault && self.unmapped_faults.len() < MAX_UNMAPPED_FAULTS {
+            let fault = UnmappedFault { seen: Instant::now(), pid, identity, addr: h.addr };
+            self.unmapped_faults.push_back((fault, raw));
+            return;
+        }
         self.send(Work::Stack(pid, raw));
+    }
+
+    /// Weighs again the faults whose page was not mapped when their sample was read, once
+    /// [`UNMAPPED_FAULT_RETRY`] has passed, and sends them on; after [`UNMAPPED_FAULT_WAIT`]
+    /// (or at the end, `all`) one still unmapped counts as the pages of its period.
+    fn weigh_unmapped_faults(&mut self, all: bool) {
+        while let Some((fault, _)) = self.unmapped_faults.front() {
+            let age = fault.seen.elapsed();
+            if !all && age < UNMAPPED_FAULT_RETRY {
+                break;
+            }
+            let Some((fault, mut raw)) = self.unmapped_faults.pop_front() else { break };
+            if let Some(huge) = &mut self.huge_pages {
+                match huge.fault_bytes_if_mapped(fault.pid, fault.identity, fault.addr, raw.value) {
+                    Some(bytes) => raw.value = bytes,
+                    None if !all && age < UNMAPPED_FAULT_WAIT => {
+                        self.unmapped_faults.push_front((fault, raw));
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            self.send(Work::Stack(fault.pid, raw));
+        }
     }
 
     /// Puts back the caller that the frame-pointer walk skips when the sampled function has
@@ -535,6 +589,7 @@ impl Collector {
                 }
                 Input::Answers => {}
             }
+            self.weigh_unmapped_faults(false);
             if counted_at.elapsed() >= COUNTERS_INTERVAL {
                 let elapsed = counted_at.elapsed();
                 counted_at = Instant::now();
@@ -565,6 +620,7 @@ impl Collector {
                 self.forget_code(&mut forgotten);
             }
         }
+        self.weigh_unmapped_faults(true);
         if let Ok(totals) = counters.read() {
             self.stats.set_kernel_counters(&totals);
         }
@@ -602,6 +658,7 @@ mod tests {
             leaf_rules: crate::leaf::LeafRules::default(),
             stack_copies: native::StackCopies::default(),
             huge_pages: None,
+            unmapped_faults: Default::default(),
         };
         (collector, rx)
     }

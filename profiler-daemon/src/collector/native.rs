@@ -33,16 +33,6 @@ impl StackCopies {
         StackCopies { map, stats, ..StackCopies::default() }
     }
 
-    /// Processes whose samples carry a copy of the stack.
-    pub fn len(&self) -> usize {
-        self.copied.len()
-    }
-
-    /// Whether no process's stack is copied.
-    pub fn is_empty(&self) -> bool {
-        self.copied.is_empty()
-    }
-
     /// Brings `process`'s modules up to date, and its entry in the kernel's table: present
     /// while its code breaks the frame-pointer chain (never for the daemon itself).
     pub fn update(&mut self, process: &ProcessInfo) {
