@@ -507,16 +507,22 @@ fn windows_a_receiver_refuses_as_invalid_are_skipped_and_counted() {
     let receiver = Receiver::start(&dir, "received", 0, &["--fail", "INVALID_ARGUMENT"]);
     let daemon = Daemon::start(&dir, &["--window", "1s", "--export-otlp", &receiver.url()]);
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Windows that closed together (the first ones, on a loaded machine) are refused together,
+    // so the count can pass 3 between two readings.
+    let refused = |line: &str| -> u64 {
+        let after = line.split("refused: ").nth(1).unwrap_or_default();
+        after.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    };
     let line = loop {
         let status = daemon.ctl_ok(&["status"]);
         let line = status.lines().find(|l| l.starts_with("export:")).unwrap().to_owned();
-        if line.contains("refused: 3 windows") || Instant::now() > deadline {
+        if refused(&line) >= 3 || Instant::now() > deadline {
             break line;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     // Each refused window is given up on at once (not retried), named, and the next one sent.
-    assert!(line.contains("refused: 3 windows"), "{line}");
+    assert!(refused(&line) >= 3, "{line}");
     assert!(line.contains("refused the profiles as invalid"), "{line}");
     assert!(daemon.ctl(&["query", "--since", "5s"]).status.success());
 }
