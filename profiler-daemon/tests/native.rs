@@ -4,7 +4,10 @@ mod support;
 
 use std::{process::Command, time::Duration};
 
-use support::{Daemon, build_c, build_c_with, parse_folded, require_bpf, samples_with, scratch};
+use support::{
+    Daemon, build_c, build_c_with, parse_folded, require_bpf, samples_unwound, samples_with,
+    scratch,
+};
 
 #[test]
 fn cpu_shares_and_call_chain_of_a_native_program() {
@@ -110,14 +113,8 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
     assert!(samples_with(&folded, "__libc_start_call_main;main") > leaf / 2, "{}", dump());
     // Status says what unwinding holds and did.
     let status = daemon.ctl_ok(&["status"]);
-    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
-    let unwound: u64 = line
-        .split("; ")
-        .find(|part| part.contains(" samples unwound"))
-        .and_then(|part| part.split(' ').next()?.parse().ok())
-        .unwrap_or(0);
-    assert!(unwound >= even + odd, "{status}");
-    assert!(line.contains("at most 512 files"), "{status}");
+    assert!(samples_unwound(&status) >= even + odd, "{status}");
+    assert!(status.contains("at most 512 files"), "{status}");
     assert!(daemon.stop());
 }
 

@@ -12,7 +12,7 @@ use std::{
 };
 
 use pythons::{Interpreter, interpreters, one_per_version};
-use support::{Daemon, parse_folded, require_bpf, scratch};
+use support::{Daemon, parse_folded, require_bpf, samples_unwound, scratch};
 
 const WORKLOAD: &str = "workload.py";
 
@@ -648,15 +648,6 @@ fn a_subinterpreter_does_not_hide_the_main_interpreters_threads() {
             dump(&folded)
         );
     }
-}
-
-/// The `unwinding:` line's count of samples unwound from a stack copy (host-wide).
-fn samples_unwound(status: &str) -> u64 {
-    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
-    line.split("; ")
-        .find(|part| part.contains(" samples unwound"))
-        .and_then(|part| part.split(' ').next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

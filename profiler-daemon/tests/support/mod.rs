@@ -198,6 +198,16 @@ pub fn parse_folded(text: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The samples unwound from a stack copy, host-wide, that `profctl status` counts on its
+/// `unwinding:` line (0 without one).
+pub fn samples_unwound(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
+    line.split("; ")
+        .find(|part| part.contains(" samples unwound"))
+        .and_then(|part| part.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Samples whose stack contains `needle` as a whole frame sequence.
 pub fn samples_with(folded: &[(String, u64)], needle: &str) -> u64 {
     folded
