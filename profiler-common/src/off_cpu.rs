@@ -113,31 +113,53 @@ pub struct Decision {
     pub weight: u64,
 }
 
-/// The capture probability of a switch-out of a thread whose mean time between switch-outs is
-/// `since_ns`, with `interval_ns` the interval `T` and `scale` the daemon's reduction
-/// ([`SCALE_ONE`] = none; larger values count as one). Below `T / 4096` the mean counts as
-/// `T / 4096`, so that no switch has a probability of 0 unless the scale is 0.
-///
-/// Integer arithmetic only, without overflow for any input: the kernel program calls this on
-/// every switch.
+/// `2^48 / interval_ns`, rounded up: the program multiplies by it rather than divide by the
+/// interval at every switch (a 64-bit division costs tens of cycles). 0 for an interval of 0.
 #[inline(always)]
-pub const fn decide(since_ns: u64, interval_ns: u64, scale: u32) -> Decision {
+pub const fn reciprocal(interval_ns: u64) -> u64 {
+    if interval_ns == 0 { 0 } else { (1u64 << 48).div_ceil(interval_ns) }
+}
+
+/// The capture probability, in 1/65536, of a switch-out of a thread whose mean time between
+/// switch-outs is `since_ns`, with `interval_ns` the interval `T`, `reciprocal` its
+/// [`reciprocal`], and `scale` the daemon's reduction ([`SCALE_ONE`] = none; larger values
+/// count as one). Below `T / 4096` the mean counts as `T / 4096`, so that no switch has a
+/// probability of 0 unless the scale is 0.
+///
+/// Multiplications and shifts only, without overflow for any input: the kernel program calls
+/// this on every switch. `since_ns < interval_ns` keeps the product below `2^48 + interval_ns`.
+#[inline(always)]
+pub const fn probability(since_ns: u64, interval_ns: u64, reciprocal: u64, scale: u32) -> u64 {
     let one = WEIGHT_ONE;
-    // The time share, in 1/65536: `since_ns < interval_ns` keeps the product below 2^16 times
-    // the interval.
     let floor = interval_ns >> MIN_SHARE_SHIFT;
     let since_ns = if since_ns < floor { floor } else { since_ns };
     let share = if interval_ns == 0 || since_ns >= interval_ns {
         one
     } else {
-        since_ns * one / interval_ns
+        let share = since_ns.wrapping_mul(reciprocal) >> 32;
+        if share > one { one } else { share }
     };
     let scale = if scale as u64 > one { one } else { scale as u64 };
-    let probability = share * scale / one;
-    if probability == 0 {
-        return Decision { threshold: 0, weight: 0 };
+    // `one` is 2^16: the division is a shift.
+    share * scale / one
+}
+
+impl Decision {
+    /// The decision for a capture probability `probability` in 1/65536 (see [`probability`]):
+    /// the program divides only for the switches it records.
+    #[inline(always)]
+    pub const fn of(probability: u64) -> Decision {
+        if probability == 0 {
+            return Decision { threshold: 0, weight: 0 };
+        }
+        Decision { threshold: probability << 16, weight: (WEIGHT_ONE << 16) / probability }
     }
-    Decision { threshold: probability << 16, weight: (one << 16) / probability }
+}
+
+/// The decision for a switch-out: [`probability`] and [`Decision::of`] together.
+#[inline(always)]
+pub const fn decide(since_ns: u64, interval_ns: u64, scale: u32) -> Decision {
+    Decision::of(probability(since_ns, interval_ns, reciprocal(interval_ns), scale))
 }
 
 #[cfg(test)]
@@ -219,6 +241,23 @@ mod tests {
                 let expected = f64::from(n) * t as f64 / (1u64 << 32) as f64;
                 let off = (f64::from(count) - expected).abs() / expected;
                 assert!(off < 0.02, "{count} draws below {t:#x}, expected {expected}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_reciprocal_gives_the_quotient_within_one_step() {
+        // Against the division it replaces, for intervals from a microsecond to a second.
+        for interval in [1_000, 999_983, 10 * MS, 16 * MS, 100 * MS, 1_000 * MS] {
+            let r = reciprocal(interval);
+            for i in 0..=1000u64 {
+                let since = interval / 1000 * i;
+                let exact =
+                    if since >= interval { WEIGHT_ONE } else { since * WEIGHT_ONE / interval };
+                let p = probability(since, interval, r, SCALE_ONE);
+                let exact = exact.max((interval >> MIN_SHARE_SHIFT) * WEIGHT_ONE / interval);
+                assert!(p.abs_diff(exact) <= 1, "{since} of {interval}: {p} for {exact}");
+                assert!(p <= WEIGHT_ONE);
             }
         }
     }

@@ -531,14 +531,26 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             let _ = writeln!(
                 out,
                 "unwinding:   {} processes copy their stacks; tables of {} files mapped ({} KiB, \
-                 at most {} files); {} samples unwound, {} without a caller",
+                 at most {} files); {} samples unwound, {} without a caller, {} past their copy; \
+                 {} bytes copied per sample (at most {})",
                 u.processes,
                 u.files,
                 u.table_bytes / 1024,
                 u.max_files,
                 u.unwound,
-                u.failed
+                u.failed,
+                u.ran_out,
+                u.copied_bytes.checked_div(u.unwound + u.failed).unwrap_or(0),
+                u.max_copy_bytes
             );
+            if u.table_full > 0 {
+                let _ = writeln!(
+                    out,
+                    "             {} processes were walked by frame pointers only: the kernel's \
+                     table of copied processes was full",
+                    u.table_full
+                );
+            }
         }
         if let Some(d) = &sym.debug_files {
             let mut line = format!("debug files: {} binaries named from them", d.found);

@@ -320,6 +320,7 @@ impl Sampler {
                 warn!(error = %e, "no resident page counters; OOM kills are recorded without the victim's size");
                 [0; 3]
             });
+        let interval_reciprocal = profiler_common::off_cpu::reciprocal(off_cpu_globals.interval_ns);
         let mut loader = EbpfLoader::new();
         loader
             // aya has no typed wrapper for task storage; the daemon never opens that map.
@@ -327,6 +328,7 @@ impl Sampler {
             .override_global("INCLUDE_IDLE", &include_idle, true)
             .override_global("FAULT_PERIOD_BYTES", &fault_bytes, true)
             .override_global("OFF_CPU_INTERVAL_NS", &off_cpu_globals.interval_ns, true)
+            .override_global("OFF_CPU_INTERVAL_RECIPROCAL", &interval_reciprocal, true)
             .override_global("OFF_CPU_SKIP_PID", &off_cpu_globals.skip_pid, true)
             .override_global("TASK_PID", &off_cpu_globals.task_pid, true)
             .override_global("TASK_FLAGS", &off_cpu_globals.task_flags, true)

@@ -320,6 +320,27 @@ pub async fn render(sources: &Sources) -> String {
         family.sample(&[("result", "failed")], unwind.failed.load(Relaxed));
     }
     out.single(
+        "profilerd_native_unwind_ran_out_total",
+        Kind::Counter,
+        "Samples whose unwinding went past the end of their stack copy; the process's copy then \
+         grows, up to 8 KiB.",
+        unwind.ran_out.load(Relaxed),
+    );
+    out.single(
+        "profilerd_native_unwind_copied_bytes_total",
+        Kind::Counter,
+        "Bytes of user stack copied by samples (each process's copy follows what unwinding \
+         read).",
+        unwind.copied_bytes.load(Relaxed),
+    );
+    out.single(
+        "profilerd_native_unwind_table_full_total",
+        Kind::Counter,
+        "Processes left to the frame-pointer walk because the kernel's table of copied \
+         processes (16,384) was full.",
+        unwind.table_full.load(Relaxed),
+    );
+    out.single(
         "profilerd_off_cpu_scale",
         Kind::Gauge,
         "Factor on every thread's capture probability that keeps the off-CPU sampler inside \

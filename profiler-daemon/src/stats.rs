@@ -134,6 +134,12 @@ pub struct UnwindStats {
     pub unwound: AtomicU64,
     /// Samples with a copy from which no caller was found.
     pub failed: AtomicU64,
+    /// Samples whose unwinding went past the end of their copy.
+    pub ran_out: AtomicU64,
+    /// Bytes of stack the samples copied.
+    pub copied_bytes: AtomicU64,
+    /// Processes not copied because the kernel's table was full.
+    pub table_full: AtomicU64,
 }
 
 /// Milliseconds on a monotonic clock that starts the first time it is read.

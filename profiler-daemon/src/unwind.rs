@@ -14,6 +14,7 @@
 //! frame pointers are walked by frame pointers alone and pay nothing more than a lookup.
 
 use std::{
+    cell::Cell,
     num::NonZeroUsize,
     ops::{Deref, Range},
     path::Path,
@@ -196,9 +197,23 @@ fn breaks_chain(arch: Arch, data: &[u8], address: u64, text: u64) -> bool {
 /// One process's view for the unwinder: its file mappings as framehop modules.
 struct ProcessModules {
     generation: u64,
+    interpreter: Option<FileKey>,
     unwinder: NativeUnwinder<Section>,
     /// Whether one of its files breaks the frame-pointer chain.
     breaks_chain: bool,
+    /// Where the interpreter's code is mapped: unwinding stops at its first frame.
+    stop: Vec<Range<u64>>,
+}
+
+/// What unwinding a sample's copy found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unwound {
+    /// Addresses, leaf first, as the frame-pointer walk gives them.
+    pub addrs: Vec<u64>,
+    /// Bytes from the copy's start to the end of the deepest word read.
+    pub used: u64,
+    /// Whether unwinding stopped at a word past the copy's end.
+    pub ran_out: bool,
 }
 
 /// The registers a sample of user code carries.
@@ -269,21 +284,29 @@ impl NativeUnwind {
     }
 
     /// Brings process `pid`'s modules up to date with its mappings (`generation` counts their
-    /// changes) and returns whether its code breaks the frame-pointer chain.
+    /// changes) and returns whether its code breaks the frame-pointer chain. In a Python
+    /// process, `interpreter` is the interpreter's file: unwinding stops at its first frame,
+    /// since the Python frames replace the interpreter's.
     pub fn update<'a>(
         &mut self,
         pid: u32,
         generation: u64,
+        interpreter: Option<FileKey>,
         mappings: impl Iterator<Item = FileMapping<'a>>,
     ) -> bool {
         if let Some(p) = self.processes.get(&pid)
             && p.generation == generation
+            && p.interpreter == interpreter
         {
             return p.breaks_chain;
         }
         let mut unwinder = NativeUnwinder::new();
         let mut breaks = false;
+        let mut stop = Vec::new();
         for m in mappings {
+            if Some(m.file.key) == interpreter {
+                stop.push(m.start..m.end);
+            }
             let Some(info) = self.file(pid, m.file) else { continue };
             let Some(svma) = info.layout.address(m.offset) else { continue };
             breaks |= info.breaks_chain;
@@ -295,7 +318,10 @@ impl NativeUnwind {
             );
             unwinder.add_module(module);
         }
-        self.processes.put(pid, ProcessModules { generation, unwinder, breaks_chain: breaks });
+        self.processes.put(
+            pid,
+            ProcessModules { generation, interpreter, unwinder, breaks_chain: breaks, stop },
+        );
         breaks
     }
 
@@ -304,26 +330,45 @@ impl NativeUnwind {
         self.processes.pop(&pid);
     }
 
-    /// The user stack of a sample of process `pid` (whose modules are up to date), leaf first,
-    /// unwound from `regs` through `stack`, the bytes from `regs.sp` up. Return addresses are
-    /// as the frame-pointer walk gives them.
-    pub fn unwind(&mut self, pid: u32, regs: UserRegs, stack: &[u8]) -> Vec<u64> {
-        let Some(p) = self.processes.get(&pid) else { return vec![regs.ip] };
-        let mut read = |addr: u64| read_word(stack, regs.sp, addr);
+    /// The user stack of a sample of process `pid` (whose modules are up to date), unwound
+    /// from `regs` through `stack`, the bytes from `regs.sp` up, and how much of the copy it
+    /// read. With `python`, the sample has Python frames, and unwinding stops at the
+    /// interpreter's first frame.
+    pub fn unwind(&mut self, pid: u32, regs: UserRegs, stack: &[u8], python: bool) -> Unwound {
+        let Some(p) = self.processes.get(&pid) else {
+            return Unwound { addrs: vec![regs.ip], ..Unwound::default() };
+        };
+        let end = regs.sp.saturating_add(stack.len() as u64);
+        let (used, ran_out) = (Cell::new(0u64), Cell::new(false));
+        let mut read = |addr: u64| {
+            let word = read_word(stack, regs.sp, addr);
+            match word {
+                Ok(_) => {
+                    used.set(used.get().max(addr + 8 - regs.sp));
+                    ran_out.set(false);
+                }
+                Err(()) => ran_out.set(addr >= end),
+            }
+            word
+        };
         #[cfg(target_arch = "aarch64")]
         let start = NativeRegs::new(regs.lr, regs.sp, regs.fp);
         #[cfg(not(target_arch = "aarch64"))]
         let start = NativeRegs::new(regs.ip, regs.sp, regs.fp);
         let mut frames = p.unwinder.iter_frames(regs.ip, start, &mut self.cache, &mut read);
-        let mut out = Vec::with_capacity(16);
-        while out.len() < MAX_FRAMES {
-            match frames.next() {
-                Ok(Some(FrameAddress::InstructionPointer(ip))) => out.push(ip),
-                Ok(Some(FrameAddress::ReturnAddress(ra))) => out.push(ra.get()),
+        let mut addrs = Vec::with_capacity(16);
+        while addrs.len() < MAX_FRAMES {
+            let addr = match frames.next() {
+                Ok(Some(FrameAddress::InstructionPointer(ip))) => ip,
+                Ok(Some(FrameAddress::ReturnAddress(ra))) => ra.get(),
                 Ok(None) | Err(_) => break,
+            };
+            addrs.push(addr);
+            if python && p.stop.iter().any(|r| r.contains(&addr)) {
+                break;
             }
         }
-        out
+        Unwound { addrs, used: used.get(), ran_out: ran_out.get() }
     }
 }
 

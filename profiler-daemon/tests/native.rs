@@ -5,8 +5,8 @@ mod support;
 use std::{process::Command, time::Duration};
 
 use support::{
-    Daemon, build_c, build_c_with, parse_folded, require_bpf, samples_unwound, samples_with,
-    scratch,
+    Daemon, build_c, build_c_with, bytes_copied_per_sample, parse_folded, require_bpf,
+    samples_unwound, samples_with, scratch,
 };
 
 #[test]
@@ -91,7 +91,10 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
     let dir = scratch("native_unwind");
     let program = build_c_with("unwind", &dir, &["-O2", "-g", "-fomit-frame-pointer"]);
     let daemon = Daemon::start(&dir, &["--frequency", "499"]);
-    let mut child = Command::new(&program).arg("4").spawn().unwrap();
+    // 16 KiB of environment at the top of its stack: a copy of its stack is never cut short
+    // by the stack's end, whatever the size the process copies.
+    let mut child =
+        Command::new(&program).arg("4").env("PADDING", "x".repeat(16 << 10)).spawn().unwrap();
     let pid = child.id().to_string();
     assert!(child.wait().unwrap().success());
     std::thread::sleep(Duration::from_millis(500));
@@ -115,6 +118,10 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
     let status = daemon.ctl_ok(&["status"]);
     assert!(samples_unwound(&status) >= even + odd, "{status}");
     assert!(status.contains("at most 512 files"), "{status}");
+    // Its whole stack, main and the C library's start-up included, is a few hundred bytes:
+    // after the first second, at the most (8 KiB), its samples copy far less.
+    let copied = bytes_copied_per_sample(&status);
+    assert!(copied < 4096, "{copied} bytes copied per sample: {status}");
     assert!(daemon.stop());
 }
 

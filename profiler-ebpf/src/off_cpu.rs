@@ -28,7 +28,8 @@ use aya_ebpf::{
 use profiler_common::{
     counters::Counter,
     off_cpu::{
-        MAX_OFF_CPU_THREADS, OffCpuThread, PF_KTHREAD, TASK_DEAD, average, decide, next_draw, seed,
+        Decision, MAX_OFF_CPU_THREADS, OffCpuThread, PF_KTHREAD, TASK_DEAD, average, next_draw,
+        probability, reciprocal, seed,
     },
     sample::{OffCpuEnd, RECORD_OFF_CPU, RECORD_OFF_CPU_END},
 };
@@ -39,9 +40,12 @@ use crate::{
     threads,
 };
 
-/// The interval `T` of the capture probability, in nanoseconds; set by the loader.
+/// The interval `T` of the capture probability, in nanoseconds, and its `reciprocal`; set by
+/// the loader.
 #[unsafe(no_mangle)]
 static OFF_CPU_INTERVAL_NS: u64 = 10_000_000;
+#[unsafe(no_mangle)]
+static OFF_CPU_INTERVAL_RECIPROCAL: u64 = reciprocal(10_000_000);
 
 /// A process whose switches are not recorded (the daemon's own), 0 for none; set by the
 /// loader.
@@ -244,10 +248,13 @@ fn on_switch<T: TaskField>(
         }
         None => interval,
     };
-    let decision = decide(mean, interval, scale);
-    if draw >= decision.threshold {
+    // SAFETY: as above.
+    let reciprocal = unsafe { read_volatile(&OFF_CPU_INTERVAL_RECIPROCAL) };
+    let probability = probability(mean, interval, reciprocal, scale);
+    if draw >= probability << 16 {
         return Ok(());
     }
+    let decision = Decision::of(probability);
     let now = boot_ns();
 
     let state = if switch.preempt {

@@ -10,6 +10,7 @@
 //!                                   inspector (thread)
 //! ```
 
+pub mod copy_size;
 pub mod drain;
 pub mod inspect;
 pub mod native;

@@ -208,6 +208,15 @@ pub fn samples_unwound(status: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The bytes of stack copied per sample, from `profctl status`'s `unwinding:` line.
+pub fn bytes_copied_per_sample(status: &str) -> u64 {
+    let line = status.lines().find(|l| l.starts_with("unwinding:")).unwrap_or_default();
+    line.split("; ")
+        .find(|part| part.contains(" bytes copied per sample"))
+        .and_then(|part| part.split(' ').next()?.parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
 /// Samples whose stack contains `needle` as a whole frame sequence.
 pub fn samples_with(folded: &[(String, u64)], needle: &str) -> u64 {
     folded
