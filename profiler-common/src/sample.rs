@@ -343,6 +343,20 @@ impl<'a> SampleRecord<'a> {
         &self.ips[frames * 8..]
     }
 
+    /// The words at the user stack pointer, in which a function without a frame record keeps
+    /// its return address: the header's, or the copy's first when the kernel copied the stack
+    /// instead (then it does not read them twice). Zeros when it took neither.
+    pub fn leaf_words(&self) -> [u64; LEAF_WORDS] {
+        let copy = self.stack_copy();
+        if self.header.leaf_stack != [0; LEAF_WORDS] || copy.len() < LEAF_WORDS * 8 {
+            return self.header.leaf_stack;
+        }
+        core::array::from_fn(|i| {
+            let word = &copy[i * 8..i * 8 + 8];
+            u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]))
+        })
+    }
+
     /// Python frames, leaf first.
     pub fn python_stack(&self) -> impl Iterator<Item = crate::python::PyFrame> + '_ {
         let start = self.header.kernel_len as usize + self.header.user_len as usize;
@@ -447,11 +461,33 @@ mod tests {
         let copy = record.stack_copy();
         assert_eq!(copy.len(), 16);
         assert_eq!(u64::from_ne_bytes(copy[8..].try_into().unwrap()), 0xbbbb);
+        // Shorter than the leaf's words: the header's (none here).
+        assert_eq!(record.leaf_words(), [0; LEAF_WORDS]);
         // The size must match, and a copy is whole words no longer than the maximum.
         assert!(SampleRecord::parse(&out[..out.len() - 8]).is_none());
         header.stack_bytes = 12;
         out[..SampleHeader::SIZE].copy_from_slice(bytes(&header));
         assert!(SampleRecord::parse(&out[..out.len() - 4]).is_none());
+    }
+
+    #[test]
+    fn the_leaf_words_come_from_the_copy_when_the_header_has_none() {
+        let mut header = SampleHeader {
+            kind: RECORD_CPU,
+            user_len: 1,
+            stack_bytes: 40,
+            user_sp: 0x7000,
+            ..SampleHeader::default()
+        };
+        let mut out = [0u8; SampleHeader::SIZE + 8 + 40];
+        for (i, word) in [0x1000u64, 1, 2, 3, 4, 5].iter().enumerate() {
+            out[SampleHeader::SIZE + 8 * i..][..8].copy_from_slice(&word.to_ne_bytes());
+        }
+        out[..SampleHeader::SIZE].copy_from_slice(bytes(&header));
+        assert_eq!(SampleRecord::parse(&out).expect("parses").leaf_words(), [1, 2, 3, 4]);
+        header.leaf_stack = [9, 8, 7, 6];
+        out[..SampleHeader::SIZE].copy_from_slice(bytes(&header));
+        assert_eq!(SampleRecord::parse(&out).expect("parses").leaf_words(), [9, 8, 7, 6]);
     }
 
     #[test]

@@ -155,12 +155,8 @@ pub(crate) fn capture(
     let user_len = match user_regs {
         Some((ip, fp)) => {
             user_ip = ip;
-            // The words a function without a frame record keeps its return address in.
             if let Stacks::Sampled(ctx) = stacks {
                 let (sp, lr) = arch::user_sp_and_lr(ctx);
-                // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
-                header.leaf_stack = unsafe { bpf_probe_read_user(sp as *const [u64; LEAF_WORDS]) }
-                    .unwrap_or_default();
                 header.leaf_lr = lr;
                 header.user_sp = sp;
                 header.user_fp = fp;
@@ -256,6 +252,14 @@ pub(crate) fn capture(
         0
     };
     header.stack_bytes = stack_bytes;
+    // The words a function without a frame record keeps its return address in, for the
+    // collector's leaf rule, unless the copy holds them.
+    if in_user && stack_bytes == 0 {
+        // SAFETY: bpf_probe_read_user checks the address and fails instead of faulting.
+        header.leaf_stack =
+            unsafe { bpf_probe_read_user(header.user_sp as *const [u64; LEAF_WORDS]) }
+                .unwrap_or_default();
+    }
     let size = (SampleHeader::SIZE + frames * 8 + stack_bytes as usize)
         .min(core::mem::size_of::<SampleEvent>());
     // SAFETY: `ev` is valid for size_of::<SampleEvent>() >= size bytes.

@@ -430,6 +430,8 @@ pub struct UnwindCase {
     pub samples_unwound: u64,
     /// Samples with a copy and no caller found.
     pub samples_failed: u64,
+    /// Bytes of stack copied per sample with a copy (host-wide).
+    pub bytes_copied_per_sample: u64,
 }
 
 /// `perf record --call-graph dwarf -F 999` on one process.
@@ -454,25 +456,27 @@ pub fn unwind_table(u: &UnwindCost) -> String {
         "The same twenty-frame call chain over a busy leaf, built twice: with frame pointers and \
          no C library (so that nothing in the process lacks them and it is walked by frame \
          pointers alone), and with `-fomit-frame-pointer` against the C library (its samples \
-         copy up to 8 KiB of stack, which the daemon unwinds with `.eh_frame`). profilerd at 999 \
-         Hz, two processes at a time (one per CPU); the kernel cost is the sampling program's \
+         copy the top of the stack, which the daemon unwinds with `.eh_frame`: up to 8 KiB, as \
+         much as the process's stacks need once it has learnt that). profilerd at 999 Hz, two \
+         processes at a time (one per CPU); the kernel cost is the sampling program's \
          `run_time_ns / run_cnt`, the daemon's is its CPU (every thread) per sample.\n"
     );
     let _ = writeln!(
         s,
         "| stacks | runs | kernel µs per sample | daemon µs per sample | unwound (host) | no caller \
-         found (host) |\n|---|---|---|---|---|---|"
+         found (host) | bytes copied per copy (host) |\n|---|---|---|---|---|---|---|"
     );
     for c in &u.cases {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.2} | {:.1} | {} | {} |",
+            "| {} | {} | {:.2} | {:.1} | {} | {} | {} |",
             c.case,
             c.runs,
             c.kernel_ns_per_sample / 1000.0,
             c.daemon_us_per_sample,
             c.samples_unwound,
-            c.samples_failed
+            c.samples_failed,
+            c.bytes_copied_per_sample
         );
     }
     let _ = writeln!(

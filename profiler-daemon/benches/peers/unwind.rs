@@ -89,9 +89,10 @@ pub fn cost(work: &Path, perf: Option<&Path>, seconds: f64) -> Result<UnwindCost
         let status = daemon.status().ok_or("profilerd does not answer")?;
         stop(&mut children);
         let unwind = |s: &profiler_proto::v1::StatusResponse| {
-            s.native_unwind.as_ref().map_or((0, 0), |u| (u.unwound, u.failed))
+            s.native_unwind.as_ref().map_or((0, 0, 0), |u| (u.unwound, u.failed, u.copied_bytes))
         };
-        let ((u0, f0), (u1, f1)) = (unwind(&status_before), unwind(&status));
+        let ((u0, f0, b0), (u1, f1, b1)) = (unwind(&status_before), unwind(&status));
+        let copies = (u1 + f1).saturating_sub(u0 + f0);
         // Host-wide counts: the daemon's own samples (it has no frame pointers either) are in
         // both cases.
         let samples_unwound = u1.saturating_sub(u0);
@@ -108,6 +109,7 @@ pub fn cost(work: &Path, perf: Option<&Path>, seconds: f64) -> Result<UnwindCost
             daemon_us_per_sample: used.cpu_ns as f64 / 1000.0 / sampling.runs.max(1) as f64,
             samples_unwound,
             samples_failed: f1.saturating_sub(f0),
+            bytes_copied_per_sample: b1.saturating_sub(b0).checked_div(copies).unwrap_or(0),
         });
     }
     let status = daemon.status().ok_or("profilerd does not answer")?;

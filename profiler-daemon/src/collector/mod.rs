@@ -27,7 +27,7 @@ use profiler_common::{
     counters::Counter,
     python::PyProcess,
     sample::{
-        LEAF_WORDS, OomKill, RECORD_CPU, RECORD_MEMORY, RECORD_OFF_CPU, Record, SampleHeader,
+        LEAF_WORDS, OomKill, RECORD_CPU, RECORD_MEMORY, RECORD_OFF_CPU, Record, SampleRecord,
     },
 };
 use tokio::sync::{
@@ -240,7 +240,7 @@ impl Collector {
         let stack = self.stack_copies.user_stack(pid, &record, walked);
         let mut user = self.processes.normalize(h.tgid, &stack.addrs);
         if !stack.unwound {
-            self.add_leaf_caller(pid, h, &mut user);
+            self.add_leaf_caller(pid, &record, &mut user);
         }
         let raw = RawStack {
             time_ns: crate::clock::boot_to_wall_ns(h.time_ns),
@@ -296,13 +296,14 @@ impl Collector {
 
     /// Puts back the caller that the frame-pointer walk skips when the sampled function has
     /// not set up its frame record (see [`crate::leaf`]).
-    fn add_leaf_caller(&mut self, pid: u32, h: &SampleHeader, user: &mut Vec<UserAddr>) {
+    fn add_leaf_caller(&mut self, pid: u32, record: &SampleRecord<'_>, user: &mut Vec<UserAddr>) {
         let Some(UserAddr::File { file, offset, .. }) = user.first() else { return };
-        if h.leaf_stack == [0; LEAF_WORDS] && h.leaf_lr == 0 {
+        let (words, lr) = (record.leaf_words(), record.header.leaf_lr);
+        if words == [0; LEAF_WORDS] && lr == 0 {
             return;
         }
         let rule = self.leaf_rules.rule(pid, file, *offset);
-        let Some(caller) = crate::leaf::caller(rule, &h.leaf_stack, h.leaf_lr) else { return };
+        let Some(caller) = crate::leaf::caller(rule, &words, lr) else { return };
         let walked = match user.get(1) {
             Some(UserAddr::File { addr, .. } | UserAddr::Anonymous { addr, .. }) => Some(*addr),
             None => None,
@@ -633,6 +634,8 @@ impl Collector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use profiler_common::sample::SampleHeader;
 
     use crate::python::Detector;
 
