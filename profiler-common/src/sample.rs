@@ -32,6 +32,9 @@ pub const FLAG_USER_ERROR: u32 = 1 << 3;
 /// `perf record --call-graph dwarf` copies by default.
 pub const STACK_COPY_MAX: usize = 8192;
 
+/// Entries of the kernel's `UNWIND_PROCS`: processes whose samples copy their stack.
+pub const UNWIND_PROCS_MAX: u32 = 16_384;
+
 /// `kind` of a sample taken by the `cpu-clock` perf event: the thread was running.
 pub const RECORD_CPU: u32 = 0;
 /// `kind` of a sample taken when a thread left the CPU (`sched_switch`): the stacks are where

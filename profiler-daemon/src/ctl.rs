@@ -597,6 +597,11 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         s.cpu_seconds,
         100.0 * s.cpu_seconds / s.uptime_seconds.max(1) as f64
     );
+    if !s.caches.is_empty() {
+        let sizes: Vec<String> =
+            s.caches.iter().map(|c| format!("{} {}/{}", c.name, c.entries, c.capacity)).collect();
+        let _ = writeln!(out, "caches:      {}", sizes.join(", "));
+    }
     if let Some(store) = &s.store {
         let _ = writeln!(
             out,
@@ -615,6 +620,14 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
              forgotten by sweeps",
             store.dictionary, store.dictionary_cached, store.dictionary_swept
         );
+        if store.dictionary_pending + store.dictionary_restarts > 0 {
+            let _ = writeln!(
+                out,
+                "             {} rows waiting for a write that failed; dropped {} times at the \
+                 bound",
+                store.dictionary_pending, store.dictionary_restarts
+            );
+        }
     }
     if let Some(k) = &s.kubernetes {
         let _ = write!(

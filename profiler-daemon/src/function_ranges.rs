@@ -56,6 +56,11 @@ impl FunctionRanges {
         }
     }
 
+    /// The most ranges held.
+    pub fn capacity(&self) -> usize {
+        self.max
+    }
+
     /// Ranges held.
     pub fn len(&self) -> usize {
         self.len

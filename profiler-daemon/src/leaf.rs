@@ -152,6 +152,14 @@ pub struct LeafRules {
     rules: LruCache<(FileKey, u64), Rule>,
 }
 
+impl LeafRules {
+    /// Publishes its sizes to `caches`.
+    pub fn publish(&self, caches: &crate::caches::Caches) {
+        caches.set("leaf rule files", self.files.len(), self.files.cap().get());
+        caches.set("leaf rules", self.rules.len(), self.rules.cap().get());
+    }
+}
+
 impl std::fmt::Debug for LeafRules {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LeafRules")

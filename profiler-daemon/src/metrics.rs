@@ -333,6 +333,26 @@ pub async fn render(sources: &Sources) -> String {
          read).",
         unwind.copied_bytes.load(Relaxed),
     );
+    {
+        let open_blocks = aggregation.as_ref().map_or(0, |a| a.open_blocks);
+        let caches = crate::server::caches(info, open_blocks);
+        let mut family = out.family(
+            "profilerd_cache_entries",
+            Kind::Gauge,
+            "Entries held by each bounded cache or table of the daemon.",
+        );
+        for c in &caches {
+            family.sample(&[("cache", &c.name)], c.entries);
+        }
+        let mut family = out.family(
+            "profilerd_cache_capacity",
+            Kind::Gauge,
+            "The most entries each bounded cache or table of the daemon holds.",
+        );
+        for c in &caches {
+            family.sample(&[("cache", &c.name)], c.capacity);
+        }
+    }
     out.single(
         "profilerd_native_unwind_table_full_total",
         Kind::Counter,
@@ -543,6 +563,19 @@ pub async fn render(sources: &Sources) -> String {
             Kind::Gauge,
             "Dictionary entries whose ids are remembered in memory for writing (bounded).",
             s.dictionary_cached,
+        );
+        out.single(
+            "profilerd_store_dictionary_pending_rows",
+            Kind::Gauge,
+            "Dictionary rows waiting to be written because writes failed (at most 65,536, then \
+             dropped and written again by later windows).",
+            s.dictionary_pending,
+        );
+        out.single(
+            "profilerd_store_dictionary_restarts_total",
+            Kind::Counter,
+            "Times the rows waiting for failed writes passed their bound and were dropped.",
+            s.dictionary_restarts,
         );
     }
 

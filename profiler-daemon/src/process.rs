@@ -401,6 +401,11 @@ impl ProcessTable {
     }
 
     /// Processes tracked.
+    pub fn publish(&self, caches: &crate::caches::Caches) {
+        caches.set("processes", self.procs.len(), self.max_processes);
+    }
+
+    /// Processes tracked.
     pub fn len(&self) -> usize {
         self.procs.len()
     }

@@ -29,7 +29,10 @@ use tonic::{Request, Response, Status, transport::ServerTlsConfig};
 use tracing::warn;
 
 use crate::{
-    aggregate::{AggregatorHandle, MergedProfile, Mode, SampleKind, Window},
+    aggregate::{
+        AggregatorHandle, MergedProfile, Mode, SampleKind, Window, blocks::MAX_OPEN_BLOCKS,
+    },
+    caches::CacheSize,
     calls::CallsError,
     clock::now_ns,
     collector,
@@ -43,6 +46,25 @@ use crate::{
     timeline,
     tls::{self, PemFile, TlsError},
 };
+
+/// The collector's and the symbolizer's caches and tables, and the aggregator's open off-CPU
+/// blocks, by name.
+pub fn caches(info: &DaemonInfo, open_blocks: usize) -> Vec<v1::CacheStatus> {
+    let mut all = info.stats.caches.sizes();
+    all.extend(info.symbolizer.caches.sizes());
+    all.push((
+        "open off-CPU blocks",
+        CacheSize { entries: open_blocks as u64, capacity: MAX_OPEN_BLOCKS as u64 },
+    ));
+    all.sort_by_key(|(name, _)| *name);
+    all.into_iter()
+        .map(|(name, size)| v1::CacheStatus {
+            name: name.to_owned(),
+            entries: size.entries,
+            capacity: size.capacity,
+        })
+        .collect()
+}
 
 /// Facts and counters that `Status` reports.
 #[derive(Debug)]
@@ -411,6 +433,7 @@ impl Profiler for ProfilerService {
                 late_samples: info.stats.late_total(),
             }),
             processes: u32::try_from(info.processes.load(Relaxed)).unwrap_or(u32::MAX),
+            caches: caches(info, aggregation.open_blocks),
             native_unwind: Some(v1::NativeUnwindStatus {
                 processes: info.stats.unwind.processes.load(Relaxed),
                 files: info.stats.unwind.files.load(Relaxed),
@@ -450,6 +473,8 @@ impl Profiler for ProfilerService {
                     unstored: s.unstored,
                     dictionary_swept: s.dictionary_swept,
                     dictionary_cached: s.dictionary_cached,
+                    dictionary_pending: s.dictionary_pending,
+                    dictionary_restarts: s.dictionary_restarts,
                 }
             }),
             kubernetes: info.pods.as_ref().map(|pods| {

@@ -116,6 +116,8 @@ pub struct PipelineStats {
     drops: [AtomicU64; DropReason::ALL.len()],
     /// Native unwinding (see [`crate::unwind`]).
     pub unwind: UnwindStats,
+    /// The sizes of the collector's caches and tables, published about once a second.
+    pub caches: crate::caches::Caches,
     /// When the collector last drained the ring buffer: [`monotonic_ms`] plus one, zero before
     /// the first drain. A monotonic clock, so that a wall clock step cannot fail a health check.
     last_drain: AtomicU64,

@@ -152,6 +152,8 @@ pub struct SymbolizerStats {
     pub misses: AtomicU64,
     /// Times blazesym was started afresh to close the files it held.
     pub restarts: AtomicU64,
+    /// The sizes of the symbolizer's caches, published about once a second.
+    pub caches: crate::caches::Caches,
     /// The counts of separate debug files, when they are on.
     pub debug_files: std::sync::OnceLock<Arc<crate::debuginfo::DebugInfoStats>>,
 }
@@ -168,6 +170,8 @@ impl SymbolizerStats {
 /// afresh: it never closes one by itself, and on a busy host every build leaves new binaries
 /// behind. The frame caches keep what was symbolized.
 const MAX_OPEN_FILES: usize = 64;
+/// How often the symbolizer publishes its caches' sizes.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The caches and the blazesym instance.
 #[derive(Debug)]
@@ -192,6 +196,8 @@ pub struct Resolver {
     pending: HashMap<FileKey, Arc<str>>,
     /// When `pending` was last looked at.
     polled: std::time::Instant,
+    /// When the caches' sizes were last published.
+    published: std::time::Instant,
     truncated: Arc<Frame>,
     /// Shared with the Python reader thread, which fills it ahead of symbolization.
     codes: Arc<Mutex<CodeCache>>,
@@ -224,6 +230,7 @@ impl Resolver {
             sources: HashMap::new(),
             pending: HashMap::new(),
             polled: std::time::Instant::now(),
+            published: std::time::Instant::now() - PUBLISH_EVERY,
             truncated: Arc::new(Frame::marker(TRUNCATED_FRAME)),
             codes,
             stats,
@@ -286,7 +293,24 @@ impl Resolver {
         }
         self.stats.user_frames.store(self.user.len() as u64, Relaxed);
         self.stats.kernel_frames.store(self.kernel.len() as u64, Relaxed);
+        if self.published.elapsed() >= PUBLISH_EVERY {
+            self.publish();
+        }
         frames.into()
+    }
+
+    /// Publishes the sizes of its caches (see [`crate::caches`]).
+    fn publish(&mut self) {
+        self.published = std::time::Instant::now();
+        let caches = &self.stats.caches;
+        caches.set("user frames", self.user.len(), self.user.cap().get());
+        caches.set("kernel frames", self.kernel.len(), self.kernel.cap().get());
+        caches.set("function ranges", self.ranges.len(), self.ranges.capacity());
+        caches.set("symbol files open", self.opened.len(), MAX_OPEN_FILES);
+        // Both are cleared when they reach the user frame cache's capacity.
+        caches.set("files without symbols", self.failed.len(), self.user.cap().get());
+        caches.set("symbol sources", self.sources.len(), self.user.cap().get());
+        self.codes.lock().unwrap_or_else(PoisonError::into_inner).publish(caches);
     }
 
     /// The functions of counted calls. Counts of addresses that are no longer code objects

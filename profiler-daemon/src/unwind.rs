@@ -278,6 +278,12 @@ impl NativeUnwind {
         info
     }
 
+    /// Publishes its sizes to `caches`.
+    pub fn publish(&self, caches: &crate::caches::Caches) {
+        caches.set("unwind table files", self.files.len(), self.files.cap().get());
+        caches.set("unwind module lists", self.processes.len(), self.processes.cap().get());
+    }
+
     /// Files whose tables are mapped (or known to have none), and the tables' bytes.
     pub fn files(&self) -> (usize, u64) {
         (self.files.len(), self.table_bytes)

@@ -164,6 +164,33 @@ async fn the_daemon_serves_health_and_metrics() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(status_requests >= 1, "{body}");
+
+    // Each bounded cache and table, with its bound; the collector and the symbolizer publish
+    // their sizes about once a second.
+    let entries = |body: &str, cache: &str| -> Option<u64> {
+        let prefix = format!("profilerd_cache_entries{{cache=\"{cache}\"}} ");
+        body.lines().find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let body = request(addr, "GET", "/metrics").await.body;
+        let ready = entries(&body, "processes").is_some_and(|n| n > 0)
+            && entries(&body, "user frames").is_some_and(|n| n > 0);
+        if ready || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(entries(&body, "processes").is_some_and(|n| n > 0), "{body}");
+    assert!(entries(&body, "user frames").is_some_and(|n| n > 0), "{body}");
+    for bound in [
+        "profilerd_cache_capacity{cache=\"processes\"} 32768",
+        "profilerd_cache_capacity{cache=\"open off-CPU blocks\"} 65536",
+        "profilerd_cache_capacity{cache=\"leaf rules\"} ",
+        "profilerd_cache_capacity{cache=\"python code objects\"} ",
+    ] {
+        assert!(body.contains(bound), "{bound} missing:\n{body}");
+    }
     assert!(daemon.stop(), "profilerd stops cleanly");
 }
 

@@ -122,6 +122,10 @@ fn code_without_frame_pointers_unwinds_by_its_unwind_tables() {
     // after the first second, at the most (8 KiB), its samples copy far less.
     let copied = bytes_copied_per_sample(&status);
     assert!(copied < 4096, "{copied} bytes copied per sample: {status}");
+    // The tables behind it, with their bounds.
+    let caches = status.lines().find(|l| l.starts_with("caches:")).unwrap_or_default();
+    assert!(caches.contains("stack copy processes "), "{status}");
+    assert!(caches.contains("unwind table files ") && caches.contains("/512"), "{status}");
     assert!(daemon.stop());
 }
 

@@ -12,11 +12,11 @@
 //! be read.
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_user, macros::map, maps::HashMap};
-use profiler_common::sample::{DATA_WORDS, STACK_COPY_MAX};
+use profiler_common::sample::{DATA_WORDS, STACK_COPY_MAX, UNWIND_PROCS_MAX};
 
 /// Bytes of user stack to copy per process (thread-group id); the daemon keeps it.
 #[map]
-static UNWIND_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(16_384, 0);
+static UNWIND_PROCS: HashMap<u32, u32> = HashMap::with_max_entries(UNWIND_PROCS_MAX, 0);
 
 const PAGE: u64 = 4096;
 /// Reads of at most a page each: enough for `STACK_COPY_MAX` bytes from any start.

@@ -136,6 +136,10 @@ impl Window {
     }
 }
 
+/// Overflow entries (one per kind and process) a full window adds at most, past its
+/// `max_stacks`.
+pub const MAX_OVERFLOW_ENTRIES: usize = 4096;
+
 /// The window that samples are being counted into.
 #[derive(Debug)]
 pub struct WindowBuilder {
@@ -194,7 +198,8 @@ impl WindowBuilder {
 
     /// Counts `tally` for (kind, labels, stack). Once the window holds `max_stacks` entries,
     /// a new stack is counted under an overflow stack of its process (and the overflow is
-    /// counted).
+    /// counted); once those overflow entries are [`MAX_OVERFLOW_ENTRIES`] more, under one
+    /// overflow stack of its kind for the whole host (labels all empty, pid 0).
     pub fn add_tally(
         &mut self,
         kind: SampleKind,
@@ -217,10 +222,13 @@ impl WindowBuilder {
         }
         stats.record_drop(DropReason::StackTableFull);
         let process = Labels { tid: 0, thread: Arc::from(""), ..Labels::clone(&key.1) };
-        self.entries
-            .entry((kind, Arc::new(process), self.overflow.clone()))
-            .or_default()
-            .add(tally);
+        let mut overflow = (kind, Arc::new(process), self.overflow.clone());
+        if self.entries.len() >= self.max_stacks.saturating_add(MAX_OVERFLOW_ENTRIES)
+            && !self.entries.contains_key(&overflow)
+        {
+            overflow.1 = Arc::new(Labels::default());
+        }
+        self.entries.entry(overflow).or_default().add(tally);
     }
 
     /// Counts Python calls. They are bounded by the kernel's call table, not by `max_stacks`.
@@ -500,6 +508,25 @@ mod tests {
             closed.entries.iter().find(|e| &*e.stack[0].function == OVERFLOW_FRAME).unwrap();
         assert_eq!(overflow.count, 3);
         assert_eq!(closed.samples, 6);
+    }
+
+    #[test]
+    fn overflow_entries_are_bounded_too() {
+        let stats = PipelineStats::default();
+        let mut w = WindowBuilder::new(0, 2, DropSnapshot::default());
+        // Two stacks fill it; then a new stack from each of many processes.
+        w.add(sample(1, &["a"]), &stats);
+        w.add(sample(1, &["b"]), &stats);
+        let processes = MAX_OVERFLOW_ENTRIES as u32 + 500;
+        for pid in 2..2 + processes {
+            w.add(sample(pid, &["c"]), &stats);
+        }
+        // The processes' own overflow entries up to the bound, then one for the host.
+        assert_eq!(w.len(), 2 + MAX_OVERFLOW_ENTRIES + 1);
+        let closed = w.close(1, &stats.drops());
+        let host = closed.entries.iter().find(|e| e.labels.pid == 0).unwrap();
+        assert_eq!(host.count, u64::from(processes) - MAX_OVERFLOW_ENTRIES as u64);
+        assert_eq!(closed.samples, 2 + u64::from(processes));
     }
 
     #[test]

@@ -270,6 +270,15 @@ impl Collector {
         self.send(Work::Stack(pid, raw));
     }
 
+    /// Publishes the sizes of its caches and tables (see [`crate::caches`]).
+    fn publish_caches(&self) {
+        let caches = &self.stats.caches;
+        self.processes.publish(caches);
+        self.leaf_rules.publish(caches);
+        self.stack_copies.publish(caches);
+        caches.set("faults awaiting their page", self.unmapped_faults.len(), MAX_UNMAPPED_FAULTS);
+    }
+
     /// Weighs again the faults whose page was not mapped when their sample was read, once
     /// [`UNMAPPED_FAULT_RETRY`] has passed, and sends them on; after [`UNMAPPED_FAULT_WAIT`]
     /// (or at the end, `all`) one still unmapped counts as the pages of its period.
@@ -603,6 +612,7 @@ impl Collector {
                     Err(e) => warn!(error = %e, "reading the kernel counters failed"),
                 }
                 self.processes_gauge.store(self.processes.len() as u64, Relaxed);
+                self.publish_caches();
                 self.poll_calls(elapsed);
                 self.publish_runtimes();
                 self.publish_resident_targets();

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use profiler_common::sample::SampleRecord;
+use profiler_common::sample::{SampleRecord, UNWIND_PROCS_MAX};
 use tracing::{debug, warn};
 
 use super::copy_size::{CopySize, Reading};
@@ -119,6 +119,12 @@ impl StackCopies {
         }
         stats.unwound.fetch_add(1, Relaxed);
         Stack { addrs: combine(unwound.addrs, &walked), unwound: true }
+    }
+
+    /// Publishes its sizes to `caches`.
+    pub fn publish(&self, caches: &crate::caches::Caches) {
+        self.unwind.publish(caches);
+        caches.set("stack copy processes", self.copied.len(), UNWIND_PROCS_MAX as usize);
     }
 
     /// Forgets process `pid`, which is gone.

@@ -29,6 +29,8 @@ use super::{DebugInfoError, DebugInfoStats, Lookup, build_id_path, is_build_id};
 const QUEUE: usize = 256;
 /// How long a build-id that could not be fetched is left alone.
 const RETRY_AFTER: Duration = Duration::from_secs(600);
+/// Build-ids the fetcher remembers at most (queued, or failed within [`RETRY_AFTER`]).
+const MAX_STATES: usize = 4096;
 /// How long a server may take to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one download may take, from the request to the last byte.
@@ -101,6 +103,10 @@ impl Fetcher {
             Some(State::Queued) => return Lookup::Pending,
             Some(State::Failed(at)) if at.elapsed() < RETRY_AFTER => return Lookup::Missing,
             _ => {}
+        }
+        if !make_room(&mut states, Instant::now()) {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            return Lookup::Missing;
         }
         match self.queue.try_send(build_id.to_owned()) {
             Ok(()) => {
@@ -308,4 +314,40 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn io_failure(path: &Path, e: &std::io::Error) -> Failure {
     Failure::Error(format!("writing {}: {e}", path.display()))
+}
+
+/// Whether `states` has room for one more build-id at `now`: when it is full, failures whose
+/// wait is over are forgotten first (they would be tried again anyway).
+fn make_room(states: &mut HashMap<String, State>, now: Instant) -> bool {
+    if states.len() < MAX_STATES {
+        return true;
+    }
+    states.retain(|_, state| match state {
+        State::Queued => true,
+        State::Failed(at) => now.saturating_duration_since(*at) < RETRY_AFTER,
+    });
+    states.len() < MAX_STATES
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembered_build_ids_are_bounded_and_old_failures_make_room() {
+        let start = Instant::now();
+        let mut states = HashMap::new();
+        for i in 0..MAX_STATES {
+            assert!(make_room(&mut states, start));
+            let state = if i % 2 == 0 { State::Queued } else { State::Failed(start) };
+            states.insert(format!("{i:040x}"), state);
+        }
+        // Full of recent failures and queued ids: no room.
+        assert!(!make_room(&mut states, start + Duration::from_secs(1)));
+        assert_eq!(states.len(), MAX_STATES);
+        // Once the failures' wait is over they go; the queued ones stay.
+        assert!(make_room(&mut states, start + RETRY_AFTER));
+        assert_eq!(states.len(), MAX_STATES / 2);
+        assert!(states.values().all(|s| matches!(s, State::Queued)));
+    }
 }

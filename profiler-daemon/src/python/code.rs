@@ -100,6 +100,12 @@ impl CodeCache {
         self.max_bytes
     }
 
+    /// Publishes its sizes to `caches`.
+    pub fn publish(&self, caches: &crate::caches::Caches) {
+        caches.set("python code objects", self.codes.len(), self.codes.cap().get());
+        caches.set("python frames", self.frames.len(), self.frames.cap().get());
+    }
+
     /// Drops what is cached for the processes `pids` (gone for good).
     pub fn forget(&mut self, pids: &[u32]) {
         let pids: std::collections::HashSet<u32> = pids.iter().copied().collect();

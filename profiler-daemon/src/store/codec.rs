@@ -224,6 +224,11 @@ fn merge_triples(x: &[u64], y: &[u64]) -> Vec<u64> {
 /// memory whatever the store holds.
 pub const DICTIONARY_CAPACITY: usize = 16_384;
 
+/// Rows waiting to be written at most (frames, stacks and label sets; a few hundred bytes
+/// each): past this, after the disk has refused writes for long, the dictionary starts over
+/// (see [`Dictionary::start_over`]).
+pub const MAX_PENDING_ROWS: usize = 65_536;
+
 /// Interns frames, stacks and labels for writing. It remembers the ids of the most recently
 /// used ones, at most a capacity per table, so that a window refers to a row already stored;
 /// one that was forgotten gets a new id and a new row, and the store then holds equal rows
@@ -534,6 +539,20 @@ impl Dictionary {
         self.pending.push((Table::Labels, id, record.encode_to_vec()));
         self.labels.put(labels.clone(), id);
         id
+    }
+
+    /// Forgets every id it remembers and every row waiting to be written, and returns how many
+    /// rows it dropped. No stored window refers to a waiting row (a window is committed
+    /// together with the rows it needs), so later windows simply intern their frames, stacks
+    /// and labels again under new ids: the waiting rows cannot grow without bound while writes
+    /// fail.
+    pub fn start_over(&mut self) -> usize {
+        let dropped = self.pending.len();
+        self.frames.clear();
+        self.stacks.clear();
+        self.labels.clear();
+        self.pending = Vec::new();
+        dropped
     }
 
     /// Forgets the ids in `dead` (rows a sweep deleted). Ids are not handed out again while

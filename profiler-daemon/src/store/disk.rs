@@ -138,6 +138,11 @@ pub struct StoreStatus {
     /// Dictionary entries whose ids are remembered in memory (at most
     /// [`codec::DICTIONARY_CAPACITY`] per table).
     pub dictionary_cached: u64,
+    /// Dictionary rows waiting to be written (writes failed since they were made).
+    pub dictionary_pending: u64,
+    /// Times the dictionary started over because too many rows were waiting
+    /// ([`codec::MAX_PENDING_ROWS`]).
+    pub dictionary_restarts: u64,
     /// End of the newest stored window.
     pub persisted_until_ns: i64,
     /// Windows that could not be stored since start (the writer was behind, or a write
@@ -174,6 +179,10 @@ pub struct Store {
     sweep_at: AtomicUsize,
     /// Dictionary entries forgotten by sweeps since start.
     swept: AtomicU64,
+    /// Rows that may wait to be written before the dictionary starts over.
+    max_pending_rows: usize,
+    /// Times it did.
+    restarts: AtomicU64,
     /// Windows that could not be stored.
     lost: LostWindows,
     /// Per exporter, the windows retention dropped before it delivered them.
@@ -257,6 +266,8 @@ impl Store {
             rows: AtomicUsize::new(0),
             sweep_at: AtomicUsize::new(SWEEP_MIN),
             swept: AtomicU64::new(0),
+            max_pending_rows: codec::MAX_PENDING_ROWS,
+            restarts: AtomicU64::new(0),
             lost: LostWindows::default(),
         };
         store.load().map_err(|e| match e {
@@ -394,6 +405,16 @@ impl Store {
     fn append_inner(&self, window: &Window, now_ns: i64) -> Result<(), redb::Error> {
         let (record, pending) = {
             let mut dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            if dict.pending.len() > self.max_pending_rows {
+                let dropped = dict.start_over();
+                self.restarts.fetch_add(1, Relaxed);
+                warn!(
+                    path = %self.path.display(),
+                    rows = dropped,
+                    "writes have failed for long: the dictionary rows waiting for them are \
+                     dropped, and later windows write theirs again"
+                );
+            }
             let mut record = WindowRecord {
                 start_ns: window.start_ns,
                 end_ns: window.end_ns,
@@ -796,6 +817,10 @@ impl Store {
 
     /// Sizes and counters.
     pub fn status(&self) -> StoreStatus {
+        let (cached, pending) = {
+            let dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner);
+            (dict.len() as u64, dict.pending.len() as u64)
+        };
         StoreStatus {
             path: self.path.clone(),
             bytes: self.bytes.load(Relaxed),
@@ -803,9 +828,10 @@ impl Store {
             windows: self.windows.load(Relaxed),
             evicted: self.evicted.load(Relaxed),
             dictionary: self.rows.load(Relaxed) as u64,
-            dictionary_cached: self.dict.lock().unwrap_or_else(PoisonError::into_inner).len()
-                as u64,
+            dictionary_cached: cached,
             dictionary_swept: self.swept.load(Relaxed),
+            dictionary_pending: pending,
+            dictionary_restarts: self.restarts.load(Relaxed),
             persisted_until_ns: self.persisted_until(),
             unstored: self.lost.count(),
         }
@@ -1445,6 +1471,42 @@ mod tests {
         let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
         assert_eq!(counts(&all), [("before".into(), 1), ("during".into(), 4)]);
         assert_eq!(store.status().windows, 2);
+    }
+
+    #[test]
+    fn rows_waiting_past_their_bound_are_dropped_and_later_windows_write_theirs_again() {
+        let dir = tempdir("failing-disk");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(FILE_NAME);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let backend =
+            Failing { inner: redb::backends::FileBackend::new(file).unwrap(), fail: fail.clone() };
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        {
+            let mut store = Store::open_with_backend(&path, backend, retention()).unwrap();
+            store.append(&window(base, 1, "before", 1), base).unwrap();
+            // A failed write leaves the rows of a new frame, stack and label set waiting.
+            fail.store(true, Relaxed);
+            assert!(store.append(&window(base + 10 * S, 2, "during", 1), base).is_err());
+            assert_eq!(store.status().dictionary_pending, 3);
+            // With fewer allowed to wait, the next write drops them and starts over: it
+            // writes the rows its window needs again, under new ids.
+            fail.store(false, Relaxed);
+            store.max_pending_rows = 2;
+            store.append(&window(base + 20 * S, 2, "during", 5), base).unwrap();
+            let status = store.status();
+            assert_eq!((status.dictionary_pending, status.dictionary_restarts), (0, 1));
+        }
+        let store = Store::open(&dir, retention(), false).unwrap();
+        let all = store.merge(0, i64::MAX, &Selector::default(), Mode::Cpu).unwrap();
+        assert_eq!(counts(&all), [("before".into(), 1), ("during".into(), 5)]);
     }
 
     #[test]
