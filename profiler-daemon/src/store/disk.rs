@@ -1422,9 +1422,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_failed_write_changes_nothing_and_the_next_write_stores_what_it_needs() {
-        let dir = tempdir("failed-write");
+    /// A store in a new directory `name` whose writes fail while the flag is set (until the
+    /// store reopens its file after the failure).
+    fn failing_store(name: &str) -> (PathBuf, Store, Arc<AtomicBool>) {
+        let dir = tempdir(name);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(FILE_NAME);
         let file = std::fs::OpenOptions::new()
@@ -1437,16 +1438,23 @@ mod tests {
         let fail = Arc::new(AtomicBool::new(false));
         let backend =
             Failing { inner: redb::backends::FileBackend::new(file).unwrap(), fail: fail.clone() };
+        let store = Store::open_with_backend(&path, backend, retention()).unwrap();
+        (dir, store, fail)
+    }
+
+    #[test]
+    fn a_failed_write_changes_nothing_and_the_next_write_stores_what_it_needs() {
+        let (dir, store, fail) = failing_store("failed-write");
         let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
         {
-            let store = Store::open_with_backend(&path, backend, retention()).unwrap();
+            let store = store;
             store.append(&window(base, 1, "before", 1), base).unwrap();
             let before = store.status();
             // The disk fills up: a window with new frames, stacks and labels fails.
             fail.store(true, Relaxed);
             let lost = window(base + 10 * S, 2, "during", 1);
             let err = store.append(&lost, base).unwrap_err();
-            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+            assert!(err.to_string().contains(&dir.join(FILE_NAME).display().to_string()), "{err}");
             assert_ne!(lost.persisted.get(), PersistState::Stored);
             let after = store.status();
             assert_eq!(
@@ -1475,22 +1483,10 @@ mod tests {
 
     #[test]
     fn rows_waiting_past_their_bound_are_dropped_and_later_windows_write_theirs_again() {
-        let dir = tempdir("failing-disk");
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(FILE_NAME);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .unwrap();
-        let fail = Arc::new(AtomicBool::new(false));
-        let backend =
-            Failing { inner: redb::backends::FileBackend::new(file).unwrap(), fail: fail.clone() };
+        let (dir, store, fail) = failing_store("failing-disk");
         let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
         {
-            let mut store = Store::open_with_backend(&path, backend, retention()).unwrap();
+            let mut store = store;
             store.append(&window(base, 1, "before", 1), base).unwrap();
             // A failed write leaves the rows of a new frame, stack and label set waiting.
             fail.store(true, Relaxed);
