@@ -169,7 +169,9 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub repair: bool,
 
-    /// Memory bound for recent closed windows kept in memory (for example 256MiB).
+    /// Memory bound for everything the daemon holds (for example 256MiB): the sample ring
+    /// buffer and queues, its caches and tables, the store's dictionary and page cache, and
+    /// the recent windows kept in memory, which get what the rest leaves.
     #[arg(long, default_value = "256MiB", value_parser = parse_bytes)]
     pub max_memory: u64,
 

@@ -597,9 +597,26 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
         s.cpu_seconds,
         100.0 * s.cpu_seconds / s.uptime_seconds.max(1) as f64
     );
+    let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+    if let Some(m) = &s.memory {
+        let total: u64 = m.parts.iter().map(|p| p.bytes).sum();
+        let parts: Vec<String> =
+            m.parts.iter().map(|p| format!("{} {:.1}", p.name, mib(p.bytes))).collect();
+        let _ = writeln!(
+            out,
+            "memory:      {:.1} of {:.1} MiB (--max-memory): {}; room for windows {:.1}",
+            mib(total),
+            mib(m.max_bytes),
+            parts.join(", "),
+            mib(m.window_room_bytes)
+        );
+    }
     if !s.caches.is_empty() {
-        let sizes: Vec<String> =
-            s.caches.iter().map(|c| format!("{} {}/{}", c.name, c.entries, c.capacity)).collect();
+        let sizes: Vec<String> = s
+            .caches
+            .iter()
+            .map(|c| format!("{} {}/{} ({:.1} MiB)", c.name, c.entries, c.capacity, mib(c.bytes)))
+            .collect();
         let _ = writeln!(out, "caches:      {}", sizes.join(", "));
     }
     if let Some(store) = &s.store {

@@ -25,6 +25,7 @@ use crate::{
         Retention,
         actor::{self, AggregatorConfig},
     },
+    budget::{MemoryBudget, MemoryPart},
     calls::CallTracker,
     collector::{
         Collector, Waiting,
@@ -52,6 +53,12 @@ const SYMBOLIZER_QUEUE: usize = 4096;
 const COLLECTOR_QUEUE_RINGS: usize = 4;
 /// Samples queued between the symbolizer and the aggregator.
 const AGGREGATOR_QUEUE: usize = 4096;
+/// What one sample holds while it waits in the symbolizer's or the aggregator's queue, as
+/// counted against `--max-memory`: its record, addresses and frames.
+const QUEUED_SAMPLE_BYTES: usize = 1024;
+/// What the daemon's own code, data and thread stacks take, as counted against
+/// `--max-memory` (its resident memory with nothing to profile, rounded up).
+const PROGRAM_BYTES: usize = 32 << 20;
 /// Closed windows kept in memory (besides the store), for fast queries of the recent past.
 const MEMORY_WINDOWS_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 /// How long open gRPC calls and connections get to finish once the daemon is told to stop.
@@ -96,6 +103,9 @@ pub enum DaemonError {
     /// An exporter's client certificate without its key, or without the CA to check with.
     #[error("{0}")]
     ExportTlsOptions(&'static str),
+    /// `--max-memory` is too small.
+    #[error(transparent)]
+    Memory(#[from] crate::budget::BudgetError),
     /// The debuginfod settings cannot be used.
     #[error(transparent)]
     DebugInfo(#[from] crate::debuginfo::DebugInfoError),
@@ -240,6 +250,23 @@ fn raise_open_files_limit() {
     }
 }
 
+/// `--max-memory` with the parts the daemon takes whatever it profiles; the caches and the
+/// store are added once they exist.
+fn memory_budget(args: &DaemonArgs) -> Result<MemoryBudget, crate::budget::BudgetError> {
+    let ring = usize::try_from(args.ring_buffer_size).unwrap_or(usize::MAX);
+    let fixed = vec![
+        // The kernel maps the ring's data pages twice in a row, and both count as resident.
+        MemoryPart { name: crate::budget::RING_BUFFER, bytes: ring.saturating_mul(2) },
+        MemoryPart { name: "collector queue", bytes: ring.saturating_mul(COLLECTOR_QUEUE_RINGS) },
+        MemoryPart {
+            name: "pipeline queues",
+            bytes: (SYMBOLIZER_QUEUE + AGGREGATOR_QUEUE) * QUEUED_SAMPLE_BYTES,
+        },
+        MemoryPart { name: "program", bytes: PROGRAM_BYTES },
+    ];
+    MemoryBudget::new(usize::try_from(args.max_memory).unwrap_or(usize::MAX), fixed)
+}
+
 /// The debug directories and debuginfod servers that `args` (or `DEBUGINFOD_URLS`) ask for;
 /// `None` when there are neither. Downloads start on the current runtime.
 fn debug_info(args: &DaemonArgs) -> Result<Option<Arc<crate::debuginfo::DebugInfo>>, DaemonError> {
@@ -273,6 +300,7 @@ pub async fn run(
     // The gRPC endpoint's options first: a bad certificate file or a refused plain-text address
     // is a configuration error, reported before anything is loaded.
     let endpoint = GrpcEndpoint::from_args(&args)?;
+    let budget = memory_budget(&args)?;
     let pods = pods::configure(args.kubernetes, args.node_name.clone()).await?;
     let exporters = exporters(&args)?;
     let debug_info = debug_info(&args)?;
@@ -317,6 +345,20 @@ pub async fn run(
     let stats = Arc::new(PipelineStats::default());
     stats.set_off_cpu_scale(crate::off_cpu::SCALE_ONE);
     let symbolizer_stats = Arc::new(SymbolizerStats::default());
+    let budget = Arc::new(
+        budget
+            .hold("caches and tables", {
+                let (pipeline, symbolizer) = (stats.clone(), symbolizer_stats.clone());
+                move || {
+                    let bytes = pipeline.caches.bytes() + symbolizer.caches.bytes();
+                    usize::try_from(bytes).unwrap_or(usize::MAX)
+                }
+            })
+            .hold("store", {
+                let store = store.clone();
+                move || store.memory_bytes()
+            }),
+    );
     let processes = Arc::new(AtomicU64::new(0));
     let (raw_tx, raw_rx) = mpsc::channel(SYMBOLIZER_QUEUE);
     let (sample_tx, sample_rx) = mpsc::channel(AGGREGATOR_QUEUE);
@@ -329,7 +371,7 @@ pub async fn run(
 
     let (writer, writer_thread) = store::writer::spawn(store.clone())
         .map_err(|source| DaemonError::Start { stage: "store writer thread", source })?;
-    let (aggregator, aggregator_task) = actor::spawn(
+    let (aggregator, aggregator_task) = actor::spawn_in_budget(
         AggregatorConfig {
             window: args.window,
             max_stacks: usize::try_from(args.max_stacks_per_window).unwrap_or(usize::MAX),
@@ -342,6 +384,7 @@ pub async fn run(
         sample_rx,
         stats.clone(),
         Some(Box::new(move |window| writer.write(window))),
+        Some(budget.clone()),
     );
 
     let resident_targets = (!args.no_resident).then(crate::resident::Targets::default);
@@ -407,6 +450,7 @@ pub async fn run(
         oom_kills,
         resident: resident_latest,
         exporters: exporters.iter().map(|(stats, _)| stats.clone()).collect(),
+        memory: Some(budget),
     });
     let export_tasks: Vec<_> = exporters
         .into_iter()

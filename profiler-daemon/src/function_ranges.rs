@@ -61,6 +61,18 @@ impl FunctionRanges {
         self.max
     }
 
+    /// Rough bytes held: the ranges and their names (names shared with frames are counted
+    /// here too).
+    pub fn heap_bytes(&self) -> usize {
+        let names = crate::caches::estimate(
+            self.files.values().flatten().map(|r| crate::aggregate::arc_bytes(r.name.len())),
+            self.len,
+        );
+        crate::caches::table_bytes::<(FileKey, Vec<Range>)>(self.files.len())
+            + self.len * size_of::<Range>()
+            + names
+    }
+
     /// Ranges held.
     pub fn len(&self) -> usize {
         self.len

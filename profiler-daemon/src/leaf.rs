@@ -95,6 +95,11 @@ struct UnwindInfo {
 }
 
 impl UnwindInfo {
+    /// Bytes of the file's mapping that reading rules touches: its unwind tables.
+    fn table_bytes(&self) -> usize {
+        self.eh_frame.0.len() + self.hdr.as_ref().map_or(0, |(range, _)| range.len())
+    }
+
     fn read(path: &Path) -> Option<UnwindInfo> {
         let file = std::fs::File::open(path).ok()?;
         // SAFETY: read-only and private; a file replaced while mapped is replaced by rename.
@@ -155,8 +160,21 @@ pub struct LeafRules {
 impl LeafRules {
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
-        caches.set("leaf rule files", self.files.len(), self.files.cap().get());
-        caches.set("leaf rules", self.rules.len(), self.rules.cap().get());
+        let tables: usize =
+            self.files.iter().filter_map(|(_, info)| info.as_ref()).map(|i| i.table_bytes()).sum();
+        caches.set(
+            "leaf rule files",
+            self.files.len(),
+            self.files.cap().get(),
+            crate::caches::table_bytes::<(FileKey, Option<Arc<UnwindInfo>>)>(self.files.len())
+                + tables,
+        );
+        caches.set(
+            "leaf rules",
+            self.rules.len(),
+            self.rules.cap().get(),
+            crate::caches::table_bytes::<((FileKey, u64), Rule)>(self.rules.len()),
+        );
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod aggregate;
 pub mod btf;
+pub mod budget;
 pub mod caches;
 pub mod calls;
 pub mod client;

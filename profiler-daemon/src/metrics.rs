@@ -352,6 +352,31 @@ pub async fn render(sources: &Sources) -> String {
         for c in &caches {
             family.sample(&[("cache", &c.name)], c.capacity);
         }
+        let mut family = out.family(
+            "profilerd_cache_bytes",
+            Kind::Gauge,
+            "Approximate bytes held by each bounded cache or table of the daemon.",
+        );
+        for c in &caches {
+            family.sample(&[("cache", &c.name)], c.bytes);
+        }
+        let window_bytes = aggregation.as_ref().map_or(0, |a| a.bytes);
+        if let Some(memory) = crate::server::memory(info, window_bytes) {
+            out.single(
+                "profilerd_memory_max_bytes",
+                Kind::Gauge,
+                "--max-memory: the bound on everything the daemon holds.",
+                memory.max_bytes,
+            );
+            let mut family = out.family(
+                "profilerd_memory_bytes",
+                Kind::Gauge,
+                "Approximate bytes each part of the daemon holds under --max-memory.",
+            );
+            for part in &memory.parts {
+                family.sample(&[("part", &part.name)], part.bytes);
+            }
+        }
     }
     out.single(
         "profilerd_native_unwind_table_full_total",
@@ -852,6 +877,7 @@ mod tests {
             oom_kills: Default::default(),
             resident: Default::default(),
             exporters: Vec::new(),
+            memory: None,
         });
         (Sources { info, aggregator, store, grpc: Arc::default() }, tx)
     }

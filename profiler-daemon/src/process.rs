@@ -222,6 +222,16 @@ pub struct ProcessInfo {
 }
 
 impl ProcessInfo {
+    /// Rough bytes it holds on the heap beyond its table entry: its maps, command line and
+    /// threads' labels.
+    fn heap_bytes(&self) -> usize {
+        self.maps.capacity() * size_of::<Mapping>()
+            + self.cmdline.capacity()
+            + self.main_comm.capacity()
+            + crate::caches::table_bytes::<(u32, Arc<Labels>)>(self.threads.len())
+            + self.threads.values().map(|l| l.approx_bytes()).sum::<usize>()
+    }
+
     /// Lets the next sample whose leaf is outside the maps have them read again at once,
     /// however recently they were read: maps read at an `execve` hold the program and its
     /// loader, not yet the libraries the loader is about to map.
@@ -402,7 +412,23 @@ impl ProcessTable {
 
     /// Processes tracked.
     pub fn publish(&self, caches: &crate::caches::Caches) {
-        caches.set("processes", self.procs.len(), self.max_processes);
+        use crate::caches::{estimate, table_bytes};
+        let processes =
+            estimate(self.procs.values().map(ProcessInfo::heap_bytes), self.procs.len());
+        // The files their maps point to (kept only while a process maps them).
+        let files = estimate(
+            self.files.values().map(|f| crate::aggregate::arc_bytes(f.module.path.len())),
+            self.files.len(),
+        );
+        caches.set(
+            "processes",
+            self.procs.len(),
+            self.max_processes,
+            table_bytes::<(u32, ProcessInfo)>(self.procs.len())
+                + processes
+                + table_bytes::<(FileKey, Arc<MappedFile>)>(self.files.len())
+                + files,
+        );
     }
 
     /// Processes tracked.

@@ -54,7 +54,11 @@ pub fn caches(info: &DaemonInfo, open_blocks: usize) -> Vec<v1::CacheStatus> {
     all.extend(info.symbolizer.caches.sizes());
     all.push((
         "open off-CPU blocks",
-        CacheSize { entries: open_blocks as u64, capacity: MAX_OPEN_BLOCKS as u64 },
+        CacheSize {
+            entries: open_blocks as u64,
+            capacity: MAX_OPEN_BLOCKS as u64,
+            bytes: crate::caches::table_bytes::<crate::aggregate::BlockStart>(open_blocks) as u64,
+        },
     ));
     all.sort_by_key(|(name, _)| *name);
     all.into_iter()
@@ -62,8 +66,25 @@ pub fn caches(info: &DaemonInfo, open_blocks: usize) -> Vec<v1::CacheStatus> {
             name: name.to_owned(),
             entries: size.entries,
             capacity: size.capacity,
+            bytes: size.bytes,
         })
         .collect()
+}
+
+/// `--max-memory` and its parts, the recent windows' `window_bytes` among them.
+pub fn memory(info: &DaemonInfo, window_bytes: usize) -> Option<v1::MemoryStatus> {
+    let budget = info.memory.as_ref()?;
+    let mut parts: Vec<v1::MemoryPartStatus> = budget
+        .parts()
+        .into_iter()
+        .map(|p| v1::MemoryPartStatus { name: p.name.to_owned(), bytes: p.bytes as u64 })
+        .collect();
+    parts.push(v1::MemoryPartStatus { name: "recent windows".into(), bytes: window_bytes as u64 });
+    Some(v1::MemoryStatus {
+        max_bytes: budget.max_bytes() as u64,
+        parts,
+        window_room_bytes: budget.window_bytes() as u64,
+    })
 }
 
 /// Facts and counters that `Status` reports.
@@ -97,6 +118,8 @@ pub struct DaemonInfo {
     pub resident: crate::resident::Latest,
     /// The exporters' counters.
     pub exporters: Vec<Arc<crate::fleet::ExporterStats>>,
+    /// `--max-memory` and how it is divided (absent in tests).
+    pub memory: Option<Arc<crate::budget::MemoryBudget>>,
 }
 
 impl DaemonInfo {
@@ -434,6 +457,7 @@ impl Profiler for ProfilerService {
             }),
             processes: u32::try_from(info.processes.load(Relaxed)).unwrap_or(u32::MAX),
             caches: caches(info, aggregation.open_blocks),
+            memory: memory(info, aggregation.bytes),
             native_unwind: Some(v1::NativeUnwindStatus {
                 processes: info.stats.unwind.processes.load(Relaxed),
                 files: info.stats.unwind.files.load(Relaxed),

@@ -38,6 +38,7 @@ use crate::{
         BlockEnd, BlockStart, CallSample, Frame, FrameKind, Labels, Module, Resolved, SampleKind,
         Stack, StackSample,
     },
+    caches::{estimate, table_bytes},
     calls::CallDeltas,
     debuginfo::{DebugInfo, Lookup, Wanted, elf::Layout},
     function_ranges::FunctionRanges,
@@ -90,6 +91,15 @@ pub struct RawStack {
     pub value: u64,
     /// For a thread captured as it left the CPU: the switch.
     pub block: Option<RawBlock>,
+}
+
+impl RawStack {
+    /// Bytes its addresses and Python frames hold on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.kernel.capacity() * size_of::<u64>()
+            + self.user.capacity() * size_of::<UserAddr>()
+            + self.python.as_ref().map_or(0, |(_, frames)| frames.capacity() * size_of::<PyFrame>())
+    }
 }
 
 /// The switch of a thread captured as it left the CPU.
@@ -170,6 +180,9 @@ impl SymbolizerStats {
 /// afresh: it never closes one by itself, and on a busy host every build leaves new binaries
 /// behind. The frame caches keep what was symbolized.
 const MAX_OPEN_FILES: usize = 64;
+/// What blazesym keeps per file it opened, as counted against `--max-memory`: its parsed
+/// symbol tables (the file's pages themselves are mapped from the page cache).
+const SYMBOL_FILE_BYTES: usize = 1 << 20;
 /// How often the symbolizer publishes its caches' sizes.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -303,13 +316,47 @@ impl Resolver {
     fn publish(&mut self) {
         self.published = std::time::Instant::now();
         let caches = &self.stats.caches;
-        caches.set("user frames", self.user.len(), self.user.cap().get());
-        caches.set("kernel frames", self.kernel.len(), self.kernel.cap().get());
-        caches.set("function ranges", self.ranges.len(), self.ranges.capacity());
-        caches.set("symbol files open", self.opened.len(), MAX_OPEN_FILES);
+        let (user, kernel) = (self.user.len(), self.kernel.len());
+        let user_frames =
+            estimate(self.user.iter().flat_map(|(_, f)| f).map(|f| f.approx_bytes()), user);
+        let kernel_frames = estimate(self.kernel.iter().map(|(_, f)| f.approx_bytes()), kernel);
+        caches.set(
+            "user frames",
+            user,
+            self.user.cap().get(),
+            table_bytes::<((FileKey, u64), Option<Arc<Frame>>)>(user) + user_frames,
+        );
+        caches.set(
+            "kernel frames",
+            kernel,
+            self.kernel.cap().get(),
+            table_bytes::<(u64, Arc<Frame>)>(kernel) + kernel_frames,
+        );
+        caches.set(
+            "function ranges",
+            self.ranges.len(),
+            self.ranges.capacity(),
+            self.ranges.heap_bytes(),
+        );
+        caches.set(
+            "symbol files open",
+            self.opened.len(),
+            MAX_OPEN_FILES,
+            self.opened.len() * SYMBOL_FILE_BYTES,
+        );
         // Both are cleared when they reach the user frame cache's capacity.
-        caches.set("files without symbols", self.failed.len(), self.user.cap().get());
-        caches.set("symbol sources", self.sources.len(), self.user.cap().get());
+        caches.set(
+            "files without symbols",
+            self.failed.len(),
+            self.user.cap().get(),
+            table_bytes::<(FileKey, std::time::Instant)>(self.failed.len()),
+        );
+        caches.set(
+            "symbol sources",
+            self.sources.len(),
+            self.user.cap().get(),
+            table_bytes::<(FileKey, SymbolFile)>(self.sources.len()),
+        );
         self.codes.lock().unwrap_or_else(PoisonError::into_inner).publish(caches);
     }
 

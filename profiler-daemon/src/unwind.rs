@@ -205,6 +205,17 @@ struct ProcessModules {
     stop: Vec<Range<u64>>,
 }
 
+impl ProcessModules {
+    /// Rough heap bytes: the stop ranges and the unwinder's list of modules (their tables are
+    /// the files', counted there).
+    fn heap_bytes(&self) -> usize {
+        /// The unwinder's entry per module, and modules in a typical process.
+        const MODULE_BYTES: usize = 256;
+        const MODULES: usize = 16;
+        self.stop.capacity() * size_of::<Range<u64>>() + MODULE_BYTES * MODULES
+    }
+}
+
 /// What unwinding a sample's copy found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Unwound {
@@ -280,8 +291,19 @@ impl NativeUnwind {
 
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
-        caches.set("unwind table files", self.files.len(), self.files.cap().get());
-        caches.set("unwind module lists", self.processes.len(), self.processes.cap().get());
+        caches.set(
+            "unwind table files",
+            self.files.len(),
+            self.files.cap().get(),
+            self.table_bytes as usize,
+        );
+        let modules: usize = self.processes.iter().map(|(_, m)| m.heap_bytes()).sum();
+        caches.set(
+            "unwind module lists",
+            self.processes.len(),
+            self.processes.cap().get(),
+            crate::caches::table_bytes::<(u32, ProcessModules)>(self.processes.len()) + modules,
+        );
     }
 
     /// Files whose tables are mapped (or known to have none), and the tables' bytes.

@@ -45,6 +45,18 @@ fn profilerd_rejects_a_bad_flag_with_its_name() {
     let (ok, stderr) = run(env!("CARGO_BIN_EXE_profilerd"), &["--listen", "127.0.0.1:80"]);
     assert!(!ok);
     assert!(stderr.contains("expected unix:///PATH or tcp://ADDR:PORT"), "{stderr}");
+    // --max-memory bounds everything the daemon holds: below what it holds whatever it
+    // profiles, it refuses to start, before it needs any privilege.
+    let (ok, stderr) = run(env!("CARGO_BIN_EXE_profilerd"), &["--max-memory", "64MiB"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--max-memory 64MiB is too small: profilerd holds 88MiB whatever it profiles (sample ring buffer 16MiB, collector queue 32MiB, pipeline queues 8MiB, program 32MiB)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("give --max-memory 96MiB or more (or a smaller --ring-buffer-size)"),
+        "{stderr}"
+    );
     let (ok, stderr) =
         run(env!("CARGO_BIN_EXE_profilerd"), &["--debuginfod-urls", "debuginfod.internal:8002"]);
     assert!(!ok);

@@ -136,6 +136,7 @@ async fn service_with(shutdown: &CancellationToken, samples: Vec<StackSample>) -
         oom_kills: Default::default(),
         resident: Default::default(),
         exporters: Vec::new(),
+        memory: None,
     });
     ProfilerService::new(aggregator, info)
 }

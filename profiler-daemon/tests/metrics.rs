@@ -74,6 +74,7 @@ async fn serves_metrics_health_and_nothing_else() {
         oom_kills: Default::default(),
         resident: Default::default(),
         exporters: Vec::new(),
+        memory: None,
     });
     let sources = metrics::Sources { info, aggregator, store: None, grpc: Arc::default() };
     let listener = metrics::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -191,6 +192,29 @@ async fn the_daemon_serves_health_and_metrics() {
     ] {
         assert!(body.contains(bound), "{bound} missing:\n{body}");
     }
+    // What each holds, and --max-memory (256MiB by default) divided among every part.
+    let value = |prefix: &str| -> Option<u64> {
+        body.lines().find_map(|l| l.strip_prefix(prefix)?.parse().ok())
+    };
+    assert!(
+        value("profilerd_cache_bytes{cache=\"user frames\"} ").is_some_and(|b| b > 0),
+        "{body}"
+    );
+    assert_eq!(value("profilerd_memory_max_bytes "), Some(256 << 20), "{body}");
+    let parts: Vec<(&str, u64)> = body
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("profilerd_memory_bytes{part=\"")?;
+            let (name, value) = rest.split_once("\"} ")?;
+            Some((name, value.parse().ok()?))
+        })
+        .collect();
+    let names: Vec<&str> = parts.iter().map(|(name, _)| *name).collect();
+    for part in ["sample ring buffer", "caches and tables", "store", "recent windows"] {
+        assert!(names.contains(&part), "{part} missing:\n{body}");
+    }
+    let total: u64 = parts.iter().map(|(_, bytes)| bytes).sum();
+    assert!(total <= 256 << 20, "{total} bytes held:\n{body}");
     assert!(daemon.stop(), "profilerd stops cleanly");
 }
 

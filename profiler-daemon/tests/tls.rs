@@ -68,6 +68,7 @@ fn service(shutdown: &CancellationToken) -> ProfilerService {
         oom_kills: Default::default(),
         resident: Default::default(),
         exporters: Vec::new(),
+        memory: None,
     });
     ProfilerService::new(aggregator, info)
 }

@@ -24,7 +24,7 @@ use super::{
     RecentWindows, Resolved, Retention, SampleKind, StackSample, Window, WindowBuilder,
     blocks::{Accrual, MAX_OPEN_BLOCKS, OpenBlocks},
 };
-use crate::{clock::now_ns, stats::PipelineStats};
+use crate::{budget::MemoryBudget, clock::now_ns, stats::PipelineStats};
 
 /// Closed windows buffered for each live watcher; a watcher further behind misses windows,
 /// and is told how many.
@@ -136,6 +136,18 @@ pub fn spawn(
     stats: Arc<PipelineStats>,
     sink: Option<WindowSink>,
 ) -> (AggregatorHandle, JoinHandle<()>) {
+    spawn_in_budget(config, samples, stats, sink, None)
+}
+
+/// [`spawn`], with the recent windows held in memory to what `budget` leaves them (and to
+/// `config.retention` at most).
+pub fn spawn_in_budget(
+    config: AggregatorConfig,
+    samples: mpsc::Receiver<Resolved>,
+    stats: Arc<PipelineStats>,
+    sink: Option<WindowSink>,
+    budget: Option<Arc<MemoryBudget>>,
+) -> (AggregatorHandle, JoinHandle<()>) {
     let (commands, command_rx) = mpsc::channel(64);
     let (closed, _) = broadcast::channel(WATCH_BUFFER);
     let actor = Actor {
@@ -147,6 +159,7 @@ pub fn spawn(
         stats,
         sink,
         closed: closed.clone(),
+        budget,
     };
     // Task names need tokio_unstable; the span names the task in logs instead.
     let task = tokio::spawn(actor.run(samples, command_rx).instrument(info_span!("aggregator")));
@@ -176,6 +189,7 @@ struct Actor {
     stats: Arc<PipelineStats>,
     sink: Option<WindowSink>,
     closed: broadcast::Sender<Arc<Window>>,
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Actor {
@@ -307,7 +321,13 @@ impl Actor {
         }
         // No watcher is not an error.
         let _ = self.closed.send(closed.clone());
-        self.recent.push(closed, now_ns());
+        let bytes = self.recent.push(closed, now_ns());
+        if let Some(budget) = &self.budget {
+            // The window that just opened will hold about as much as this one.
+            let room = budget.window_bytes().saturating_sub(bytes);
+            self.recent.set_max_bytes(room.min(self.config.retention.max_bytes));
+            self.recent.expire(now_ns());
+        }
     }
 
     fn answer(&mut self, command: Command) {
@@ -414,6 +434,38 @@ mod tests {
         assert_eq!(functions(&current), ["current"]);
         assert_eq!(stats.late_total(), 1);
         assert_eq!(stats.aggregated_total(), 3);
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn recent_windows_give_way_to_what_the_budget_holds_elsewhere() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let held = Arc::new(AtomicUsize::new(0));
+        let budget = MemoryBudget::new(crate::budget::MIN_WINDOW_BYTES, Vec::new()).unwrap().hold(
+            "caches",
+            {
+                let held = held.clone();
+                move || held.load(Relaxed)
+            },
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let config = config(Duration::from_millis(100));
+        let (handle, _task) =
+            spawn_in_budget(config, rx, Arc::default(), None, Some(Arc::new(budget)));
+        let windows_after = |pause_ms| {
+            let (tx, handle) = (&tx, &handle);
+            async move {
+                for _ in 0..pause_ms / 20 {
+                    tx.send(sample(now_ns(), "work")).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                handle.status().await.unwrap().windows
+            }
+        };
+        assert!(windows_after(600).await >= 4, "windows are kept while the budget has room");
+        // The caches now take the whole budget: only the newest window stays.
+        held.store(crate::budget::MIN_WINDOW_BYTES, Relaxed);
+        assert_eq!(windows_after(300).await, 1);
         drop(tx);
     }
 

@@ -55,7 +55,26 @@ pub struct Frame {
     pub start_line: u32,
 }
 
+/// Bytes of an `Arc` allocation holding `payload` bytes: the two reference counts, the
+/// payload, and the allocator's header.
+pub const fn arc_bytes(payload: usize) -> usize {
+    2 * size_of::<usize>() + payload + 16
+}
+
 impl Frame {
+    /// Rough bytes this frame holds on the heap in its `Arc`, its strings and its module,
+    /// counted as if nothing were shared (an upper bound for one frame).
+    pub fn approx_bytes(&self) -> usize {
+        arc_bytes(size_of::<Frame>())
+            + arc_bytes(self.function.len())
+            + self.file.as_ref().map_or(0, |f| arc_bytes(f.len()))
+            + self.module.as_ref().map_or(0, |m| {
+                arc_bytes(size_of::<Module>())
+                    + arc_bytes(m.path.len())
+                    + m.build_id.as_ref().map_or(0, |b| arc_bytes(b.len()))
+            })
+    }
+
     /// A marker frame, such as `[truncated]`.
     pub fn marker(text: &str) -> Frame {
         Frame {
@@ -106,6 +125,28 @@ pub struct Labels {
     pub reason: Arc<str>,
     /// For a Python thread whose process's GIL is known: `held` or `released`; else empty.
     pub gil: Arc<str>,
+}
+
+impl Labels {
+    /// Rough bytes this label set holds on the heap, counted as if none of its strings were
+    /// shared (an upper bound).
+    pub fn approx_bytes(&self) -> usize {
+        let strings = [
+            &self.comm,
+            &self.thread,
+            &self.exe,
+            &self.cgroup,
+            &self.container,
+            &self.pod_uid,
+            &self.pod,
+            &self.namespace,
+            &self.container_name,
+            &self.runtime,
+            &self.reason,
+            &self.gil,
+        ];
+        arc_bytes(size_of::<Labels>()) + strings.iter().map(|s| arc_bytes(s.len())).sum::<usize>()
+    }
 }
 
 impl fmt::Display for Labels {

@@ -16,7 +16,7 @@ pub mod window;
 pub use actor::{AggregatorHandle, AggregatorStatus};
 pub use frame::{
     BlockEnd, BlockStart, CallSample, Frame, FrameKind, Labels, Module, Resolved, Stack,
-    StackSample,
+    StackSample, arc_bytes,
 };
 pub use kind::{Mode, SampleKind, Tally, Unit};
 pub use recent::{RecentWindows, Retention};

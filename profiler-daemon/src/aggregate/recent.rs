@@ -31,21 +31,29 @@ impl RecentWindows {
         RecentWindows { retention, windows: VecDeque::new(), bytes: 0, evicted: 0 }
     }
 
-    /// Adds a closed window and applies retention as of `now_ns`.
-    pub fn push(&mut self, window: Arc<Window>, now_ns: i64) {
+    /// Adds a closed window and applies retention as of `now_ns`; returns the window's
+    /// approximate bytes.
+    pub fn push(&mut self, window: Arc<Window>, now_ns: i64) -> usize {
         let bytes = window.approx_bytes();
         self.bytes += bytes;
         self.windows.push_back((window, bytes));
         self.expire(now_ns);
+        bytes
     }
 
-    /// Drops windows that are too old, then the oldest until the size bound holds.
+    /// Bounds the windows' bytes to `max_bytes` from the next [`RecentWindows::expire`] on.
+    pub fn set_max_bytes(&mut self, max_bytes: usize) {
+        self.retention.max_bytes = max_bytes;
+    }
+
+    /// Drops windows that are too old, then the oldest until the size bound holds. The newest
+    /// window stays whatever its size, until it is too old: it may not be stored yet.
     pub fn expire(&mut self, now_ns: i64) {
         let max_age = i64::try_from(self.retention.max_age.as_nanos()).unwrap_or(i64::MAX);
         let oldest_kept = now_ns.saturating_sub(max_age);
         while let Some((front, bytes)) = self.windows.front() {
             let too_old = front.end_ns <= oldest_kept;
-            let too_big = self.bytes > self.retention.max_bytes;
+            let too_big = self.bytes > self.retention.max_bytes && self.windows.len() > 1;
             if !too_old && !too_big {
                 break;
             }
@@ -131,5 +139,10 @@ mod tests {
         assert_eq!(store.len(), 2);
         assert!(store.bytes() <= 2 * one);
         assert_eq!(store.select(0, 10)[0].start_ns, 3);
+        // With no room at all, the newest window stays (it may not be stored yet).
+        store.set_max_bytes(0);
+        store.expire(5);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.select(0, 10)[0].start_ns, 4);
     }
 }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    frame::{CallSample, Frame, Labels, Stack, StackSample},
+    frame::{CallSample, Frame, Labels, Stack, StackSample, arc_bytes},
     kind::{Mode, SampleKind, Tally},
 };
 use crate::stats::{DropReason, DropSnapshot, PipelineStats};
@@ -120,14 +120,33 @@ pub struct CallEntry {
 }
 
 impl Window {
-    /// Rough heap bytes held by this window (frames are shared and not counted).
+    /// Rough heap bytes held by this window: its entries, and each distinct stack, frame and
+    /// label set they point to. What the window shares with other windows and caches is
+    /// counted here too, so the sum over windows is an upper bound.
     pub fn approx_bytes(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|e| size_of::<WindowEntry>() + e.stack.len() * size_of::<Arc<Frame>>())
-            .sum::<usize>()
-            + self.calls.len() * size_of::<CallEntry>()
-            + size_of::<Window>()
+        let mut stacks = HashSet::new();
+        let mut frames = HashSet::new();
+        let mut labels = HashSet::new();
+        let mut bytes = size_of::<Window>()
+            + self.entries.len() * size_of::<WindowEntry>()
+            + self.calls.len() * size_of::<CallEntry>();
+        let mut add_labels = |l: &Arc<Labels>| {
+            if labels.insert(Arc::as_ptr(l)) { l.approx_bytes() } else { 0 }
+        };
+        let mut add_frame = |f: &Arc<Frame>| {
+            if frames.insert(Arc::as_ptr(f)) { f.approx_bytes() } else { 0 }
+        };
+        for e in &self.entries {
+            bytes += add_labels(&e.labels);
+            if stacks.insert(Arc::as_ptr(&e.stack).cast::<Arc<Frame>>()) {
+                bytes += arc_bytes(e.stack.len() * size_of::<Arc<Frame>>());
+                bytes += e.stack.iter().map(&mut add_frame).sum::<usize>();
+            }
+        }
+        for c in &self.calls {
+            bytes += add_labels(&c.labels) + add_frame(&c.function);
+        }
+        bytes
     }
 
     /// Whether this window overlaps `[start_ns, end_ns)`.
@@ -450,6 +469,30 @@ mod tests {
 
     fn blocked(pid: u32, names: &[&str], value: u64) -> StackSample {
         StackSample { kind: SampleKind::OffCpu, value, ..sample(pid, names) }
+    }
+
+    #[test]
+    fn the_size_estimate_counts_frames_and_labels_once_each() {
+        let stats = PipelineStats::default();
+        let long = "f".repeat(10_000);
+        let stack: Stack = vec![frame(&long), frame("main")].into();
+        let labels =
+            Arc::new(Labels { pid: 1, exe: "x".repeat(5_000).into(), ..Labels::default() });
+        let mut w = WindowBuilder::new(0, 100, DropSnapshot::default());
+        for kind in [SampleKind::Cpu, SampleKind::OffCpu] {
+            let s = StackSample {
+                labels: labels.clone(),
+                stack: stack.clone(),
+                kind,
+                ..sample(1, &[])
+            };
+            w.add(s, &stats);
+        }
+        let closed = w.close(10, &DropSnapshot::default());
+        assert_eq!(closed.entries.len(), 2);
+        let bytes = closed.approx_bytes();
+        // The 10,000-byte name and the 5,000-byte path, each counted once.
+        assert!((15_000..20_000).contains(&bytes), "{bytes}");
     }
 
     #[test]

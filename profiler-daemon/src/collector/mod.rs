@@ -276,7 +276,14 @@ impl Collector {
         self.processes.publish(caches);
         self.leaf_rules.publish(caches);
         self.stack_copies.publish(caches);
-        caches.set("faults awaiting their page", self.unmapped_faults.len(), MAX_UNMAPPED_FAULTS);
+        let faults = self.unmapped_faults.len();
+        let stack_bytes: usize = self.unmapped_faults.iter().map(|(_, raw)| raw.heap_bytes()).sum();
+        caches.set(
+            "faults awaiting their page",
+            faults,
+            MAX_UNMAPPED_FAULTS,
+            faults * size_of::<(UnmappedFault, RawStack)>() + stack_bytes,
+        );
     }
 
     /// Weighs again the faults whose page was not mapped when their sample was read, once

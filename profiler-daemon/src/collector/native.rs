@@ -124,7 +124,12 @@ impl StackCopies {
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
         self.unwind.publish(caches);
-        caches.set("stack copy processes", self.copied.len(), UNWIND_PROCS_MAX as usize);
+        caches.set(
+            "stack copy processes",
+            self.copied.len(),
+            UNWIND_PROCS_MAX as usize,
+            crate::caches::table_bytes::<(u32, CopySize)>(self.copied.len()),
+        );
     }
 
     /// Forgets process `pid`, which is gone.

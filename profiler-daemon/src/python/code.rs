@@ -102,8 +102,14 @@ impl CodeCache {
 
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
-        caches.set("python code objects", self.codes.len(), self.codes.cap().get());
-        caches.set("python frames", self.frames.len(), self.frames.cap().get());
+        caches.set("python code objects", self.codes.len(), self.codes.cap().get(), self.bytes);
+        let frames: usize = self.frames.iter().map(|(_, f)| f.approx_bytes()).sum();
+        caches.set(
+            "python frames",
+            self.frames.len(),
+            self.frames.cap().get(),
+            crate::caches::table_bytes::<((u32, u64, u32), Arc<Frame>)>(self.frames.len()) + frames,
+        );
     }
 
     /// Drops what is cached for the processes `pids` (gone for good).

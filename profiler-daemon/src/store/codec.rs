@@ -580,6 +580,28 @@ impl Dictionary {
         drop_dead(&mut self.labels, Table::Labels, dead);
     }
 
+    /// Rough bytes held: the three tables with what their keys point to (shared with the
+    /// windows, and counted here too), and the rows waiting to be written.
+    pub fn approx_bytes(&self) -> usize {
+        use crate::{
+            aggregate::arc_bytes,
+            caches::{estimate, table_bytes},
+        };
+        let (frames, stacks, labels) = (self.frames.len(), self.stacks.len(), self.labels.len());
+        let stack_bytes = |s: &Stack| arc_bytes(s.len() * size_of::<Arc<Frame>>());
+        table_bytes::<(Arc<Frame>, u64)>(frames)
+            + estimate(self.frames.iter().map(|(f, _)| f.approx_bytes()), frames)
+            + table_bytes::<(Stack, u64)>(stacks)
+            + estimate(self.stacks.iter().map(|(s, _)| stack_bytes(s)), stacks)
+            + table_bytes::<(Arc<Labels>, u64)>(labels)
+            + estimate(self.labels.iter().map(|(l, _)| l.approx_bytes()), labels)
+            + self
+                .pending
+                .iter()
+                .map(|(_, _, row)| size_of::<(Table, u64, Vec<u8>)>() + row.capacity())
+                .sum::<usize>()
+    }
+
     /// Frames, stacks and labels whose ids are remembered.
     pub fn len(&self) -> usize {
         self.frames.len() + self.stacks.len() + self.labels.len()

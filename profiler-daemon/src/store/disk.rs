@@ -815,6 +815,13 @@ impl Store {
         read().map_err(|e| classify(&self.path, e))
     }
 
+    /// Rough bytes the store holds in memory: its dictionary, with the rows waiting to be
+    /// written, and redb's page cache at its bound.
+    pub fn memory_bytes(&self) -> usize {
+        let dict = self.dict.lock().unwrap_or_else(PoisonError::into_inner).approx_bytes();
+        dict + CACHE_BYTES
+    }
+
     /// Sizes and counters.
     pub fn status(&self) -> StoreStatus {
         let (cached, pending) = {
