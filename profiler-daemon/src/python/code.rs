@@ -19,7 +19,8 @@ use profiler_common::python::PyFrame;
 use super::{
     PythonProcess,
     layout::{InstrModel, Layout, ObjectLayout},
-    linetable, memory,
+    linetable,
+    memory::{self, Memory},
 };
 use crate::aggregate::{Frame, FrameKind};
 
@@ -290,26 +291,61 @@ impl Identity {
 }
 
 fn read_code(pid: u32, py: &PythonProcess, addr: u64) -> Result<CodeInfo, CodeError> {
-    let layout = &py.layout;
-    let header = memory::read_vec(pid, addr, layout.code.header_len as usize)?;
-    if memory::u64_at(&header, layout.objects.ob_type) != py.code_type {
+    let (code, header) = read_fields(&memory::Process(pid), &py.layout, py.code_type, addr)?;
+    Ok(CodeInfo {
+        qualname: code.qualname.into(),
+        filename: code.filename.into(),
+        first_line: code.first_line,
+        linetable: code.linetable.into(),
+        identity: Identity::of(&header, &py.layout),
+        checked: Instant::now(),
+    })
+}
+
+/// What a code object says about its function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeObject {
+    /// `co_qualname` (3.11+) or `co_name`.
+    pub qualname: String,
+    /// `co_filename`.
+    pub filename: String,
+    /// `co_firstlineno`.
+    pub first_line: u32,
+    /// The line table's bytes, in the version's format.
+    pub linetable: Vec<u8>,
+}
+
+/// Reads the code object at `addr` of `memory`, whose type object is at `code_type`, with the
+/// interpreter's `layout`. Any memory gives an object or an error: it comes from a process
+/// that may be changing it, or from anywhere.
+pub fn read_code_object(
+    memory: &impl Memory,
+    layout: &Layout,
+    code_type: u64,
+    addr: u64,
+) -> Result<CodeObject, CodeError> {
+    read_fields(memory, layout, code_type, addr).map(|(code, _)| code)
+}
+
+/// [`read_code_object`], with the header it read.
+fn read_fields(
+    memory: &impl Memory,
+    layout: &Layout,
+    code_type: u64,
+    addr: u64,
+) -> Result<(CodeObject, Vec<u8>), CodeError> {
+    let header = memory.read_vec(addr, layout.code.header_len as usize)?;
+    if memory::u64_at(&header, layout.objects.ob_type) != code_type {
         return Err(CodeError::NotCode);
     }
     let c = &layout.code;
     let name_at = c.qualname.unwrap_or(c.name);
-    let qualname = read_str(pid, &layout.objects, memory::u64_at(&header, name_at))?;
-    let filename = read_str(pid, &layout.objects, memory::u64_at(&header, c.filename))?;
+    let qualname = read_str(memory, &layout.objects, memory::u64_at(&header, name_at))?;
+    let filename = read_str(memory, &layout.objects, memory::u64_at(&header, c.filename))?;
     check_names(&qualname, &filename)?;
     let first_line = memory::u32_at(&header, c.firstlineno);
-    let linetable = read_bytes(pid, &layout.objects, memory::u64_at(&header, c.linetable))?;
-    Ok(CodeInfo {
-        qualname: qualname.into(),
-        filename: filename.into(),
-        first_line,
-        linetable: linetable.into(),
-        identity: Identity::of(&header, layout),
-        checked: Instant::now(),
-    })
+    let linetable = read_bytes(memory, &layout.objects, memory::u64_at(&header, c.linetable))?;
+    Ok((CodeObject { qualname, filename, first_line, linetable }, header))
 }
 
 /// A code object is read after its frame was sampled, and a short-lived one (a module's body,
@@ -322,12 +358,17 @@ fn check_names(qualname: &str, filename: &str) -> Result<(), CodeError> {
     Ok(())
 }
 
+/// `addr + offset`, or not an object when that passes the end of the address space.
+fn field(addr: u64, offset: u32) -> Result<u64, CodeError> {
+    addr.checked_add(u64::from(offset)).ok_or(CodeError::NotCode)
+}
+
 /// Reads a `str` object (compact ASCII or compact Latin-1/UCS-2/UCS-4).
-fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeError> {
+fn read_str(memory: &impl Memory, objects: &ObjectLayout, addr: u64) -> Result<String, CodeError> {
     if addr == 0 {
         return Ok(String::new());
     }
-    let head = memory::read_vec(pid, addr, objects.compact_data as usize)?;
+    let head = memory.read_vec(addr, objects.compact_data as usize)?;
     let length = memory::u64_at(&head, objects.unicode_length).min(MAX_STRING_CHARS);
     let state = memory::u32_at(&head, objects.unicode_state);
     let kind = (state >> 2) & 0x7;
@@ -337,7 +378,7 @@ fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeE
         return Err(CodeError::NotCode);
     }
     let data = if ascii { objects.ascii_data } else { objects.compact_data };
-    let bytes = memory::read_vec(pid, addr + u64::from(data), (length * u64::from(kind)) as usize)?;
+    let bytes = memory.read_vec(field(addr, data)?, (length * u64::from(kind)) as usize)?;
     Ok(match kind {
         1 => bytes.iter().map(|&b| char::from(b)).collect(),
         2 => char::decode_utf16(bytes.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])))
@@ -354,17 +395,86 @@ fn read_str(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<String, CodeE
 }
 
 /// Reads a `bytes` object's contents.
-fn read_bytes(pid: u32, objects: &ObjectLayout, addr: u64) -> Result<Vec<u8>, CodeError> {
+fn read_bytes(
+    memory: &impl Memory,
+    objects: &ObjectLayout,
+    addr: u64,
+) -> Result<Vec<u8>, CodeError> {
     if addr == 0 {
         return Ok(Vec::new());
     }
-    let size = memory::read_u64(pid, addr + u64::from(objects.bytes_size))?.min(MAX_LINETABLE);
-    Ok(memory::read_vec(pid, addr + u64::from(objects.bytes_data), size as usize)?)
+    let size = memory.read_u64(field(addr, objects.bytes_size)?)?.min(MAX_LINETABLE);
+    Ok(memory.read_vec(field(addr, objects.bytes_data)?, size as usize)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const BASE: u64 = 0x10_000;
+    const CODE_TYPE: u64 = 0xc0de;
+
+    /// The memory of a code object of `layout` at `BASE`, with its name, file and line table
+    /// objects after it.
+    fn code_image(layout: &Layout, qualname: &str, filename: &str, linetable: &[u8]) -> Vec<u8> {
+        let o = &layout.objects;
+        let mut image = vec![0u8; 0x1000];
+        let mut put = |at: usize, bytes: &[u8]| image[at..at + bytes.len()].copy_from_slice(bytes);
+        let (name_at, file_at, table_at) = (0x400, 0x800, 0xc00);
+        put(o.ob_type as usize, &CODE_TYPE.to_ne_bytes());
+        let name_field = layout.code.qualname.unwrap_or(layout.code.name) as usize;
+        put(name_field, &(BASE + name_at as u64).to_ne_bytes());
+        put(layout.code.filename as usize, &(BASE + file_at as u64).to_ne_bytes());
+        put(layout.code.linetable as usize, &(BASE + table_at as u64).to_ne_bytes());
+        put(layout.code.firstlineno as usize, &42u32.to_ne_bytes());
+        for (at, text) in [(name_at, qualname), (file_at, filename)] {
+            put(at + o.unicode_length as usize, &(text.len() as u64).to_ne_bytes());
+            // Kind 1 (one byte per character), compact, ASCII.
+            put(at + o.unicode_state as usize, &(1u32 << 2 | 1 << 5 | 1 << 6).to_ne_bytes());
+            put(at + o.ascii_data as usize, text.as_bytes());
+        }
+        put(table_at + o.bytes_size as usize, &(linetable.len() as u64).to_ne_bytes());
+        put(table_at + o.bytes_data as usize, linetable);
+        image
+    }
+
+    #[test]
+    fn a_code_object_is_read_from_memory_with_each_layout() {
+        for minor in 9..=12 {
+            let layout = crate::python::layout::table(3, minor).unwrap();
+            let image = code_image(&layout, "Worker.run", "/srv/app.py", &[1, 2, 3]);
+            let memory = memory::Image { base: BASE, bytes: &image };
+            let code = read_code_object(&memory, &layout, CODE_TYPE, BASE).unwrap();
+            let want = CodeObject {
+                qualname: "Worker.run".into(),
+                filename: "/srv/app.py".into(),
+                first_line: 42,
+                linetable: vec![1, 2, 3],
+            };
+            assert_eq!(code, want, "3.{minor}");
+            // Another type is not a code object.
+            let other = read_code_object(&memory, &layout, CODE_TYPE + 1, BASE);
+            assert!(matches!(other, Err(CodeError::NotCode)), "3.{minor}");
+        }
+    }
+
+    #[test]
+    fn pointers_at_the_end_of_the_address_space_are_not_objects() {
+        let layout = crate::python::layout::table(3, 11).unwrap();
+        let mut image = code_image(&layout, "f", "f.py", &[]);
+        // The line table's object at the last page: its size field would be past 2^64.
+        let at = layout.code.linetable as usize;
+        image[at..at + 8].copy_from_slice(&(u64::MAX - 4).to_ne_bytes());
+        let memory = memory::Image { base: BASE, bytes: &image };
+        let read = read_code_object(&memory, &layout, CODE_TYPE, BASE);
+        assert!(matches!(read, Err(CodeError::NotCode)), "{read:?}");
+        // A name whose characters would start past 2^64.
+        let mut image = code_image(&layout, "f", "f.py", &[]);
+        let at = layout.code.qualname.unwrap() as usize;
+        image[at..at + 8].copy_from_slice(&(u64::MAX - 8).to_ne_bytes());
+        let memory = memory::Image { base: BASE, bytes: &image };
+        assert!(read_code_object(&memory, &layout, CODE_TYPE, BASE).is_err());
+    }
 
     fn python() -> PythonProcess {
         PythonProcess::for_tests(None)

@@ -2,6 +2,59 @@
 
 use std::io;
 
+/// Memory to read objects from: a live process ([`Process`]), or an image of bytes
+/// ([`Image`], for tests and fuzzing).
+pub trait Memory {
+    /// Fills `buf` from address `addr`.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Reads a native-endian `u64`.
+    fn read_u64(&self, addr: u64) -> io::Result<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b)?;
+        Ok(u64::from_ne_bytes(b))
+    }
+
+    /// Reads `len` bytes.
+    fn read_vec(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut v = vec![0u8; len];
+        self.read(addr, &mut v)?;
+        Ok(v)
+    }
+}
+
+/// The memory of process `pid`, through `process_vm_readv`.
+#[derive(Clone, Copy, Debug)]
+pub struct Process(pub u32);
+
+impl Memory for Process {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        read(self.0, addr, buf)
+    }
+}
+
+/// `bytes` seen at address `base`; reads outside them fail as a process's unmapped memory
+/// would.
+#[derive(Clone, Copy, Debug)]
+pub struct Image<'a> {
+    /// The address of `bytes[0]`.
+    pub base: u64,
+    /// The memory.
+    pub bytes: &'a [u8],
+}
+
+impl Memory for Image<'_> {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        let bytes = addr
+            .checked_sub(self.base)
+            .and_then(|start| usize::try_from(start).ok())
+            .and_then(|start| self.bytes.get(start..start.checked_add(buf.len())?))
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EFAULT))?;
+        buf.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// Fills `buf` from address `addr` of process `pid`.
 pub fn read(pid: u32, addr: u64, buf: &mut [u8]) -> io::Result<()> {
     let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
