@@ -7,7 +7,10 @@
 //! queries get the rest, and they give way first: the store has every window, so a query
 //! reads from disk what memory let go of.
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+};
 
 use thiserror::Error;
 
@@ -26,12 +29,16 @@ pub struct MemoryPart {
 
 /// A part whose size changes: read when asked.
 type Held = Box<dyn Fn() -> usize + Send + Sync>;
+/// Asks a part to drop a share of its entries.
+type Shed = Box<dyn Fn(f64) + Send + Sync>;
 
 /// `--max-memory`, divided.
 pub struct MemoryBudget {
     max_bytes: usize,
     fixed: Vec<MemoryPart>,
-    held: Vec<(&'static str, Held)>,
+    held: Vec<(&'static str, Held, Option<Shed>)>,
+    /// Times the sheddable parts were asked to give memory back.
+    sheds: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryBudget {
@@ -39,7 +46,7 @@ impl std::fmt::Debug for MemoryBudget {
         f.debug_struct("MemoryBudget")
             .field("max_bytes", &self.max_bytes)
             .field("fixed", &self.fixed)
-            .field("held", &self.held.iter().map(|(name, _)| name).collect::<Vec<_>>())
+            .field("held", &self.held.iter().map(|(name, ..)| name).collect::<Vec<_>>())
             .finish()
     }
 }
@@ -83,7 +90,7 @@ impl MemoryBudget {
                 hint,
             });
         }
-        Ok(MemoryBudget { max_bytes, fixed, held: Vec::new() })
+        Ok(MemoryBudget { max_bytes, fixed, held: Vec::new(), sheds: AtomicU64::new(0) })
     }
 
     /// Counts `bytes()`, read whenever the budget is, as held by `name`.
@@ -92,8 +99,48 @@ impl MemoryBudget {
         name: &'static str,
         bytes: impl Fn() -> usize + Send + Sync + 'static,
     ) -> Self {
-        self.held.push((name, Box::new(bytes)));
+        self.held.push((name, Box::new(bytes), None));
         self
+    }
+
+    /// Like [`MemoryBudget::hold`], for a part that gives memory back when `shed(fraction)`
+    /// asks it to drop that share of its entries (see [`MemoryBudget::govern`]).
+    pub fn hold_sheddable(
+        mut self,
+        name: &'static str,
+        bytes: impl Fn() -> usize + Send + Sync + 'static,
+        shed: impl Fn(f64) + Send + Sync + 'static,
+    ) -> Self {
+        self.held.push((name, Box::new(bytes), Some(Box::new(shed))));
+        self
+    }
+
+    /// Keeps the parts inside the budget: when the fixed and held parts leave the recent
+    /// windows less than [`MIN_WINDOW_BYTES`], asks every sheddable part to drop the same
+    /// share of its entries, enough (with a quarter more, so that the next step is not at
+    /// once) for what is missing. Returns the share asked, if any. Called about once a second.
+    pub fn govern(&self) -> Option<f64> {
+        let held: Vec<(usize, Option<&Shed>)> =
+            self.held.iter().map(|(_, bytes, shed)| (bytes(), shed.as_ref())).collect();
+        let taken = self.fixed.iter().map(|p| p.bytes).sum::<usize>()
+            + held.iter().map(|(bytes, _)| bytes).sum::<usize>();
+        let missing = (taken + MIN_WINDOW_BYTES).saturating_sub(self.max_bytes);
+        let sheddable: usize =
+            held.iter().filter(|(_, shed)| shed.is_some()).map(|(bytes, _)| bytes).sum();
+        if missing == 0 || sheddable == 0 {
+            return None;
+        }
+        let fraction = (missing as f64 * 1.25 / sheddable as f64).min(1.0);
+        for shed in held.iter().filter_map(|(_, shed)| *shed) {
+            shed(fraction);
+        }
+        self.sheds.fetch_add(1, Relaxed);
+        Some(fraction)
+    }
+
+    /// Times [`MemoryBudget::govern`] asked the parts to give memory back.
+    pub fn sheds(&self) -> u64 {
+        self.sheds.load(Relaxed)
     }
 
     /// `--max-memory`.
@@ -104,13 +151,13 @@ impl MemoryBudget {
     /// What the recent windows may hold now: the budget less the fixed and the held parts.
     pub fn window_bytes(&self) -> usize {
         let taken: usize = self.fixed.iter().map(|p| p.bytes).sum::<usize>()
-            + self.held.iter().map(|(_, bytes)| bytes()).sum::<usize>();
+            + self.held.iter().map(|(_, bytes, _)| bytes()).sum::<usize>();
         self.max_bytes.saturating_sub(taken)
     }
 
     /// Every part but the windows, fixed ones first.
     pub fn parts(&self) -> Vec<MemoryPart> {
-        let held = self.held.iter().map(|(name, bytes)| MemoryPart { name, bytes: bytes() });
+        let held = self.held.iter().map(|(name, bytes, _)| MemoryPart { name, bytes: bytes() });
         self.fixed.iter().cloned().chain(held).collect()
     }
 }
@@ -159,6 +206,36 @@ mod tests {
             [RING_BUFFER, "program", "caches"]
         );
         assert_eq!(parts[2].bytes, 40 << 20);
+    }
+
+    #[test]
+    fn parts_over_the_budget_are_asked_to_shed_a_share_that_covers_it() {
+        let caches = Arc::new(AtomicUsize::new(16 << 20));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let budget =
+            MemoryBudget::new(64 << 20, fixed()).unwrap().hold("store", || 4 << 20).hold_sheddable(
+                "caches",
+                {
+                    let caches = caches.clone();
+                    move || caches.load(Relaxed)
+                },
+                {
+                    let asked = asked.clone();
+                    move |fraction| asked.lock().unwrap().push(fraction)
+                },
+            );
+        // 40 fixed + 4 + 16 leave 4 MiB for windows, 4 short of the minimum: a quarter of
+        // the caches' 16 MiB with a quarter more.
+        assert_eq!(budget.govern(), Some(0.3125));
+        assert_eq!(*asked.lock().unwrap(), [0.3125]);
+        assert_eq!(budget.sheds(), 1);
+        // Once they fit, nothing is asked.
+        caches.store(12 << 20, Relaxed);
+        assert_eq!(budget.govern(), None);
+        assert_eq!(budget.sheds(), 1);
+        // Never more than all of them.
+        caches.store(200 << 20, Relaxed);
+        assert_eq!(budget.govern(), Some(1.0));
     }
 
     #[test]

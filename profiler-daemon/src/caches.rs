@@ -7,7 +7,11 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Mutex, PoisonError},
+    hash::Hash,
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
 /// One cache or table: its entries and the most it holds.
@@ -34,10 +38,24 @@ pub fn estimate(sizes: impl Iterator<Item = usize>, len: usize) -> usize {
     sum.checked_div(n).map_or(0, |mean| mean * len)
 }
 
-/// The sizes one owner publishes.
+/// Drops the least recently used `fraction` of `cache`'s entries (at least one when the
+/// fraction is above zero); returns how many it dropped.
+pub fn shed_lru<K: Hash + Eq, V>(cache: &mut lru::LruCache<K, V>, fraction: f64) -> usize {
+    let n = ((cache.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).min(cache.len());
+    for _ in 0..n {
+        cache.pop_lru();
+    }
+    n
+}
+
+/// The sizes one owner publishes, and the share of its entries it is asked to drop.
 #[derive(Debug, Default)]
 pub struct Caches {
     sizes: Mutex<BTreeMap<&'static str, CacheSize>>,
+    /// The share of entries to drop at the next publication, in millionths (0: none).
+    shed_ppm: AtomicU64,
+    /// Entries dropped when asked, since start.
+    shed_entries: AtomicU64,
 }
 
 impl Caches {
@@ -53,6 +71,29 @@ impl Caches {
     pub fn sizes(&self) -> Vec<(&'static str, CacheSize)> {
         let sizes = self.sizes.lock().unwrap_or_else(PoisonError::into_inner);
         sizes.iter().map(|(name, size)| (*name, *size)).collect()
+    }
+
+    /// Asks the owner to drop `fraction` of the entries of each of its caches (the larger of
+    /// two requests before it acts).
+    pub fn request_shed(&self, fraction: f64) {
+        let ppm = (fraction.clamp(0.0, 1.0) * 1e6).ceil() as u64;
+        self.shed_ppm.fetch_max(ppm, Relaxed);
+    }
+
+    /// The share asked for since the last call, if any (the owner's side).
+    pub fn take_shed(&self) -> Option<f64> {
+        let ppm = self.shed_ppm.swap(0, Relaxed);
+        (ppm > 0).then(|| ppm as f64 / 1e6)
+    }
+
+    /// Records that the owner dropped `entries` when asked.
+    pub fn count_shed(&self, entries: usize) {
+        self.shed_entries.fetch_add(entries as u64, Relaxed);
+    }
+
+    /// Entries dropped when asked, since start.
+    pub fn shed_total(&self) -> u64 {
+        self.shed_entries.load(Relaxed)
     }
 
     /// The bytes of every published cache together.
@@ -77,6 +118,28 @@ mod tests {
         assert_eq!(estimate(std::iter::empty(), 10), 0);
         assert_eq!(estimate([100, 300].into_iter(), 1_000), 200_000);
         assert_eq!(estimate(std::iter::repeat(8), 1_000_000), 8_000_000);
+    }
+
+    #[test]
+    fn a_shed_request_is_taken_once_and_drops_the_least_recently_used() {
+        let caches = Caches::default();
+        assert_eq!(caches.take_shed(), None);
+        caches.request_shed(0.1);
+        caches.request_shed(0.25);
+        assert_eq!(caches.take_shed(), Some(0.25));
+        assert_eq!(caches.take_shed(), None);
+
+        let mut cache = lru::LruCache::new(std::num::NonZeroUsize::new(100).unwrap());
+        for i in 0..100 {
+            cache.put(i, ());
+        }
+        cache.get(&0);
+        assert_eq!(shed_lru(&mut cache, 0.25), 25);
+        assert_eq!(cache.len(), 75);
+        // The oldest went (1 to 25), not the one just used.
+        assert!(cache.contains(&0) && !cache.contains(&25) && cache.contains(&26));
+        assert_eq!(shed_lru(&mut cache, 0.001), 1);
+        assert_eq!(shed_lru(&mut cache, 2.0), 74);
     }
 
     #[test]

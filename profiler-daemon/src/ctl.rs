@@ -604,11 +604,14 @@ pub fn render_status(s: &v1::StatusResponse) -> String {
             m.parts.iter().map(|p| format!("{} {:.1}", p.name, mib(p.bytes))).collect();
         let _ = writeln!(
             out,
-            "memory:      {:.1} of {:.1} MiB (--max-memory): {}; room for windows {:.1}",
+            "memory:      {:.1} of {:.1} MiB (--max-memory): {}; room for windows {:.1}; \
+             caches asked to shed {} times ({} entries)",
             mib(total),
             mib(m.max_bytes),
             parts.join(", "),
-            mib(m.window_room_bytes)
+            mib(m.window_room_bytes),
+            m.sheds,
+            m.shed_entries
         );
     }
     if !s.caches.is_empty() {

@@ -267,6 +267,31 @@ fn memory_budget(args: &DaemonArgs) -> Result<MemoryBudget, crate::budget::Budge
     MemoryBudget::new(usize::try_from(args.max_memory).unwrap_or(usize::MAX), fixed)
 }
 
+/// Keeps the caches inside `budget`, once a second, until `shutdown`.
+async fn govern(budget: Arc<MemoryBudget>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Some(fraction) = budget.govern() {
+            if !warned {
+                warned = true;
+                warn!(
+                    max_memory = budget.max_bytes(),
+                    share = fraction,
+                    "the caches hold more than --max-memory leaves them: dropping their least recently used entries (see the memory: line of profctl status; a larger --max-memory keeps more)"
+                );
+            } else {
+                debug!(share = fraction, "caches asked to shed entries");
+            }
+        }
+    }
+}
+
 /// The debug directories and debuginfod servers that `args` (or `DEBUGINFOD_URLS`) ask for;
 /// `None` when there are neither. Downloads start on the current runtime.
 fn debug_info(args: &DaemonArgs) -> Result<Option<Arc<crate::debuginfo::DebugInfo>>, DaemonError> {
@@ -347,13 +372,23 @@ pub async fn run(
     let symbolizer_stats = Arc::new(SymbolizerStats::default());
     let budget = Arc::new(
         budget
-            .hold("caches and tables", {
-                let (pipeline, symbolizer) = (stats.clone(), symbolizer_stats.clone());
-                move || {
-                    let bytes = pipeline.caches.bytes() + symbolizer.caches.bytes();
-                    usize::try_from(bytes).unwrap_or(usize::MAX)
-                }
-            })
+            .hold_sheddable(
+                "caches and tables",
+                {
+                    let (pipeline, symbolizer) = (stats.clone(), symbolizer_stats.clone());
+                    move || {
+                        let bytes = pipeline.caches.bytes() + symbolizer.caches.bytes();
+                        usize::try_from(bytes).unwrap_or(usize::MAX)
+                    }
+                },
+                {
+                    let (pipeline, symbolizer) = (stats.clone(), symbolizer_stats.clone());
+                    move |fraction| {
+                        pipeline.caches.request_shed(fraction);
+                        symbolizer.caches.request_shed(fraction);
+                    }
+                },
+            )
             .hold("store", {
                 let store = store.clone();
                 move || store.memory_bytes()
@@ -387,6 +422,9 @@ pub async fn run(
         Some(budget.clone()),
     );
 
+    let governor = tokio::spawn(
+        govern(budget.clone(), shutdown.child_token()).instrument(info_span!("memory")),
+    );
     let resident_targets = (!args.no_resident).then(crate::resident::Targets::default);
     let oom_kills = Arc::<crate::oom::KillLog>::default();
     let resident_latest = crate::resident::Latest::default();
@@ -490,6 +528,7 @@ pub async fn run(
     for task in export_tasks {
         let _ = task.await;
     }
+    let _ = governor.await;
     match drain_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => error!(error = %e, "draining the ring buffer failed"),

@@ -49,6 +49,12 @@ impl FunctionRanges {
         (offset < range.end).then_some(&range.name)
     }
 
+    /// Forgets every range.
+    pub fn clear(&mut self) {
+        self.files.clear();
+        self.len = 0;
+    }
+
     /// Forgets the ranges of `file` (its names came from a source now replaced).
     pub fn forget(&mut self, file: FileKey) {
         if let Some(ranges) = self.files.remove(&file) {

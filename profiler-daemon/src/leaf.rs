@@ -158,6 +158,12 @@ pub struct LeafRules {
 }
 
 impl LeafRules {
+    /// Drops `fraction` of the files and of the rules, the least recently used first.
+    pub fn shed(&mut self, fraction: f64) -> usize {
+        crate::caches::shed_lru(&mut self.files, fraction)
+            + crate::caches::shed_lru(&mut self.rules, fraction)
+    }
+
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
         let tables: usize =

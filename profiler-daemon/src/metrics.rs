@@ -376,6 +376,19 @@ pub async fn render(sources: &Sources) -> String {
             for part in &memory.parts {
                 family.sample(&[("part", &part.name)], part.bytes);
             }
+            out.single(
+                "profilerd_memory_sheds_total",
+                Kind::Counter,
+                "Times the caches were asked to drop their least recently used entries to stay \
+                 inside --max-memory.",
+                memory.sheds,
+            );
+            out.single(
+                "profilerd_memory_shed_entries_total",
+                Kind::Counter,
+                "Cache entries dropped to stay inside --max-memory.",
+                memory.shed_entries,
+            );
         }
     }
     out.single(

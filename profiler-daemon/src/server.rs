@@ -84,6 +84,8 @@ pub fn memory(info: &DaemonInfo, window_bytes: usize) -> Option<v1::MemoryStatus
         max_bytes: budget.max_bytes() as u64,
         parts,
         window_room_bytes: budget.window_bytes() as u64,
+        sheds: budget.sheds(),
+        shed_entries: info.stats.caches.shed_total() + info.symbolizer.caches.shed_total(),
     })
 }
 

@@ -38,7 +38,7 @@ use crate::{
         BlockEnd, BlockStart, CallSample, Frame, FrameKind, Labels, Module, Resolved, SampleKind,
         Stack, StackSample,
     },
-    caches::{estimate, table_bytes},
+    caches::{estimate, shed_lru, table_bytes},
     calls::CallDeltas,
     debuginfo::{DebugInfo, Lookup, Wanted, elf::Layout},
     function_ranges::FunctionRanges,
@@ -312,9 +312,28 @@ impl Resolver {
         frames.into()
     }
 
-    /// Publishes the sizes of its caches (see [`crate::caches`]).
+    /// Drops `fraction` of the entries of each cache, the least recently used first, and
+    /// blazesym's open files (asked by the memory budget, see [`crate::budget`]).
+    fn shed(&mut self, fraction: f64) -> usize {
+        let mut dropped = shed_lru(&mut self.user, fraction) + shed_lru(&mut self.kernel, fraction);
+        dropped += self.ranges.len() + self.opened.len();
+        self.ranges.clear();
+        self.symbolizer = new_symbolizer();
+        self.paths.clear();
+        self.opened.clear();
+        dropped += self.codes.lock().unwrap_or_else(PoisonError::into_inner).shed(fraction);
+        dropped
+    }
+
+    /// Publishes the sizes of its caches (see [`crate::caches`]), after dropping what the
+    /// memory budget asked for.
     fn publish(&mut self) {
         self.published = std::time::Instant::now();
+        if let Some(fraction) = self.stats.caches.take_shed() {
+            let dropped = self.shed(fraction);
+            self.stats.caches.count_shed(dropped);
+            debug!(fraction, dropped, "symbol caches shed entries for the memory budget");
+        }
         let caches = &self.stats.caches;
         let (user, kernel) = (self.user.len(), self.kernel.len());
         let user_frames =

@@ -289,6 +289,19 @@ impl NativeUnwind {
         info
     }
 
+    /// Drops `fraction` of the files' tables and of the processes' module lists, the least
+    /// recently used first.
+    pub fn shed(&mut self, fraction: f64) -> usize {
+        let n = ((self.files.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize)
+            .min(self.files.len());
+        for _ in 0..n {
+            if let Some((_, Some(evicted))) = self.files.pop_lru() {
+                self.table_bytes = self.table_bytes.saturating_sub(evicted.table_bytes);
+            }
+        }
+        n + crate::caches::shed_lru(&mut self.processes, fraction)
+    }
+
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
         caches.set(

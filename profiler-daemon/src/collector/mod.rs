@@ -270,8 +270,18 @@ impl Collector {
         self.send(Work::Stack(pid, raw));
     }
 
-    /// Publishes the sizes of its caches and tables (see [`crate::caches`]).
-    fn publish_caches(&self) {
+    /// Publishes the sizes of its caches and tables (see [`crate::caches`]), after dropping
+    /// what the memory budget asked for (see [`crate::budget`]).
+    fn publish_caches(&mut self) {
+        if let Some(fraction) = self.stats.caches.take_shed() {
+            let dropped = self.leaf_rules.shed(fraction) + self.stack_copies.shed(fraction);
+            self.stats.caches.count_shed(dropped);
+            tracing::debug!(
+                fraction,
+                dropped,
+                "collector caches shed entries for the memory budget"
+            );
+        }
         let caches = &self.stats.caches;
         self.processes.publish(caches);
         self.leaf_rules.publish(caches);

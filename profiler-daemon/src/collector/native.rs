@@ -121,6 +121,11 @@ impl StackCopies {
         Stack { addrs: combine(unwound.addrs, &walked), unwound: true }
     }
 
+    /// Drops `fraction` of the unwinding caches' entries (see [`NativeUnwind::shed`]).
+    pub fn shed(&mut self, fraction: f64) -> usize {
+        self.unwind.shed(fraction)
+    }
+
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
         self.unwind.publish(caches);

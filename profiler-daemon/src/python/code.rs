@@ -113,6 +113,19 @@ impl CodeCache {
         );
     }
 
+    /// Drops `fraction` of the code objects and of the frames, the least recently used first;
+    /// returns how many entries went.
+    pub fn shed(&mut self, fraction: f64) -> usize {
+        let n = ((self.codes.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize)
+            .min(self.codes.len());
+        for _ in 0..n {
+            if let Some((_, old)) = self.codes.pop_lru() {
+                self.bytes = self.bytes.saturating_sub(weight(&old));
+            }
+        }
+        n + crate::caches::shed_lru(&mut self.frames, fraction)
+    }
+
     /// Drops what is cached for the processes `pids` (gone for good).
     pub fn forget(&mut self, pids: &[u32]) {
         let pids: std::collections::HashSet<u32> = pids.iter().copied().collect();
