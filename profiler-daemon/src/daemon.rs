@@ -272,12 +272,19 @@ async fn govern(budget: Arc<MemoryBudget>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
+    let mut just_shed = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // The caches act on a request when they next publish their sizes, about a second
+        // later: until then the sizes read here are the old ones.
+        if std::mem::take(&mut just_shed) {
+            continue;
+        }
         if let Some(fraction) = budget.govern() {
+            just_shed = true;
             if !warned {
                 warned = true;
                 warn!(
