@@ -7,7 +7,7 @@
 
 use std::{
     collections::BTreeMap,
-    hash::Hash,
+    hash::{BuildHasher, Hash},
     sync::{
         Mutex, PoisonError,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -40,7 +40,10 @@ pub fn estimate(sizes: impl Iterator<Item = usize>, len: usize) -> usize {
 
 /// Drops the least recently used `fraction` of `cache`'s entries (at least one when the
 /// fraction is above zero); returns how many it dropped.
-pub fn shed_lru<K: Hash + Eq, V>(cache: &mut lru::LruCache<K, V>, fraction: f64) -> usize {
+pub fn shed_lru<K: Hash + Eq, V, S: BuildHasher>(
+    cache: &mut lru::LruCache<K, V, S>,
+    fraction: f64,
+) -> usize {
     let n = ((cache.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize).min(cache.len());
     for _ in 0..n {
         cache.pop_lru();

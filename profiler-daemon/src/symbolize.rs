@@ -190,8 +190,9 @@ const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Resolver {
     symbolizer: Symbolizer,
-    user: LruCache<(FileKey, u64), Option<Arc<Frame>>>,
-    kernel: LruCache<u64, Arc<Frame>>,
+    // Looked up for every frame of every sample: foldhash rather than SipHash.
+    user: LruCache<(FileKey, u64), Option<Arc<Frame>>, foldhash::fast::RandomState>,
+    kernel: LruCache<u64, Arc<Frame>, foldhash::fast::RandomState>,
     kernel_module: Arc<Module>,
     /// The path each file was last opened by; cleared with blazesym's files.
     paths: HashMap<FileKey, PathBuf>,
@@ -232,8 +233,8 @@ impl Resolver {
         stats.user_capacity.store(capacity.get() as u64, Relaxed);
         Resolver {
             symbolizer: new_symbolizer(),
-            user: LruCache::new(capacity),
-            kernel: LruCache::new(capacity),
+            user: LruCache::with_hasher(capacity, Default::default()),
+            kernel: LruCache::with_hasher(capacity, Default::default()),
             kernel_module: Arc::new(Module { path: Module::KERNEL_PATH.into(), build_id: None }),
             paths: HashMap::new(),
             opened: std::collections::HashSet::new(),

@@ -244,11 +244,14 @@ impl Actor {
     /// Opens the window that starts at `start_ns`, after the open ones.
     fn open_window(&mut self, start_ns: i64) {
         let drops = self.stats.drops();
+        let mut window = WindowBuilder::new(start_ns, self.config.max_stacks, drops.clone());
         if let Some(previous) = self.open.last_mut() {
             // Host-wide drops count for the window whose time they happened in.
-            previous.end_drops(drops.clone());
+            previous.end_drops(drops);
+            // The next window will hold about as many stacks as this one.
+            window.reserve(previous.len());
         }
-        self.open.push(WindowBuilder::new(start_ns, self.config.max_stacks, drops));
+        self.open.push(window);
     }
 
     /// Opens the next window once the current one has ended, and closes the windows whose

@@ -5,7 +5,7 @@
 //! whichever window first needed it.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, hash_map::Entry},
     sync::Arc,
 };
 
@@ -183,42 +183,51 @@ pub const LEGACY_CPU_PERIOD_NS: u64 = 1_000_000_000 / 99;
 
 /// Sums `(kind, labels, stack, count, value)` quintuples with equal keys, in a stable order.
 fn merge_tallies(x: &[u64], y: &[u64]) -> Vec<u64> {
-    let mut sums: HashMap<(u64, u64, u64), Tally> = HashMap::with_capacity((x.len() + y.len()) / 5);
-    let mut order = Vec::new();
+    // Where each key's quintuple is in `out`: the merged record is written as it is read.
+    let mut at: FastMap<(u64, u64, u64), usize> =
+        FastMap::with_capacity_and_hasher((x.len() + y.len()) / 5, Default::default());
+    let mut out = Vec::with_capacity(x.len() + y.len());
     for q in x.chunks_exact(5).chain(y.chunks_exact(5)) {
-        let key = (q[0], q[1], q[2]);
-        sums.entry(key)
-            .or_insert_with(|| {
-                order.push(key);
-                Tally::default()
-            })
-            .add(Tally { count: q[3], value: q[4] });
-    }
-    let mut out = Vec::with_capacity(order.len() * 5);
-    for key in order {
-        let t = sums[&key];
-        out.extend([key.0, key.1, key.2, t.count, t.value]);
+        match at.entry((q[0], q[1], q[2])) {
+            Entry::Occupied(slot) => {
+                let i = *slot.get();
+                let mut tally = Tally { count: out[i + 3], value: out[i + 4] };
+                tally.add(Tally { count: q[3], value: q[4] });
+                out[i + 3] = tally.count;
+                out[i + 4] = tally.value;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.extend_from_slice(q);
+            }
+        }
     }
     out
 }
 
 /// Sums `(a, b, count)` triples with equal `(a, b)`, in a stable order.
 fn merge_triples(x: &[u64], y: &[u64]) -> Vec<u64> {
-    let mut sums: HashMap<(u64, u64), u64> = HashMap::with_capacity((x.len() + y.len()) / 3);
-    let mut order = Vec::new();
+    let mut at: FastMap<(u64, u64), usize> =
+        FastMap::with_capacity_and_hasher((x.len() + y.len()) / 3, Default::default());
+    let mut out: Vec<u64> = Vec::with_capacity(x.len() + y.len());
     for t in x.chunks_exact(3).chain(y.chunks_exact(3)) {
-        let slot = sums.entry((t[0], t[1])).or_insert_with(|| {
-            order.push((t[0], t[1]));
-            0
-        });
-        *slot = slot.saturating_add(t[2]);
-    }
-    let mut out = Vec::with_capacity(order.len() * 3);
-    for key in order {
-        out.extend([key.0, key.1, sums[&key]]);
+        match at.entry((t[0], t[1])) {
+            Entry::Occupied(slot) => {
+                let i = *slot.get() + 2;
+                out[i] = out[i].saturating_add(t[2]);
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.extend_from_slice(t);
+            }
+        }
     }
     out
 }
+
+/// A hash map keyed by ids, merged for every window the store writes: foldhash rather than
+/// SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Frames, stacks and labels the dictionary remembers the ids of, per table: a bound on its
 /// memory whatever the store holds.
