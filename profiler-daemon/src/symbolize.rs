@@ -313,15 +313,19 @@ impl Resolver {
         frames.into()
     }
 
-    /// Drops `fraction` of the entries of each cache, the least recently used first, and
-    /// blazesym's open files (asked by the memory budget, see [`crate::budget`]).
+    /// Drops `fraction` of the entries of each cache, the least recently used first (asked by
+    /// the memory budget, see [`crate::budget`]). blazesym's open files and the function
+    /// ranges can only go whole, and reading them again costs, so they go for a quarter or
+    /// more.
     fn shed(&mut self, fraction: f64) -> usize {
         let mut dropped = shed_lru(&mut self.user, fraction) + shed_lru(&mut self.kernel, fraction);
-        dropped += self.ranges.len() + self.opened.len();
-        self.ranges.clear();
-        self.symbolizer = new_symbolizer();
-        self.paths.clear();
-        self.opened.clear();
+        if fraction >= 0.25 {
+            dropped += self.ranges.len() + self.opened.len();
+            self.ranges.clear();
+            self.symbolizer = new_symbolizer();
+            self.paths.clear();
+            self.opened.clear();
+        }
         dropped += self.codes.lock().unwrap_or_else(PoisonError::into_inner).shed(fraction);
         dropped
     }
