@@ -952,6 +952,28 @@ mod tests {
     }
 
     #[test]
+    fn the_caches_drop_the_share_the_memory_budget_asks_for() {
+        let (mut resolver, stats) = resolver();
+        for addr in 0..60 {
+            resolver.kernel.put(0xffff_ffff_8100_0000 + addr, resolver.truncated.clone());
+        }
+        resolver.kernel.get(&0xffff_ffff_8100_0000);
+        stats.caches.request_shed(0.1);
+        resolver.publish();
+        // A tenth, the least recently used first, and the sizes published after the drop.
+        assert_eq!(resolver.kernel.len(), 54);
+        assert!(resolver.kernel.contains(&0xffff_ffff_8100_0000));
+        assert!(!resolver.kernel.contains(&0xffff_ffff_8100_0001));
+        assert_eq!(stats.caches.shed_total(), 6);
+        let sizes = stats.caches.sizes();
+        let kernel = sizes.iter().find(|(name, _)| *name == "kernel frames").unwrap().1;
+        assert_eq!(kernel.entries, 54);
+        // Asked once, it drops once.
+        resolver.publish();
+        assert_eq!(resolver.kernel.len(), 54);
+    }
+
+    #[test]
     fn own_functions_resolve_by_file_offset_and_are_cached() {
         if skip_under_qemu_user(
             "own_functions_resolve_by_file_offset_and_are_cached",
