@@ -22,7 +22,7 @@ use redb::{
     ReadableTableMetadata as _, TableDefinition,
 };
 use thiserror::Error;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     codec::{self, Damaged, Decoder, Dictionary, LiveIds, Table, WindowRecord},
@@ -36,6 +36,12 @@ use crate::{
 
 const WINDOWS: TableDefinition<i64, &[u8]> = TableDefinition::new("windows");
 const ROLLUPS: TableDefinition<(u8, i64), &[u8]> = TableDefinition::new("rollups");
+/// Encoded bytes past which a rollup is given up rather than merged with the next window: a
+/// host whose stacks keep changing (a compiler's, a fuzzer's) gives an hour's rollup millions
+/// of entries, and rewriting it at every window took seconds of the writer's time and held
+/// it several times over. Queries read a given-up bucket from the level below (minute
+/// rollups, or raw windows), which stays exact.
+pub const MAX_ROLLUP_BYTES: usize = 4 << 20;
 /// redb's page cache. Its default (1 GiB) would keep every page the daemon ever wrote in
 /// memory, growing the daemon by the store's size; queries read the rest through the kernel's
 /// page cache.
@@ -181,6 +187,8 @@ pub struct Store {
     swept: AtomicU64,
     /// Rows that may wait to be written before the dictionary starts over.
     max_pending_rows: usize,
+    /// Encoded bytes past which a rollup is given up (see [`MAX_ROLLUP_BYTES`]).
+    max_rollup_bytes: usize,
     /// Times it did.
     restarts: AtomicU64,
     /// Windows that could not be stored.
@@ -267,6 +275,7 @@ impl Store {
             sweep_at: AtomicUsize::new(SWEEP_MIN),
             swept: AtomicU64::new(0),
             max_pending_rows: codec::MAX_PENDING_ROWS,
+            max_rollup_bytes: MAX_ROLLUP_BYTES,
             restarts: AtomicU64::new(0),
             lost: LostWindows::default(),
         };
@@ -487,11 +496,28 @@ impl Store {
             let mut rollups = txn.open_table(ROLLUPS)?;
             for level in 0..LEVELS_NS.len() {
                 let key = (level as u8, plan::bucket(level, window.start_ns));
-                let (mut merged, old_len) = match rollups.get(key)? {
-                    Some(v) => {
-                        let old = v.value();
-                        (WindowRecord::decode(old).unwrap_or_default(), old.len() as i64 + 9)
+                let stored = rollups.get(key)?.map(|v| {
+                    let old = v.value();
+                    let keep = !old.is_empty() && old.len() <= self.max_rollup_bytes;
+                    (old.len(), keep.then(|| WindowRecord::decode(old).unwrap_or_default()))
+                });
+                let (mut merged, old_len) = match stored {
+                    // Given up before: queries read its bucket from the level below.
+                    Some((0, _)) => continue,
+                    Some((len, None)) => {
+                        // Rewriting it at every window would take ever longer and hold it
+                        // several times over meanwhile: an empty value marks it given up.
+                        rollups.insert(key, [].as_slice())?;
+                        delta.bytes -= len as i64;
+                        debug!(
+                            level,
+                            bucket = key.1,
+                            bytes = len,
+                            "a rollup grew too large; given up"
+                        );
+                        continue;
                     }
+                    Some((len, Some(old))) => (old, len as i64 + 9),
                     None => (WindowRecord::default(), 0),
                 };
                 merged.merge(&rollup_part);
@@ -911,11 +937,18 @@ impl Snapshot<'_> {
                 acc.add(&r);
             }
         }
-        for piece in plan::plan(start_ns, end_ns) {
+        let mut pieces = plan::plan(start_ns, end_ns);
+        while let Some(piece) = pieces.pop() {
             match piece {
                 Piece::Rollup { level, start } => {
                     if let Some(v) = rollups.get((level as u8, start))? {
-                        acc.add_bytes(v.value());
+                        if v.value().is_empty() {
+                            // Given up as too large: its windows are read from the level
+                            // below.
+                            pieces.extend(plan::below(level, start));
+                        } else {
+                            acc.add_bytes(v.value());
+                        }
                     }
                 }
                 Piece::Raw { start, end } => {
@@ -1140,6 +1173,35 @@ mod tests {
         let only =
             store.merge(base, base + 7200 * S, &"pid=2".parse().unwrap(), Mode::Cpu).unwrap();
         assert_eq!(counts(&only), [("other".into(), 720)]);
+    }
+
+    #[test]
+    fn a_rollup_too_large_to_rewrite_is_given_up_and_read_from_below() {
+        let dir = tempdir("rollup_given_up");
+        let base = 1_700_000_000 * S - (1_700_000_000 * S).rem_euclid(3600 * S);
+        let mut store = Store::open(&dir, retention(), false).unwrap();
+        // Six windows of 20 entries fit in the bound; thirty do not.
+        store.max_rollup_bytes = 2_000;
+        // Five minutes of windows whose stacks never repeat.
+        for i in 0..30 {
+            let entries = (0..20).map(|j| entry(1, &format!("f{i}_{j}"), 1 + j)).collect();
+            store.append(&window_of(base + i * 10 * S, entries), base + 300 * S).unwrap();
+        }
+        let rollup = |level: u8, start: i64| {
+            let txn = store.database().unwrap().begin_read().unwrap();
+            let table = txn.open_table(ROLLUPS).unwrap();
+            table.get((level, start)).unwrap().map(|v| v.value().len())
+        };
+        assert_eq!(rollup(0, base), Some(0), "the hour's rollup is given up");
+        assert!(rollup(1, base).is_some_and(|len| len > 0), "its minutes are kept");
+        // The hour reads the same from minute rollups as the windows hold.
+        let hour = store.merge(base, base + 3600 * S, &Selector::default(), Mode::Cpu).unwrap();
+        assert_eq!(hour.windows, 30);
+        assert_eq!(hour.entries.len(), 600);
+        let total: u64 = hour.entries.values().map(|t| t.count).sum();
+        assert_eq!(total, 30 * (1..=20).sum::<u64>());
+        let (_, one) = counts(&hour).into_iter().find(|(f, _)| f == "f29_19").unwrap();
+        assert_eq!(one, 20);
     }
 
     /// A new store that keeps an hour, and the start of an hour to fill it from.

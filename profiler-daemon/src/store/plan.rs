@@ -57,6 +57,16 @@ fn cover(start: i64, end: i64, level: usize, out: &mut Vec<Piece>) {
     cover(last, end, level + 1, out);
 }
 
+/// Covers the bucket of level `level` that starts at `start` with the levels below it (and
+/// raw windows below the smallest): for a rollup that was given up as too large.
+pub fn below(level: usize, start: i64) -> Vec<Piece> {
+    let mut out = Vec::new();
+    if let Some(&len) = LEVELS_NS.get(level) {
+        cover(start, start.saturating_add(len), level + 1, &mut out);
+    }
+    out
+}
+
 /// The bucket of level `level` that contains `t`.
 pub fn bucket(level: usize, t: i64) -> i64 {
     let len = LEVELS_NS[level];
@@ -70,6 +80,18 @@ mod tests {
     const M: i64 = 60_000_000_000;
     const H: i64 = 60 * M;
     const S: i64 = 1_000_000_000;
+
+    #[test]
+    fn a_bucket_below_its_level_is_the_next_level_then_raw_windows() {
+        let hour = below(0, 10 * H);
+        assert_eq!(hour.len(), 60);
+        assert_eq!(hour[0], Piece::Rollup { level: 1, start: 10 * H });
+        assert_eq!(hour[59], Piece::Rollup { level: 1, start: 11 * H - M });
+        assert_eq!(
+            below(1, 10 * H + 5 * M),
+            [Piece::Raw { start: 10 * H + 5 * M, end: 10 * H + 6 * M }]
+        );
+    }
 
     #[test]
     fn a_day_is_hourly_rollups() {
