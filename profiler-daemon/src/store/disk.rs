@@ -1020,8 +1020,9 @@ struct Accumulator {
     end_ns: i64,
     windows: u64,
     drops: crate::stats::DropSnapshot,
-    entries: HashMap<(u64, u64, u64), Tally>,
-    calls: HashMap<(u64, u64), u64>,
+    // Every stored entry of the range passes through here: foldhash rather than SipHash.
+    entries: HashMap<(u64, u64, u64), Tally, foldhash::fast::RandomState>,
+    calls: HashMap<(u64, u64), u64, foldhash::fast::RandomState>,
     damaged: u64,
 }
 
