@@ -104,7 +104,10 @@ impl CodeCache {
     /// Publishes its sizes to `caches`.
     pub fn publish(&self, caches: &crate::caches::Caches) {
         caches.set("python code objects", self.codes.len(), self.codes.cap().get(), self.bytes);
-        let frames: usize = self.frames.iter().map(|(_, f)| f.approx_bytes()).sum();
+        let frames = crate::caches::estimate(
+            self.frames.iter().map(|(_, f)| f.approx_bytes()),
+            self.frames.len(),
+        );
         caches.set(
             "python frames",
             self.frames.len(),
