@@ -42,8 +42,16 @@ pub fn copy(base: *mut u8, at: usize, sp: u64, want: u32) -> u32 {
     for _ in 0..CHUNKS {
         let page_left = PAGE - ((sp + copied) & (PAGE - 1));
         let n = page_left.min(want - copied) & !7;
-        // Verifier: both bounds restated where the destination is formed.
-        if n == 0 || n > PAGE || copied > STACK_COPY_MAX as u64 - n {
+        if n == 0 {
+            break;
+        }
+        // Verifier: the read's length is bounded on its own register. LLVM knows that
+        // `n <= PAGE` and would drop that bound; the verifiers of 5.10 and 6.1 do not know it
+        // and refuse the program. The volatile read hides what LLVM knows.
+        // SAFETY: a read of a local.
+        let n = unsafe { core::ptr::read_volatile(&n) }.min(PAGE);
+        // Verifier: the destination's bound restated where it is formed.
+        if copied > STACK_COPY_MAX as u64 - n {
             break;
         }
         let offset = at + copied as usize;
