@@ -118,6 +118,46 @@ pub fn check_release(release: &str) -> Result<Option<KernelVersion>, KernelError
     }
 }
 
+/// How much of a Python stack the kernel programs walk per sample. The verifier of an older
+/// kernel explores every iteration of the walk's loops for every way into them and gives up
+/// after a million instructions: Debian's 5.10 and 6.1 refuse the whole walk, 6.12 accepts it
+/// (the kernel matrix). Older kernels get a shorter walk, which their verifier checks in time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PythonWalk {
+    /// Python frames walked per sample; a deeper stack is marked truncated.
+    pub frames: u32,
+    /// Thread states examined per sample while looking for the sampled thread; a search
+    /// that runs out goes on at the thread's next sample.
+    pub threads: u32,
+}
+
+/// The first release whose verifier accepts the whole Python walk.
+pub const WHOLE_PYTHON_WALK: KernelVersion = KernelVersion::new(6, 12);
+
+impl PythonWalk {
+    /// The whole walk the programs are built for.
+    pub const WHOLE: PythonWalk = PythonWalk {
+        frames: profiler_common::python::MAX_PY_FRAMES as u32,
+        threads: profiler_common::python::MAX_PY_THREADS as u32,
+    };
+    /// The shorter walk of kernels before [`WHOLE_PYTHON_WALK`].
+    pub const SHORT: PythonWalk = PythonWalk { frames: 16, threads: 8 };
+
+    /// The walk for a kernel of `version` (the whole walk when the version is unknown).
+    pub fn for_kernel(version: Option<KernelVersion>) -> PythonWalk {
+        match version {
+            Some(v) if v < WHOLE_PYTHON_WALK => PythonWalk::SHORT,
+            _ => PythonWalk::WHOLE,
+        }
+    }
+}
+
+// The shorter walk is shorter on both counts.
+const _: () = assert!(
+    PythonWalk::SHORT.frames < PythonWalk::WHOLE.frames
+        && PythonWalk::SHORT.threads < PythonWalk::WHOLE.threads
+);
+
 /// The running kernel's release string, if it can be read.
 pub fn running_release() -> Option<String> {
     std::fs::read_to_string(OSRELEASE).ok().map(|s| s.trim().to_owned())
@@ -126,6 +166,17 @@ pub fn running_release() -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_before_6_12_walk_a_shorter_python_stack() {
+        let walk = |release: &str| PythonWalk::for_kernel(KernelVersion::parse(release));
+        assert_eq!(walk("5.10.0-32-amd64"), PythonWalk::SHORT);
+        assert_eq!(walk("5.15.0-119-generic"), PythonWalk::SHORT);
+        assert_eq!(walk("6.1.0-50-amd64"), PythonWalk::SHORT);
+        assert_eq!(walk("6.12.117+deb13-amd64"), PythonWalk::WHOLE);
+        assert_eq!(walk("6.18.0"), PythonWalk::WHOLE);
+        assert_eq!(PythonWalk::for_kernel(None), PythonWalk::WHOLE);
+    }
 
     #[test]
     fn parses_distribution_release_strings() {

@@ -321,6 +321,18 @@ impl Sampler {
                 [0; 3]
             });
         let interval_reciprocal = profiler_common::off_cpu::reciprocal(off_cpu_globals.interval_ns);
+        let python_walk = kernel::PythonWalk::for_kernel(
+            kernel::running_release().and_then(|r| kernel::KernelVersion::parse(&r)),
+        );
+        if python_walk != kernel::PythonWalk::WHOLE {
+            info!(
+                frames = python_walk.frames,
+                threads = python_walk.threads,
+                "a kernel before {}: Python stacks are walked {} frames deep",
+                kernel::WHOLE_PYTHON_WALK,
+                python_walk.frames
+            );
+        }
         let mut loader = EbpfLoader::new();
         loader
             // aya has no typed wrapper for task storage; the daemon never opens that map.
@@ -338,6 +350,8 @@ impl Sampler {
             .override_global("TASK_PT_REGS", &off_cpu_globals.task_pt_regs, true)
             .override_global("WAKEUP_BYTES", &wakeup_bytes, true)
             .override_global("TASK_THREAD_POINTER", &thread_pointer, true)
+            .override_global("PY_FRAMES_LIMIT", &python_walk.frames, true)
+            .override_global("PY_THREADS_LIMIT", &python_walk.threads, true)
             .override_global("TASK_GROUP_LEADER", &identity[0], true)
             .override_global("TASK_START_BOOTTIME", &identity[1], true)
             .override_global("TASK_SELF_EXEC_ID", &identity[2], true)

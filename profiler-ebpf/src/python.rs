@@ -48,6 +48,15 @@ static FRAME_BUF: PerCpuArray<[u8; FRAME_CHUNK]> = PerCpuArray::with_max_entries
 #[unsafe(no_mangle)]
 static TASK_THREAD_POINTER: u64 = 0;
 
+/// Python frames walked per sample, at most `MAX_PY_FRAMES`, and thread states examined per
+/// sample, at most `MAX_PY_THREADS`. Set by the loader: fewer on kernels whose verifier
+/// cannot check the whole walk within its instruction budget. Constants to the verifier (the
+/// map holding them is frozen), so it does not explore the iterations beyond them.
+#[unsafe(no_mangle)]
+static PY_FRAMES_LIMIT: u32 = MAX_PY_FRAMES as u32;
+#[unsafe(no_mangle)]
+static PY_THREADS_LIMIT: u32 = MAX_PY_THREADS as u32;
+
 const CFRAME: u32 = FrameModel::CFrame as u32;
 pub(crate) const CODE_MASK: u64 = (1 << 56) - 1;
 
@@ -112,7 +121,12 @@ fn find_thread_state(process: &PyProcess, tid: u32) -> Option<u64> {
         }
         _ => (read_u64(process.interp + u64::from(offsets.interp_threads_head))?, 0),
     };
-    for _ in 0..MAX_PY_THREADS {
+    // SAFETY: a plain read of a constant the loader sets.
+    let limit = unsafe { core::ptr::read_volatile(&PY_THREADS_LIMIT) } as usize;
+    for i in 0..MAX_PY_THREADS {
+        if i >= limit {
+            break;
+        }
         if tstate == 0 {
             // The end of the list: the next search starts at the head again.
             let _ = PY_THREAD_SEARCH.remove(&tid);
@@ -207,10 +221,12 @@ pub fn walk(
     // SAFETY: this CPU's buffer; nothing else uses it while this program runs here.
     let chunk = unsafe { &mut *chunk };
     let mut n = 0usize;
+    // SAFETY: a plain read of a constant the loader sets.
+    let limit = unsafe { core::ptr::read_volatile(&PY_FRAMES_LIMIT) } as usize;
     // Verifier: the slot written depends only on the loop counter, so that the states of
     // different iterations can be pruned.
     for i in 0..MAX_PY_FRAMES {
-        if frame == 0 {
+        if frame == 0 || i >= limit {
             break;
         }
         // One read per frame: a frame's fields all lie in its first FRAME_CHUNK bytes.
@@ -234,7 +250,7 @@ pub fn walk(
         data[(slot + 1) & (DATA_WORDS - 1)] = instr;
         n = i + 1;
     }
-    if frame != 0 && n == MAX_PY_FRAMES {
+    if frame != 0 && n == limit.min(MAX_PY_FRAMES) {
         *flags |= FLAG_PY_TRUNCATED;
     }
     n as u32
