@@ -28,6 +28,8 @@ const MAPS_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 const PENDING_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// For this long after a process is first read, its executable is re-checked for an `execve`.
 const YOUNG_PROCESS: Duration = Duration::from_secs(2);
+/// How often a young process's maps may be read again for a caller outside them.
+const YOUNG_MAPS_REFRESH: Duration = Duration::from_millis(100);
 /// How often a young process's executable is re-checked.
 const EXE_RECHECK: Duration = Duration::from_millis(20);
 /// How long an exited process is kept, so that samples still in flight find it.
@@ -533,10 +535,18 @@ impl ProcessTable {
                 .map(|&addr| UserAddr::Anonymous { addr, region: "[unmapped]" })
                 .collect();
         };
-        let missing = addrs.first().is_some_and(|&leaf| info.lookup(leaf).is_none());
-        if missing
+        let leaf_missing = addrs.first().is_some_and(|&leaf| info.lookup(leaf).is_none());
+        // A young process's maps may have been read inside its `execve`, after the kernel
+        // mapped the program and before the loader mapped its libraries: then the leaf is
+        // known and the callers in the C library are not. For a young process a caller
+        // outside the maps has them read again too, at most every YOUNG_MAPS_REFRESH.
+        let young = info.read_at.elapsed() < YOUNG_PROCESS;
+        let caller_missing =
+            young && addrs.iter().skip(1).any(|&addr| addr != 0 && info.lookup(addr).is_none());
+        let interval = if young { YOUNG_MAPS_REFRESH } else { MAPS_REFRESH_INTERVAL };
+        if (leaf_missing || caller_missing)
             && info.exited_at.is_none()
-            && info.maps_read_at.elapsed() >= MAPS_REFRESH_INTERVAL
+            && info.maps_read_at.elapsed() >= interval
         {
             if let Ok(maps) = read_maps(pid, &mut self.files) {
                 info.maps = maps;
@@ -891,12 +901,49 @@ mod tests {
         table.observe(pid, pid, b"test", Identity::default());
         let leaf = only_an_unknown_leaf_makes_the_maps_be_read_again as *const () as u64;
         let long_ago = Instant::now() - 2 * MAPS_REFRESH_INTERVAL;
-        table.procs.get_mut(&pid).unwrap().maps_read_at = long_ago;
+        let info = table.procs.get_mut(&pid).unwrap();
+        (info.maps_read_at, info.read_at) = (long_ago, Instant::now() - 2 * YOUNG_PROCESS);
         // A known leaf under a garbage caller, as a walk without frame pointers finds.
         table.normalize(pid, &[leaf, 6]);
         assert_eq!(table.procs[&pid].maps_read_at, long_ago);
         table.normalize(pid, &[6, leaf]);
         assert!(table.procs[&pid].maps_read_at > long_ago);
+    }
+
+    #[test]
+    fn a_young_process_whose_callers_are_outside_its_maps_has_them_read_again() {
+        if skip_under_qemu_user(
+            "a_young_process_whose_callers_are_outside_its_maps_has_them_read_again",
+            "the kernel's view of this process is qemu's executable and mappings",
+        ) {
+            return;
+        }
+        let pid = std::process::id();
+        let mut table = ProcessTable::new(16);
+        table.observe(pid, pid, b"test", Identity::default());
+        let leaf = a_young_process_whose_callers_are_outside_its_maps_has_them_read_again
+            as *const () as u64;
+        // A caller in the C library, whose mapping the maps read inside an execve lack.
+        let caller = libc_address();
+        let info = table.procs.get_mut(&pid).unwrap();
+        info.maps.retain(|m| !(m.start..m.end).contains(&caller));
+        let read = Instant::now() - 2 * YOUNG_MAPS_REFRESH;
+        info.maps_read_at = read;
+        let normalized = table.normalize(pid, &[leaf, caller]);
+        assert!(table.procs[&pid].maps_read_at > read, "read again");
+        assert!(
+            !matches!(normalized[1], UserAddr::Anonymous { region: "[unmapped]", .. }),
+            "{:?}",
+            normalized[1]
+        );
+    }
+
+    /// An address in the C library's code.
+    fn libc_address() -> u64 {
+        unsafe extern "C" {
+            fn getpid() -> i32;
+        }
+        getpid as *const () as u64
     }
 
     #[test]
